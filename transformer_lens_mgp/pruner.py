@@ -1,0 +1,262 @@
+"""CircuitPruner: learn Hard Concrete masks on five granularities at once, return a Circuit.
+
+Each step runs one no-grad forward over [clean; corrupted] (the full model's answer
+distribution and the corrupted site activations) and one masked forward + backward over the
+clean prompts. Only the masks' ``log_alpha`` receive gradients; the model's weights are
+frozen for the duration of ``fit`` and its flags and hooks are restored however it ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from .circuit import Circuit
+from .data import PairedDataset
+from .granularity import GRANULARITIES, ModelDims, resolve_granularities, site_masks
+from .interventions import (
+    answer_logits,
+    check_ablation,
+    check_hook_points,
+    frozen,
+    mask_hooks,
+    mean_activations,
+    model_device,
+    reference_pass,
+    zero_activations,
+)
+from .masks import HardConcrete
+from .objectives import kl_divergence
+
+DEFAULT_SPARSITY: dict[str, float] = {
+    "block": 0.05,
+    "head": 0.5,
+    "attn_neuron": 0.5,
+    "mlp": 0.05,
+    "mlp_neuron": 0.5,
+}
+"""Default ``lambda_g``: the KL (in nats) worth dropping every node of a granularity."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss stopped being a finite number."""
+
+
+class CircuitPruner:
+    """Finds the nodes a behaviour needs by training masks on clean/corrupted pairs.
+
+    Args:
+        model: a TransformerLens model (HookedTransformer). It is never modified.
+        granularities: which of ``block, head, attn_neuron, mlp, mlp_neuron`` to prune;
+            default: every one the model has.
+        sparsity: ``{granularity: lambda}``; the penalty is ``lambda`` times the expected
+            fraction of that granularity's nodes kept. Missing keys take
+            :data:`DEFAULT_SPARSITY`.
+        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the corrupted
+            prompt, the default), ``"mean"`` (its mean over corrupted prompts) or ``"zero"``.
+        seed: seeds the mask noise, the initialisation and the batch order.
+        device: where the masks live; must be the model's device (default: the model's).
+        init_log_alpha: initial ``log_alpha`` of every node; 3 starts every mask fully on.
+        hard_concrete: the gate constants.
+    """
+
+    def __init__(
+        self,
+        model,
+        granularities: str | tuple[str, ...] | list[str] | None = None,
+        sparsity: Mapping[str, float] | None = None,
+        ablation: str = "corrupted",
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        init_log_alpha: float = 3.0,
+        hard_concrete: HardConcrete | None = None,
+    ):
+        self.model = model
+        self.granularities = granularities
+        self.sparsity = dict(sparsity or {})
+        self.ablation = ablation
+        self.seed = seed
+        self.device = device
+        self.init_log_alpha = init_log_alpha
+        self.hard_concrete = hard_concrete or HardConcrete()
+        check_ablation(ablation)
+        for g, lam in self.sparsity.items():
+            if g not in GRANULARITIES:
+                raise ValueError(f"sparsity names unknown granularity {g!r}; use {GRANULARITIES}")
+            if not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"sparsity[{g!r}] must be a finite number >= 0, got {lam!r}")
+        if not math.isfinite(init_log_alpha):
+            raise ValueError(f"init_log_alpha must be finite, got {init_log_alpha}")
+
+    # --- public ---------------------------------------------------------------------------
+
+    def fit(
+        self,
+        dataset: PairedDataset,
+        steps: int = 200,
+        batch_size: int = 16,
+        lr: float = 0.1,
+        progress: bool = True,
+    ) -> Circuit:
+        """Train masks for ``steps`` optimiser steps and return the extracted Circuit.
+
+        If training stops early (an error, a NaN, Ctrl-C), the masks learned so far are
+        left in ``self.circuit_`` before the exception propagates.
+        """
+        dims, granularities, device = self._validate(dataset, steps, batch_size, lr)
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = torch.Generator(device=device).manual_seed(self.seed)
+        log_alpha = {
+            g: torch.nn.Parameter(
+                self.init_log_alpha
+                + 0.01 * torch.randn(dims.shape(g), generator=generator).to(device)
+            )
+            for g in granularities
+        }
+        optimizer = torch.optim.Adam(log_alpha.values(), lr=lr)
+        lambdas = {g: self.sparsity.get(g, DEFAULT_SPARSITY[g]) for g in granularities}
+        history: dict[str, list[float]] = {"loss": [], "kl": []}
+        history.update({f"l0/{g}": [] for g in granularities})
+        config = dict(
+            granularities=list(granularities),
+            sparsity=lambdas,
+            ablation=self.ablation,
+            seed=self.seed,
+            init_log_alpha=self.init_log_alpha,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            dataset=dataset.name,
+            n_pairs=len(dataset),
+        )
+        self.circuit_ = None
+
+        def snapshot() -> Circuit:
+            return Circuit(
+                dims=dims,
+                log_alpha={g: p.detach().cpu().clone() for g, p in log_alpha.items()},
+                hard_concrete=self.hard_concrete,
+                config=config,
+                history=history,
+            )
+
+        start = time.perf_counter()
+        try:
+            with frozen(self.model):
+                fixed = self._fixed_ablation(dataset, dims, device)
+                batches = self._batches(dataset, batch_size, generator)
+                bar = tqdm(range(steps), desc="pruning", disable=not progress, dynamic_ncols=True)
+                for step in bar:
+                    record = self._step(
+                        next(batches).to(device),
+                        dims,
+                        log_alpha,
+                        lambdas,
+                        optimizer,
+                        fixed,
+                        noise,
+                        step,
+                    )
+                    for key, value in record.items():
+                        history[key].append(value)
+                    if progress and (step % 5 == 0 or step == steps - 1):
+                        bar.set_postfix_str(self._progress_text(record, log_alpha))
+        except BaseException:
+            self.circuit_ = snapshot()
+            raise
+        config["seconds"] = round(time.perf_counter() - start, 2)
+        self.circuit_ = snapshot()
+        return self.circuit_
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _step(self, batch, dims, log_alpha, lambdas, optimizer, fixed, noise, step) -> dict:
+        """One optimiser step; returns the numbers recorded in the history."""
+        reference, corrupted = reference_pass(
+            self.model, batch, dims, cache_corrupted=fixed is None
+        )
+        if not torch.isfinite(reference).all():
+            raise TrainingDivergedError(
+                "the unmasked model produced non-finite logits on this dataset; check the "
+                "model's weights and that token ids are valid for its vocabulary"
+            )
+        sampled = {g: self.hard_concrete.sample(p, noise) for g, p in log_alpha.items()}
+        attn, mlp = site_masks(sampled, dims)
+        hooks = mask_hooks(dims, attn, mlp, corrupted if fixed is None else fixed)
+        with self.model.hooks(fwd_hooks=hooks):
+            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
+        kl = kl_divergence(reference, logits)
+        l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in log_alpha.items()}
+        loss = kl + sum(lambdas[g] * l0[g] for g in log_alpha)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr or "
+                "check the model's logits for NaN/inf on this dataset"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record = {"loss": loss.item(), "kl": kl.item()}
+        record.update({f"l0/{g}": v.item() for g, v in l0.items()})
+        return record
+
+    def _fixed_ablation(self, dataset, dims, device) -> dict | None:
+        """Ablation values that do not change per batch (None: corrupted, computed per batch)."""
+        if self.ablation == "mean":
+            return mean_activations(
+                self.model, dataset.corrupted_tokens, dims, dataset.answer_positions
+            )
+        if self.ablation == "zero":
+            return zero_activations(dims, device)
+        return None
+
+    @staticmethod
+    def _batches(dataset, batch_size, generator) -> Iterator[PairedDataset]:
+        while True:
+            yield from dataset.batches(min(batch_size, len(dataset)), generator)
+
+    def _progress_text(self, record, log_alpha) -> str:
+        threshold = self.hard_concrete.keep_threshold
+        kept = " ".join(f"{g}={int((p > threshold).sum())}" for g, p in log_alpha.items())
+        return f"loss={record['loss']:.3f} kl={record['kl']:.3f} kept: {kept}"
+
+    def _validate(self, dataset, steps, batch_size, lr):
+        model = self.model
+        if not isinstance(dataset, PairedDataset):
+            raise TypeError(
+                f"fit expects a PairedDataset, got {type(dataset).__name__}; build one with "
+                "PairedDataset(clean_tokens=..., corrupted_tokens=..., answer_tokens=...) or a "
+                "task builder such as tasks.ioi(model)"
+            )
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or not hasattr(cfg, "n_layers"):
+            raise TypeError(
+                f"expected a TransformerLens model with a .cfg, got {type(model).__name__}"
+            )
+        dims = ModelDims.from_cfg(cfg)
+        granularities = resolve_granularities(
+            self.granularities if self.granularities is not None else dims.available(), dims
+        )
+        check_hook_points(model, dims)
+        if dataset.max_token_id() >= cfg.d_vocab:
+            raise ValueError(
+                f"the dataset holds token id {dataset.max_token_id()} but the model's vocabulary "
+                f"has {cfg.d_vocab} tokens; tokenize the prompts with this model's tokenizer"
+            )
+        device = model_device(model)
+        if self.device is not None and torch.device(self.device).type != device.type:
+            raise ValueError(
+                f"device={self.device} but the model is on {device}; move the model "
+                "first (model.to(device)) or leave device unset"
+            )
+        return dims, granularities, device
