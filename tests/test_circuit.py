@@ -1,0 +1,151 @@
+import pytest
+import torch
+from conftest import assert_untouched, build_dataset, build_model, model_state
+
+from transformer_lens_mgp import GRANULARITIES, Circuit, CircuitPruner, ModelDims
+from transformer_lens_mgp.granularity import site_masks
+from transformer_lens_mgp.interventions import mask_hooks, site_activations
+
+ON, OFF = 5.0, -5.0
+
+
+def circuit_with(dims, **log_alpha_overrides) -> Circuit:
+    """All nodes on, except the entries set by the overrides ``{granularity: {index: value}}``."""
+    log_alpha = {g: torch.full(dims.shape(g), ON) for g in dims.available()}
+    for g, entries in log_alpha_overrides.items():
+        for index, value in entries.items():
+            log_alpha[g][index] = value
+    return Circuit(dims=dims, log_alpha=log_alpha)
+
+
+DIMS = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=5)
+
+
+def test_dropped_parent_drops_its_children():
+    c = circuit_with(DIMS, head={(0, 1): OFF}, block={1: OFF}, mlp={0: OFF})
+    assert not c.kept("attn_neuron")[0, 1].any() and c.kept("attn_neuron")[0, 0].all()
+    assert not c.kept("head")[1].any() and not c.kept("mlp_neuron")[1].any()
+    assert not c.kept("mlp_neuron")[0].any() and not c.kept("mlp")[0]
+    assert c.n_kept("head") == 2 and c.n_kept("block") == 1
+
+
+def test_parent_without_surviving_children_is_dropped():
+    c = circuit_with(DIMS, attn_neuron={(0, 2): OFF}, mlp_neuron={1: OFF})
+    assert not c.kept("head")[0, 2] and c.kept("head")[0, 0]
+    assert not c.kept("mlp")[1] and c.kept("mlp")[0]
+    everything_off = circuit_with(DIMS, attn_neuron={(1,): OFF}, mlp_neuron={(1,): OFF})
+    assert everything_off.kept("block").tolist() == [True, False]
+
+
+def test_granularities_not_trained_count_as_kept():
+    c = Circuit(dims=DIMS, log_alpha={"head": torch.full((2, 3), OFF)})
+    assert c.granularities == ("head",)
+    assert c.kept("mlp_neuron").all() and not c.kept("attn_neuron").any()
+    assert c.n_kept("block") == 2  # the MLPs still carry each layer
+
+
+def test_wrong_log_alpha_shape_is_rejected():
+    with pytest.raises(ValueError, match="needs"):
+        Circuit(dims=DIMS, log_alpha={"head": torch.zeros(3, 3)})
+
+
+def test_summary_lists_every_granularity():
+    text = circuit_with(DIMS, head={(0, 1): OFF}).summary()
+    for g in GRANULARITIES:
+        assert g in text
+    assert "5" in text and "6" in text
+
+
+def test_all_ones_mask_reproduces_the_model_exactly():
+    model = build_model()
+    ds = build_dataset(model)
+    dims = ModelDims.from_cfg(model.cfg)
+    ones = {g: torch.ones(dims.shape(g)) for g in GRANULARITIES}
+    corrupted = site_activations(model, ds.corrupted_tokens, dims)
+    hooks = mask_hooks(dims, *site_masks(ones, dims), corrupted)
+    assert torch.equal(
+        model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks), model(ds.clean_tokens)
+    )
+
+
+def test_all_zeros_mask_gives_every_node_its_corrupted_output():
+    """With every node ablated, the residual stream is the clean input's embedding plus every
+    layer's output from the corrupted run."""
+    model = build_model()
+    ds = build_dataset(model)
+    dims = ModelDims.from_cfg(model.cfg)
+    zeros = {g: torch.zeros(dims.shape(g)) for g in GRANULARITIES}
+    corrupted = site_activations(model, ds.corrupted_tokens, dims)
+    hooks = mask_hooks(dims, *site_masks(zeros, dims), corrupted)
+    masked = model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks)
+
+    _, clean_cache = model.run_with_cache(ds.clean_tokens)
+    _, corrupted_cache = model.run_with_cache(ds.corrupted_tokens)
+    final = f"blocks.{dims.n_layers - 1}.hook_resid_post"
+    resid = (
+        corrupted_cache[final]
+        - corrupted_cache["hook_embed"]
+        - corrupted_cache["hook_pos_embed"]
+        + clean_cache["hook_embed"]
+        + clean_cache["hook_pos_embed"]
+    )
+    expected = model.unembed(model.ln_final(resid))
+    torch.testing.assert_close(masked, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fwd_hooks_compose_with_run_with_hooks_and_hooks_context():
+    model = build_model()
+    ds = build_dataset(model)
+    before = model_state(model)
+    full = circuit_with(ModelDims.from_cfg(model.cfg))
+    out = model.run_with_hooks(ds.clean_tokens, fwd_hooks=full.fwd_hooks(ds, model=model))
+    assert torch.equal(out, model(ds.clean_tokens))
+    sparse = circuit_with(ModelDims.from_cfg(model.cfg), block={0: OFF})
+    with model.hooks(fwd_hooks=sparse.fwd_hooks(ds, model=model)):
+        patched = model(ds.clean_tokens)
+    with sparse.applied(model, ds):
+        again = model(ds.clean_tokens)
+    assert torch.equal(patched, again) and not torch.equal(patched, out)
+    _, cache = model.run_with_cache(ds.corrupted_tokens)
+    assert torch.equal(
+        model.run_with_hooks(ds.clean_tokens, fwd_hooks=sparse.fwd_hooks(cache)), patched
+    )
+    assert_untouched(model, before)
+
+
+def test_fwd_hooks_explain_what_is_missing():
+    model = build_model()
+    c = circuit_with(ModelDims.from_cfg(model.cfg))
+    with pytest.raises(ValueError, match="model="):
+        c.fwd_hooks(build_dataset(model))
+    with pytest.raises(ValueError, match="unknown ablation"):
+        c.fwd_hooks(build_dataset(model), model=model, ablation="resample")
+    other = build_model(n_layers=3)
+    with pytest.raises(ValueError, match="model with"):
+        c.fwd_hooks(build_dataset(other), model=other)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = build_model()
+    circuit = CircuitPruner(model).fit(build_dataset(model), steps=5, progress=False)
+    circuit.metrics["kl"] = 0.25
+    path = circuit.save(tmp_path / "c.safetensors")
+    loaded = Circuit.load(path, model=model)
+    assert loaded.dims == circuit.dims and loaded.config == circuit.config
+    assert loaded.history == circuit.history and loaded.metrics == circuit.metrics
+    for g in circuit.granularities:
+        assert torch.equal(loaded.log_alpha[g], circuit.log_alpha[g])
+        assert torch.equal(loaded.kept(g), circuit.kept(g))
+
+
+def test_loading_for_another_model_or_a_broken_file_fails_clearly(tmp_path):
+    model = build_model()
+    path = circuit_with(ModelDims.from_cfg(model.cfg)).save(tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="model with"):
+        Circuit.load(path, model=build_model(d_mlp=16))
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable circuit"):
+        Circuit.load(truncated)
+    with pytest.raises(FileNotFoundError):
+        Circuit.load(tmp_path / "missing.safetensors")

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from transformer_lens_mgp import PairedDataset
+
+
+def make(n=6, t=5, **overrides):
+    kwargs = dict(
+        clean_tokens=torch.arange(n * t).reshape(n, t) % 7,
+        corrupted_tokens=(torch.arange(n * t).reshape(n, t) + 1) % 7,
+        answer_tokens=torch.arange(n) % 7,
+    )
+    kwargs.update(overrides)
+    return PairedDataset(**kwargs)
+
+
+def test_defaults_score_the_last_position():
+    ds = make()
+    assert ds.answer_positions.tolist() == [4] * 6
+    assert len(ds) == 6 and ds.seq_len == 5 and ds.metric == "logit_diff"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(corrupted_tokens=torch.zeros(6, 4, dtype=torch.long)), "same token length"),
+        (dict(clean_tokens=torch.zeros(6, 5)), "integer token ids"),
+        (dict(answer_tokens=torch.zeros(5, dtype=torch.long)), r"shape \[6\]"),
+        (dict(answer_positions=torch.full((6,), 5)), "out of range"),
+        (dict(clean_tokens=torch.zeros(6, dtype=torch.long)), "n_pairs, seq_len"),
+        (dict(answer_tokens=torch.full((6,), -3)), "negative"),
+        (dict(metric="accuracy"), "unknown metric"),
+        (dict(clean_tokens=[[1, 2]]), "torch.Tensor"),
+    ],
+)
+def test_bad_input_is_named(overrides, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make(**overrides)
+
+
+def test_empty_dataset_is_rejected():
+    empty = torch.zeros(0, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="empty"):
+        PairedDataset(empty, empty, torch.zeros(0, dtype=torch.long))
+
+
+def test_answer_sets_padded_with_minus_one_are_accepted():
+    ds = make(
+        answer_tokens=torch.tensor([[1, 2, -1]] * 6), wrong_answer_tokens=torch.tensor([3] * 6)
+    )
+    assert ds.answer_tokens.shape == (6, 3)
+
+
+def test_split_is_disjoint_seeded_and_complete():
+    ds = make(
+        n=10,
+        clean_tokens=torch.arange(50).reshape(10, 5),
+        corrupted_tokens=torch.arange(50).reshape(10, 5),
+    )
+    train, test = ds.split(0.3, seed=1)
+    assert len(train) == 7 and len(test) == 3
+    rows = {tuple(r) for r in torch.cat([train.clean_tokens, test.clean_tokens]).tolist()}
+    assert len(rows) == 10
+    again, _ = ds.split(0.3, seed=1)
+    assert torch.equal(again.clean_tokens, train.clean_tokens)
+
+
+def test_batches_cover_every_pair_once_and_cut_after_last_answer():
+    ds = make(n=7, answer_positions=torch.tensor([1, 2, 1, 1, 2, 1, 1]))
+    seen = []
+    for batch in ds.batches(3, torch.Generator().manual_seed(0)):
+        assert batch.seq_len == int(batch.answer_positions.max()) + 1
+        seen += batch.answer_tokens.tolist()
+    assert sorted(seen) == sorted(ds.answer_tokens.tolist())
+
+
+def test_indexing_keeps_metadata():
+    ds = make(name="x", metric="prob_diff")
+    sub = ds[[0, 2]]
+    assert len(sub) == 2 and sub.name == "x" and sub.metric == "prob_diff"

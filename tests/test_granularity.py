@@ -1,0 +1,62 @@
+import pytest
+import torch
+from conftest import VARIANTS, build_model
+
+from transformer_lens_mgp import GRANULARITIES, ModelDims
+from transformer_lens_mgp.granularity import resolve_granularities, site_masks
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes_follow_the_config_and_match_hook_activations(variant):
+    model = build_model(**VARIANTS[variant])
+    dims = ModelDims.from_cfg(model.cfg)
+    _, cache = model.run_with_cache(torch.zeros(1, 3, dtype=torch.long))
+    for layer in range(dims.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        assert tuple(z.shape[2:]) == dims.shape("attn_neuron")[1:]
+        if dims.has_mlp:
+            post = cache[f"blocks.{layer}.mlp.hook_post"]
+            assert tuple(post.shape[2:]) == dims.shape("mlp_neuron")[1:]
+    assert dims.shape("head") == (model.cfg.n_layers, model.cfg.n_heads)
+
+
+def test_attention_only_models_have_no_mlp_granularities():
+    dims = ModelDims.from_cfg(build_model(**VARIANTS["attn_only"]).cfg)
+    assert dims.available() == ("block", "head", "attn_neuron")
+    with pytest.raises(ValueError, match="attention-only"):
+        resolve_granularities(["mlp_neuron"], dims)
+
+
+def test_unknown_granularity_names_the_choices():
+    dims = ModelDims(2, 4, 8, 16)
+    with pytest.raises(ValueError, match="unknown granularity 'neuron'.*block"):
+        resolve_granularities(["head", "neuron"], dims)
+    with pytest.raises(ValueError, match="at least one"):
+        resolve_granularities([], dims)
+
+
+def test_resolution_puts_parents_first():
+    dims = ModelDims(2, 4, 8, 16)
+    assert resolve_granularities(["mlp_neuron", "block"], dims) == ("block", "mlp_neuron")
+    assert resolve_granularities("head", dims) == ("head",)
+    assert resolve_granularities(GRANULARITIES[::-1], dims) == GRANULARITIES
+
+
+def test_site_masks_multiply_down_the_tree():
+    dims = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=5)
+    values = {g: torch.full(dims.shape(g), 1.0) for g in GRANULARITIES}
+    values["head"][0, 1] = 0.5
+    values["attn_neuron"][0, 1, 2] = 0.5
+    values["block"][1] = 0.0
+    values["mlp"][0] = 0.25
+    values["mlp_neuron"][0, 3] = 0.5
+    attn, mlp = site_masks(values, dims)
+    assert attn[0, 1, 2] == 0.25 and attn[0, 1, 0] == 0.5 and attn[0, 0, 0] == 1
+    assert (attn[1] == 0).all() and (mlp[1] == 0).all()
+    assert mlp[0, 3] == 0.125 and mlp[0, 0] == 0.25
+
+
+def test_missing_granularities_count_as_kept():
+    dims = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=5)
+    attn, mlp = site_masks({"head": torch.zeros(2, 3)}, dims)
+    assert (attn == 0).all() and (mlp == 1).all()

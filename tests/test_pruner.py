@@ -1,0 +1,207 @@
+import pytest
+import torch
+from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
+
+import transformer_lens_mgp.pruner as pruner_module
+from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, TrainingDivergedError
+
+LIVE_HEADS = {(0, 0), (1, 2)}
+LIVE_NEURONS = {(0, 3), (0, 7), (1, 5)}
+
+
+def known_answer_model():
+    """Every head and MLP neuron outside LIVE_* writes nothing (zero output weights), so it
+    cannot matter; the live ones are scaled up so that they carry the prediction."""
+    model = build_model(d_mlp=32)
+    with torch.no_grad():
+        for layer in range(2):
+            for head in range(4):
+                model.blocks[layer].attn.W_O[head] *= 4 if (layer, head) in LIVE_HEADS else 0
+            for neuron in range(32):
+                model.blocks[layer].mlp.W_out[neuron] *= 6 if (layer, neuron) in LIVE_NEURONS else 0
+    return model
+
+
+def kept_set(circuit, granularity):
+    return {tuple(i) for i in circuit.kept(granularity).nonzero().tolist()}
+
+
+def test_known_answer_model_is_recovered_exactly():
+    model = known_answer_model()
+    circuit = CircuitPruner(model).fit(build_dataset(model, n=64), steps=150, progress=False)
+    assert kept_set(circuit, "head") == LIVE_HEADS, "dead heads kept or live heads pruned"
+    assert kept_set(circuit, "mlp_neuron") == LIVE_NEURONS
+    dead_head_neurons = circuit.kept("attn_neuron")[[0, 1], [1, 0]]
+    assert not dead_head_neurons.any()
+    assert circuit.history["kl"][-1] < 0.05
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fit_returns_a_smaller_circuit_on_every_architecture(variant):
+    model = build_model(**VARIANTS[variant])
+    before = model_state(model)
+    circuit = CircuitPruner(model).fit(build_dataset(model), steps=40, progress=False)
+    assert isinstance(circuit, Circuit)
+    assert circuit.granularities == circuit.dims.available()
+    for g in circuit.granularities:
+        assert circuit.kept(g).dtype == torch.bool
+        assert tuple(circuit.kept(g).shape) == circuit.dims.shape(g)
+    assert circuit.n_kept("attn_neuron") < circuit.n_total("attn_neuron")
+    assert len(circuit.history["kl"]) == 40
+    assert_untouched(model, before)
+
+
+def test_model_is_untouched_after_fit_even_with_mixed_requires_grad():
+    model = build_model()
+    model.blocks[0].attn.W_Q.requires_grad_(False)
+    before = model_state(model)
+    logits = model(build_dataset(model).clean_tokens)
+    CircuitPruner(model).fit(build_dataset(model), steps=5, progress=False)
+    assert_untouched(model, before)
+    assert torch.equal(model(build_dataset(model).clean_tokens), logits)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_model_is_untouched_after_fit_raises_mid_training(monkeypatch, error):
+    model = build_model()
+    before = model_state(model)
+    calls = []
+    real_kl = pruner_module.kl_divergence
+
+    def failing_kl(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise error
+        return real_kl(*args)
+
+    monkeypatch.setattr(pruner_module, "kl_divergence", failing_kl)
+    pruner = CircuitPruner(model)
+    with pytest.raises(type(error)):
+        pruner.fit(build_dataset(model), steps=10, progress=False)
+    assert_untouched(model, before)
+    assert len(pruner.circuit_.history["kl"]) == 2, "the steps done before the fault are kept"
+
+
+def test_nan_loss_raises_a_clear_error_and_leaves_model_clean():
+    model = build_model()
+    before = model_state(model)
+
+    def poison(activation, hook):
+        return activation * float("nan")
+
+    model.blocks[1].mlp.hook_post.add_hook(poison)
+    try:
+        with pytest.raises(TrainingDivergedError, match="non-finite|NaN"):
+            CircuitPruner(model).fit(build_dataset(model), steps=3, progress=False)
+        assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 1, "user hook kept"
+    finally:
+        model.reset_hooks()
+    assert_untouched(model, before)
+
+
+def test_same_seed_same_circuit_other_seed_other_masks():
+    model = build_model()
+    ds = build_dataset(model)
+    a = CircuitPruner(model, seed=1).fit(ds, steps=15, progress=False)
+    b = CircuitPruner(model, seed=1).fit(ds, steps=15, progress=False)
+    c = CircuitPruner(model, seed=2).fit(ds, steps=15, progress=False)
+    for g in a.granularities:
+        assert torch.equal(a.log_alpha[g], b.log_alpha[g])
+    assert not torch.equal(a.log_alpha["mlp_neuron"], c.log_alpha["mlp_neuron"])
+
+
+def test_fitting_twice_gives_independent_results():
+    model = build_model()
+    pruner = CircuitPruner(model, seed=3)
+    first = pruner.fit(build_dataset(model), steps=10, progress=False)
+    second = pruner.fit(build_dataset(model), steps=10, progress=False)
+    assert torch.equal(first.log_alpha["head"], second.log_alpha["head"])
+    assert first is not second
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_other_ablations_train(ablation):
+    model = build_model()
+    circuit = CircuitPruner(model, ablation=ablation).fit(
+        build_dataset(model), steps=10, progress=False
+    )
+    assert circuit.config["ablation"] == ablation
+    assert all(torch.isfinite(torch.tensor(circuit.history["loss"])))
+
+
+def test_subset_of_granularities_prunes_only_those():
+    model = build_model()
+    circuit = CircuitPruner(model, granularities=["mlp_neuron"], sparsity={"mlp_neuron": 2.0}).fit(
+        build_dataset(model), steps=30, progress=False
+    )
+    assert circuit.granularities == ("mlp_neuron",)
+    assert circuit.kept("attn_neuron").all()
+    assert circuit.n_kept("mlp_neuron") < circuit.n_total("mlp_neuron")
+
+
+def test_higher_sparsity_gives_smaller_circuits():
+    model = build_model()
+    ds = build_dataset(model)
+    small = CircuitPruner(model, sparsity={"mlp_neuron": 5.0}).fit(ds, steps=60, progress=False)
+    large = CircuitPruner(model, sparsity={"mlp_neuron": 0.01}).fit(ds, steps=60, progress=False)
+    assert small.n_kept("mlp_neuron") < large.n_kept("mlp_neuron")
+
+
+class NotAModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cfg = build_model().cfg
+        self.linear = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    "make_pruner, fit_kwargs, error, message",
+    [
+        (
+            lambda m: CircuitPruner(m, granularities=["neurons"]),
+            {},
+            ValueError,
+            "unknown granularity",
+        ),
+        (lambda m: CircuitPruner(m, ablation="resample"), {}, ValueError, "unknown ablation"),
+        (lambda m: CircuitPruner(m, sparsity={"head": -1.0}), {}, ValueError, ">= 0"),
+        (lambda m: CircuitPruner(m, sparsity={"head": float("nan")}), {}, ValueError, "finite"),
+        (
+            lambda m: CircuitPruner(m, sparsity={"heads": 1.0}),
+            {},
+            ValueError,
+            "unknown granularity",
+        ),
+        (lambda m: CircuitPruner(m), dict(steps=0), ValueError, "steps"),
+        (lambda m: CircuitPruner(m), dict(batch_size=0), ValueError, "batch_size"),
+        (lambda m: CircuitPruner(m), dict(lr=float("inf")), ValueError, "lr"),
+        (lambda m: CircuitPruner(NotAModel()), {}, TypeError, "TransformerLens"),
+        (lambda m: CircuitPruner(m, device="meta"), {}, ValueError, "device"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(make_pruner, fit_kwargs, error, message):
+    model = build_model()
+    before = model_state(model)
+    with pytest.raises(error, match=message):
+        make_pruner(model).fit(build_dataset(model), progress=False, **fit_kwargs)
+    assert_untouched(model, before)
+
+
+def test_out_of_vocabulary_tokens_are_rejected():
+    model = build_model()
+    ds = build_dataset(model)
+    bad = PairedDataset(ds.clean_tokens + 100, ds.corrupted_tokens, ds.answer_tokens)
+    with pytest.raises(ValueError, match="vocabulary"):
+        CircuitPruner(model).fit(bad, progress=False)
+
+
+def test_dataset_of_wrong_type_is_rejected():
+    model = build_model()
+    with pytest.raises(TypeError, match="PairedDataset"):
+        CircuitPruner(model).fit({"clean": 1}, progress=False)
+
+
+def test_mlp_granularity_on_attention_only_model_is_rejected():
+    model = build_model(**VARIANTS["attn_only"])
+    with pytest.raises(ValueError, match="attention-only"):
+        CircuitPruner(model, granularities=["mlp"]).fit(build_dataset(model), progress=False)
