@@ -130,6 +130,25 @@ class Circuit:
         kept = ", ".join(f"{g}={self.n_kept(g)}/{self.n_total(g)}" for g in self.granularities)
         return f"Circuit({kept})"
 
+    # --- figures (plotly is imported only when asked for) --------------------------------
+
+    def plot_neuron_map(self, granularity: str = "mlp_neuron"):
+        """Layers x neurons figure of kept nodes; see :mod:`transformer_lens_mgp.plotting`."""
+        from .plotting import plot_neuron_map
+
+        return plot_neuron_map(self, granularity)
+
+    def plot_head_map(self):
+        from .plotting import plot_head_map
+
+        return plot_head_map(self)
+
+    def report(self, path: str | Path, title: str = "Circuit") -> Path:
+        """Write a self-contained HTML report with the summary, metrics and every figure."""
+        from .plotting import write_report
+
+        return write_report(self, path, self.metrics or None, title)
+
     # --- running a model as the circuit -------------------------------------------------
 
     def check_model(self, model) -> None:

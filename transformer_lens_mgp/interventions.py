@@ -94,6 +94,19 @@ def answer_logits(
     return logits
 
 
+def masked_answer_logits(
+    model,
+    batch: PairedDataset,
+    dims: ModelDims,
+    attn_mask: Float[Tensor, "n_layers n_heads d_head"],
+    mlp_mask: Float[Tensor, "n_layers d_mlp"] | None,
+    ablated: dict[str, Tensor],
+) -> Float[Tensor, "batch d_vocab"]:
+    """Answer-position logits of the clean prompts with every site interpolated by its mask."""
+    with model.hooks(fwd_hooks=mask_hooks(dims, attn_mask, mlp_mask, ablated)):
+        return answer_logits(model, batch.clean_tokens, batch.answer_positions)
+
+
 @torch.no_grad()
 def reference_pass(
     model, batch: PairedDataset, dims: ModelDims, cache_corrupted: bool

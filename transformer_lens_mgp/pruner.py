@@ -19,11 +19,10 @@ from .circuit import Circuit
 from .data import PairedDataset
 from .granularity import GRANULARITIES, ModelDims, resolve_granularities, site_masks
 from .interventions import (
-    answer_logits,
     check_ablation,
     check_hook_points,
     frozen,
-    mask_hooks,
+    masked_answer_logits,
     mean_activations,
     model_device,
     reference_pass,
@@ -186,9 +185,8 @@ class CircuitPruner:
             )
         sampled = {g: self.hard_concrete.sample(p, noise) for g, p in log_alpha.items()}
         attn, mlp = site_masks(sampled, dims)
-        hooks = mask_hooks(dims, attn, mlp, corrupted if fixed is None else fixed)
-        with self.model.hooks(fwd_hooks=hooks):
-            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
+        ablated = corrupted if fixed is None else fixed
+        logits = masked_answer_logits(self.model, batch, dims, attn, mlp, ablated)
         kl = kl_divergence(reference, logits)
         l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in log_alpha.items()}
         loss = kl + sum(lambdas[g] * l0[g] for g in log_alpha)

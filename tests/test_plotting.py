@@ -1,0 +1,46 @@
+import plotly.graph_objects as go
+import torch
+from conftest import build_model
+from test_evaluation import full_circuit
+
+from transformer_lens_mgp import Circuit, ModelDims, plotting
+
+
+def big_circuit():
+    """SmolLM2-sized: 30 layers x 1536 MLP neurons, 9 heads of 64 dims."""
+    dims = ModelDims(n_layers=30, n_heads=9, d_head=64, d_mlp=1536)
+    g = torch.Generator().manual_seed(0)
+    log_alpha = {k: torch.randn(dims.shape(k), generator=g) for k in dims.available()}
+    return Circuit(
+        dims=dims,
+        log_alpha=log_alpha,
+        history={"loss": [1.0, 0.5], "kl": [0.2, 0.1], "l0/head": [1.0, 0.3]},
+    )
+
+
+def test_figures_have_one_cell_per_node():
+    circuit = big_circuit()
+    neuron_map = plotting.plot_neuron_map(circuit)
+    assert isinstance(neuron_map, go.Figure) and len(neuron_map.data) == 1
+    assert neuron_map.data[0].z.shape == (30, 1536)
+    assert neuron_map.data[0].z.sum() == circuit.n_kept("mlp_neuron")
+    assert plotting.plot_head_map(circuit).data[0].z.shape == (30, 9)
+    assert plotting.plot_neuron_map(circuit, "attn_neuron").data[0].z.shape == (30, 9 * 64)
+    assert len(plotting.plot_kept_per_layer(circuit).data) == 5
+    assert len(plotting.plot_training_curves(circuit).data) == 3
+
+
+def test_report_is_one_self_contained_html_file(tmp_path):
+    circuit = big_circuit()
+    circuit.metrics = {"kl": 0.1}
+    path = circuit.report(tmp_path / "r.html", title="test <report>")
+    text = path.read_text()
+    assert text.count("<script") >= 4 and "test &lt;report&gt;" in text
+    assert "<script src=" not in text, "plotly.js must be inlined, not fetched"
+    assert "mlp_neuron" in text
+
+
+def test_attention_only_circuit_plots_without_neuron_map(tmp_path):
+    model = build_model(attn_only=True, d_mlp=None)
+    circuit = full_circuit(model)
+    assert "head" in circuit.report(tmp_path / "r.html").read_text()

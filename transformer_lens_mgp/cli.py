@@ -1,0 +1,192 @@
+"""``tl-mgp``: discover a task's circuit, or evaluate a saved one, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+from .circuit import Circuit
+from .granularity import GRANULARITIES
+from .pruner import DEFAULT_SPARSITY, CircuitPruner
+
+
+def _sparsity(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in GRANULARITIES:
+        raise argparse.ArgumentTypeError(
+            f"expected GRANULARITY=LAMBDA with GRANULARITY in {', '.join(GRANULARITIES)}, got {text!r}"
+        )
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} in {text!r} is not a number") from None
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    from .tasks import TASKS
+
+    parser.add_argument("--task", choices=sorted(TASKS), default="ioi", help="task (default: ioi)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="TransformerLens model name (default: the embedded SmolLM2-135M-Instruct, offline)",
+    )
+    parser.add_argument("--n", type=int, default=320, help="pairs to generate (default: 320)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="held-out share for evaluation (default: 0.2)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tl-mgp", description="Circuit discovery by multi-granular node pruning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    discover = sub.add_parser("discover", help="train masks on a task and write a report")
+    _add_data_args(discover)
+    discover.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    discover.add_argument("--batch-size", type=int, default=None)
+    discover.add_argument("--lr", type=float, default=None)
+    discover.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
+    discover.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        nargs="+",
+        default=[],
+        metavar="G=LAMBDA",
+        help=f"defaults: {DEFAULT_SPARSITY}",
+    )
+    discover.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
+    discover.add_argument("--out", type=Path, required=True, help="output directory")
+    discover.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
+    _add_data_args(evaluate)
+    evaluate.add_argument("circuit", type=Path, help="a circuit file written by discover")
+    evaluate.add_argument("--out", type=Path, default=None, help="write metrics JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _discover(args) if args.command == "discover" else _evaluate(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"tl-mgp: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _load(args):
+    from .models import load_model
+    from .tasks import TASKS
+
+    start = time.perf_counter()
+    model = load_model(args.model, device=args.device)
+    print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    data = TASKS[args.task](model, n=args.n, seed=args.seed)
+    train, test = data.split(args.test_fraction, seed=args.seed)
+    return model, train, test
+
+
+def _discover(args) -> int:
+    from .evaluation import evaluate, random_circuit
+
+    wall = time.perf_counter()
+    model, train, test = _load(args)
+    fit_kwargs = {
+        k: v
+        for k, v in dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr).items()
+        if v is not None
+    }
+    pruner = CircuitPruner(
+        model,
+        granularities=args.granularities,
+        sparsity=dict(args.sparsity),
+        ablation=args.ablation,
+        seed=args.seed,
+    )
+    circuit = pruner.fit(train, progress=not args.quiet, **fit_kwargs)
+    result = evaluate(model, circuit, test)
+    baseline = evaluate(model, random_circuit(circuit, seed=args.seed), test)
+    metrics = {
+        "task": args.task,
+        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
+        "n_train": len(train),
+        "n_test": len(test),
+        "circuit": result.to_dict(),
+        "random_circuit_same_size": baseline.to_dict(),
+        "fit_seconds": circuit.config.get("seconds"),
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+    }
+    circuit.metrics = {
+        "kl": result.kl,
+        "recovered": result.recovered,
+        "accuracy": result.accuracy_circuit,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    circuit.save(args.out / "circuit.safetensors")
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    circuit.report(args.out / "report.html", title=f"{args.task} circuit")
+    print(circuit.summary())
+    print(_metrics_table(result, baseline))
+    print(f"wall time {metrics['wall_seconds']} s, peak memory {metrics['peak_rss_mib']} MiB")
+    print(f"wrote {args.out}/circuit.safetensors, metrics.json, report.html")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluation import evaluate, random_circuit
+
+    model, _, test = _load(args)
+    circuit = Circuit.load(args.circuit, model=model)
+    result = evaluate(model, circuit, test)
+    baseline = evaluate(model, random_circuit(circuit, seed=args.seed), test)
+    print(circuit.summary())
+    print(_metrics_table(result, baseline))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(
+                {"circuit": result.to_dict(), "random_circuit_same_size": baseline.to_dict()},
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _metrics_table(result, baseline) -> str:
+    rows = [
+        ("KL(full || circuit)", "kl"),
+        ("metric recovered", "recovered"),
+        ("accuracy", "accuracy_circuit"),
+    ]
+    lines = [f"{'held-out':<22} {'circuit':>10} {'random':>10}"]
+    for label, key in rows:
+        a, b = getattr(result, key), getattr(baseline, key)
+        lines.append(f"{label:<22} {_fmt(a):>10} {_fmt(b):>10}")
+    lines.append(f"{'full model accuracy':<22} {_fmt(result.accuracy_full):>10}")
+    return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if isinstance(x, float) and math.isnan(x) else f"{x:.4f}"
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Plotly figures of a Circuit, and a self-contained HTML report.
+
+Figures are returned, never shown, so they work the same in notebooks, scripts and files.
+Heatmaps are single traces (one cell per node), which keeps them responsive at tens of
+thousands of neurons.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from .circuit import Circuit
+
+KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f77b4"]]
+
+
+def plot_neuron_map(circuit: Circuit, granularity: str = "mlp_neuron") -> go.Figure:
+    """Layers x MLP neurons (or x attention-neuron index): kept nodes coloured, with each
+    node's deterministic mask and ``log_alpha`` on hover."""
+    kept = circuit.kept(granularity).float()
+    mask = circuit.mask(granularity)
+    log_alpha = circuit.log_alpha.get(granularity, torch.full(kept.shape, float("nan")))
+    if granularity == "attn_neuron":
+        kept, mask, log_alpha = (t.flatten(1) for t in (kept, mask, log_alpha))
+        x_title = "head x d_head"
+    else:
+        x_title = "neuron"
+    custom = torch.stack([mask, log_alpha], dim=-1).numpy().round(3)
+    fig = go.Figure(
+        go.Heatmap(
+            z=kept.numpy(),
+            customdata=custom,
+            colorscale=KEPT_SCALE,
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate=(
+                "layer %{y}, " + x_title + " %{x}<br>mask %{customdata[0]}"
+                "<br>log_alpha %{customdata[1]}<extra></extra>"
+            ),
+        )
+    )
+    fig.update_layout(
+        title=f"{granularity}: {circuit.n_kept(granularity)} of {circuit.n_total(granularity)} kept",
+        xaxis_title=x_title,
+        yaxis_title="layer",
+        height=300 + 12 * circuit.dims.n_layers,
+    )
+    return fig
+
+
+def plot_head_map(circuit: Circuit) -> go.Figure:
+    """Layers x heads, coloured by how many of each head's dimensions are kept."""
+    counts = circuit.kept("attn_neuron").sum(-1)
+    fig = go.Figure(
+        go.Heatmap(
+            z=counts.numpy(),
+            text=counts.numpy(),
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=circuit.dims.d_head,
+            colorbar_title="kept dims",
+            hovertemplate="L%{y}.H%{x}: %{z} dims kept<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"heads: {circuit.n_kept('head')} of {circuit.n_total('head')} kept",
+        xaxis_title="head",
+        yaxis_title="layer",
+        height=300 + 12 * circuit.dims.n_layers,
+    )
+    return fig
+
+
+def plot_kept_per_layer(circuit: Circuit) -> go.Figure:
+    """Fraction of nodes kept in each layer, one bar group per granularity."""
+    fig = go.Figure()
+    layers = list(range(circuit.dims.n_layers))
+    for g in circuit.dims.available():
+        kept = circuit.kept(g).float()
+        per_layer = kept.flatten(1).mean(-1) if kept.ndim > 1 else kept
+        fig.add_bar(x=layers, y=per_layer.numpy(), name=g)
+    fig.update_layout(
+        title="kept fraction per layer", xaxis_title="layer", yaxis_title="fraction kept"
+    )
+    return fig
+
+
+def plot_training_curves(circuit: Circuit) -> go.Figure:
+    """Loss and KL (left) and the expected kept fraction per granularity (right)."""
+    history = circuit.history
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss and KL", "expected kept fraction"))
+    for key in ("loss", "kl"):
+        if history.get(key):
+            fig.add_scatter(y=history[key], name=key, row=1, col=1)
+    for key, values in history.items():
+        if key.startswith("l0/"):
+            fig.add_scatter(y=values, name=key[3:], row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(type="log", row=1, col=1)
+    return fig
+
+
+def write_report(
+    circuit: Circuit, path: str | Path, metrics: dict | None = None, title: str = "Circuit"
+) -> Path:
+    """One self-contained HTML file: summary, metrics and every figure (plotly.js inlined once)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = [plot_head_map(circuit), plot_kept_per_layer(circuit)]
+    if circuit.dims.has_mlp:
+        figures.insert(0, plot_neuron_map(circuit))
+    if circuit.history:
+        figures.append(plot_training_curves(circuit))
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
+        for i, fig in enumerate(figures)
+    ]
+    body = (
+        f"<h1>{html.escape(title)}</h1><pre>{html.escape(circuit.summary())}</pre>"
+        + (
+            f"<h2>metrics</h2><pre>{html.escape(json.dumps(metrics, indent=2))}</pre>"
+            if metrics
+            else ""
+        )
+        + "".join(parts)
+    )
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"</head><body style='font-family:sans-serif;margin:2em'>{body}</body></html>",
+        encoding="utf-8",
+    )
+    return path
