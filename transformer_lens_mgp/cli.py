@@ -19,7 +19,8 @@ def _sparsity(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep or name not in GRANULARITIES:
         raise argparse.ArgumentTypeError(
-            f"expected GRANULARITY=LAMBDA with GRANULARITY in {', '.join(GRANULARITIES)}, got {text!r}"
+            f"expected GRANULARITY=LAMBDA (GRANULARITY one of {', '.join(GRANULARITIES)}), "
+            f"got {text!r}"
         )
     try:
         return name, float(value)

@@ -47,7 +47,8 @@ def plot_neuron_map(circuit: Circuit, granularity: str = "mlp_neuron") -> go.Fig
         )
     )
     fig.update_layout(
-        title=f"{granularity}: {circuit.n_kept(granularity)} of {circuit.n_total(granularity)} kept",
+        title=f"{granularity}: {circuit.n_kept(granularity)} of "
+        f"{circuit.n_total(granularity)} kept",
         xaxis_title=x_title,
         yaxis_title="layer",
         height=300 + 12 * circuit.dims.n_layers,
