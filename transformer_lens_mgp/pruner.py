@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .circuit import Circuit
 from .data import PairedDataset
 from .granularity import GRANULARITIES, ModelDims, resolve_granularities, site_masks
@@ -39,6 +41,10 @@ DEFAULT_SPARSITY: dict[str, float] = {
     "mlp_neuron": 0.5,
 }
 """Default ``lambda_g``: the KL (in nats) worth dropping every node of a granularity."""
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -100,15 +106,26 @@ class CircuitPruner:
         batch_size: int = 16,
         lr: float = 0.1,
         progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 50,
+        resume: bool = False,
     ) -> Circuit:
         """Train masks for ``steps`` optimiser steps and return the extracted Circuit.
 
-        If training stops early (an error, a NaN, Ctrl-C), the masks learned so far are
-        left in ``self.circuit_`` before the exception propagates.
+        With ``checkpoint_dir``, masks, optimiser state and history are saved atomically every
+        ``checkpoint_every`` steps; ``resume=True`` continues from there and ends with the same
+        circuit as an uninterrupted fit. If training stops early (an error, a NaN, Ctrl-C), the
+        masks learned so far are left in ``self.circuit_`` before the exception propagates.
         """
         dims, granularities, device = self._validate(dataset, steps, batch_size, lr)
+        if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise ValueError(
+                f"checkpoint_every must be a positive integer, got {checkpoint_every!r}"
+            )
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs the checkpoint_dir of the fit to continue")
         generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.Generator(device=device).manual_seed(self.seed)
+        noise = torch.Generator(device=device)
         log_alpha = {
             g: torch.nn.Parameter(
                 self.init_log_alpha
@@ -131,8 +148,18 @@ class CircuitPruner:
             lr=lr,
             dataset=dataset.name,
             n_pairs=len(dataset),
+            dims=dims.to_dict(),
         )
         self.circuit_ = None
+        checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+        start_step = 0
+        state = load_checkpoint(checkpoint, config) if resume else None
+        if state is not None:
+            with torch.no_grad():
+                for g, p in log_alpha.items():
+                    p.copy_(state["log_alpha"][g])
+            optimizer.load_state_dict(state["optimizer"])
+            history, start_step = state["history"], state["step"]
 
         def snapshot() -> Circuit:
             return Circuit(
@@ -147,11 +174,18 @@ class CircuitPruner:
         try:
             with frozen(self.model):
                 fixed = self._fixed_ablation(dataset, dims, device)
-                batches = self._batches(dataset, batch_size, generator)
-                bar = tqdm(range(steps), desc="pruning", disable=not progress, dynamic_ncols=True)
+                bar = tqdm(
+                    range(start_step, steps),
+                    initial=start_step,
+                    total=steps,
+                    desc="pruning",
+                    disable=not progress,
+                    dynamic_ncols=True,
+                )
                 for step in bar:
+                    noise.manual_seed(_step_seed(self.seed, step))
                     record = self._step(
-                        next(batches).to(device),
+                        self._batch_at(dataset, batch_size, step).to(device),
                         dims,
                         log_alpha,
                         lambdas,
@@ -164,6 +198,17 @@ class CircuitPruner:
                         history[key].append(value)
                     if progress and (step % 5 == 0 or step == steps - 1):
                         bar.set_postfix_str(self._progress_text(record, log_alpha))
+                    if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                        save_checkpoint(
+                            checkpoint,
+                            {
+                                "step": step + 1,
+                                "config": config,
+                                "history": history,
+                                "log_alpha": {g: p.detach().cpu() for g, p in log_alpha.items()},
+                                "optimizer": optimizer.state_dict(),
+                            },
+                        )
         except BaseException:
             self.circuit_ = snapshot()
             raise
@@ -212,10 +257,16 @@ class CircuitPruner:
             return zero_activations(dims, device)
         return None
 
-    @staticmethod
-    def _batches(dataset, batch_size, generator) -> Iterator[PairedDataset]:
-        while True:
-            yield from dataset.batches(min(batch_size, len(dataset)), generator)
+    def _batch_at(self, dataset: PairedDataset, batch_size: int, step: int) -> PairedDataset:
+        """The batch of a step: a function of (seed, step) alone, so a resumed fit replays the
+        same batches as an uninterrupted one."""
+        batch_size = min(batch_size, len(dataset))
+        per_epoch = math.ceil(len(dataset) / batch_size)
+        epoch, index = divmod(step, per_epoch)
+        order = torch.randperm(
+            len(dataset), generator=torch.Generator().manual_seed(_step_seed(self.seed, epoch))
+        )
+        return dataset[order[index * batch_size : (index + 1) * batch_size]].trimmed()
 
     def _progress_text(self, record, log_alpha) -> str:
         threshold = self.hard_concrete.keep_threshold
