@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,13 +22,14 @@ from .circuit import Circuit
 from .data import PairedDataset
 from .granularity import GRANULARITIES, ModelDims, resolve_granularities, site_masks
 from .interventions import (
+    answer_logits,
     check_ablation,
     check_hook_points,
     frozen,
     masked_answer_logits,
     mean_activations,
     model_device,
-    reference_pass,
+    site_activations,
     zero_activations,
 )
 from .masks import HardConcrete
@@ -45,6 +47,29 @@ DEFAULT_SPARSITY: dict[str, float] = {
 
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
+
+
+@dataclass
+class _FitState:
+    """What one fit carries from step to step."""
+
+    dims: ModelDims
+    log_alpha: dict[str, torch.nn.Parameter]
+    lambdas: dict[str, float]
+    optimizer: torch.optim.Optimizer
+    noise: torch.Generator
+    history: dict[str, list[float]]
+    reference: torch.Tensor | None = None
+    fixed: dict[str, torch.Tensor] | None = None
+
+    def checkpoint(self, step: int, config: dict) -> dict:
+        return {
+            "step": step,
+            "config": config,
+            "history": self.history,
+            "log_alpha": {g: p.detach().cpu() for g, p in self.log_alpha.items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
 
 
 class TrainingDivergedError(RuntimeError):
@@ -125,7 +150,6 @@ class CircuitPruner:
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir of the fit to continue")
         generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.Generator(device=device)
         log_alpha = {
             g: torch.nn.Parameter(
                 self.init_log_alpha
@@ -133,13 +157,17 @@ class CircuitPruner:
             )
             for g in granularities
         }
-        optimizer = torch.optim.Adam(log_alpha.values(), lr=lr)
-        lambdas = {g: self.sparsity.get(g, DEFAULT_SPARSITY[g]) for g in granularities}
-        history: dict[str, list[float]] = {"loss": [], "kl": []}
-        history.update({f"l0/{g}": [] for g in granularities})
+        run = _FitState(
+            dims=dims,
+            log_alpha=log_alpha,
+            lambdas={g: self.sparsity.get(g, DEFAULT_SPARSITY[g]) for g in granularities},
+            optimizer=torch.optim.Adam(log_alpha.values(), lr=lr),
+            noise=torch.Generator(device=device),
+            history={"loss": [], "kl": [], **{f"l0/{g}": [] for g in granularities}},
+        )
         config = dict(
             granularities=list(granularities),
-            sparsity=lambdas,
+            sparsity=run.lambdas,
             ablation=self.ablation,
             seed=self.seed,
             init_log_alpha=self.init_log_alpha,
@@ -158,8 +186,8 @@ class CircuitPruner:
             with torch.no_grad():
                 for g, p in log_alpha.items():
                     p.copy_(state["log_alpha"][g])
-            optimizer.load_state_dict(state["optimizer"])
-            history, start_step = state["history"], state["step"]
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.history, start_step = state["history"], state["step"]
 
         def snapshot() -> Circuit:
             return Circuit(
@@ -167,13 +195,14 @@ class CircuitPruner:
                 log_alpha={g: p.detach().cpu().clone() for g, p in log_alpha.items()},
                 hard_concrete=self.hard_concrete,
                 config=config,
-                history=history,
+                history=run.history,
             )
 
         start = time.perf_counter()
         try:
             with frozen(self.model):
-                fixed = self._fixed_ablation(dataset, dims, device)
+                run.reference = self._reference_logits(dataset, device, batch_size)
+                run.fixed = self._fixed_ablation(dataset, dims, device)
                 bar = tqdm(
                     range(start_step, steps),
                     initial=start_step,
@@ -183,32 +212,11 @@ class CircuitPruner:
                     dynamic_ncols=True,
                 )
                 for step in bar:
-                    noise.manual_seed(_step_seed(self.seed, step))
-                    record = self._step(
-                        self._batch_at(dataset, batch_size, step).to(device),
-                        dims,
-                        log_alpha,
-                        lambdas,
-                        optimizer,
-                        fixed,
-                        noise,
-                        step,
-                    )
-                    for key, value in record.items():
-                        history[key].append(value)
+                    record = self._step(run, dataset, batch_size, step)
                     if progress and (step % 5 == 0 or step == steps - 1):
                         bar.set_postfix_str(self._progress_text(record, log_alpha))
                     if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-                        save_checkpoint(
-                            checkpoint,
-                            {
-                                "step": step + 1,
-                                "config": config,
-                                "history": history,
-                                "log_alpha": {g: p.detach().cpu() for g, p in log_alpha.items()},
-                                "optimizer": optimizer.state_dict(),
-                            },
-                        )
+                        save_checkpoint(checkpoint, run.checkpoint(step + 1, config))
         except BaseException:
             self.circuit_ = snapshot()
             raise
@@ -218,34 +226,49 @@ class CircuitPruner:
 
     # --- steps ------------------------------------------------------------------------------
 
-    def _step(self, batch, dims, log_alpha, lambdas, optimizer, fixed, noise, step) -> dict:
-        """One optimiser step; returns the numbers recorded in the history."""
-        reference, corrupted = reference_pass(
-            self.model, batch, dims, cache_corrupted=fixed is None
-        )
-        if not torch.isfinite(reference).all():
-            raise TrainingDivergedError(
-                "the unmasked model produced non-finite logits on this dataset; check the "
-                "model's weights and that token ids are valid for its vocabulary"
-            )
-        sampled = {g: self.hard_concrete.sample(p, noise) for g, p in log_alpha.items()}
-        attn, mlp = site_masks(sampled, dims)
-        ablated = corrupted if fixed is None else fixed
-        logits = masked_answer_logits(self.model, batch, dims, attn, mlp, ablated)
-        kl = kl_divergence(reference, logits)
-        l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in log_alpha.items()}
-        loss = kl + sum(lambdas[g] * l0[g] for g in log_alpha)
+    def _step(self, run: _FitState, dataset: PairedDataset, batch_size: int, step: int) -> dict:
+        """One optimiser step; appends to and returns the numbers recorded in the history."""
+        device = run.reference.device
+        indices = self._batch_indices(len(dataset), batch_size, step)
+        batch = dataset[indices].trimmed().to(device)
+        ablated = run.fixed
+        if ablated is None:
+            ablated = site_activations(self.model, batch.corrupted_tokens, run.dims)
+        run.noise.manual_seed(_step_seed(self.seed, step))
+        sampled = {g: self.hard_concrete.sample(p, run.noise) for g, p in run.log_alpha.items()}
+        attn, mlp = site_masks(sampled, run.dims)
+        logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
+        kl = kl_divergence(run.reference[indices.to(device)], logits)
+        l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
+        loss = kl + sum(run.lambdas[g] * l0[g] for g in run.log_alpha)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr or "
                 "check the model's logits for NaN/inf on this dataset"
             )
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        run.optimizer.step()
         record = {"loss": loss.item(), "kl": kl.item()}
         record.update({f"l0/{g}": v.item() for g, v in l0.items()})
+        for key, value in record.items():
+            run.history[key].append(value)
         return record
+
+    @torch.no_grad()
+    def _reference_logits(self, dataset: PairedDataset, device, batch_size: int):
+        """The full model's answer logits for every pair, computed once: they never change."""
+        chunks = []
+        for batch in dataset.batches(batch_size, shuffle=False):
+            batch = batch.to(device)
+            chunks.append(answer_logits(self.model, batch.clean_tokens, batch.answer_positions))
+        reference = torch.cat(chunks)
+        if not torch.isfinite(reference).all():
+            raise TrainingDivergedError(
+                "the unmasked model produced non-finite logits on this dataset; check the "
+                "model's weights and that token ids are valid for its vocabulary"
+            )
+        return reference
 
     def _fixed_ablation(self, dataset, dims, device) -> dict | None:
         """Ablation values that do not change per batch (None: corrupted, computed per batch)."""
@@ -257,16 +280,16 @@ class CircuitPruner:
             return zero_activations(dims, device)
         return None
 
-    def _batch_at(self, dataset: PairedDataset, batch_size: int, step: int) -> PairedDataset:
-        """The batch of a step: a function of (seed, step) alone, so a resumed fit replays the
+    def _batch_indices(self, n: int, batch_size: int, step: int) -> torch.Tensor:
+        """The pairs of a step: a function of (seed, step) alone, so a resumed fit replays the
         same batches as an uninterrupted one."""
-        batch_size = min(batch_size, len(dataset))
-        per_epoch = math.ceil(len(dataset) / batch_size)
+        batch_size = min(batch_size, n)
+        per_epoch = math.ceil(n / batch_size)
         epoch, index = divmod(step, per_epoch)
         order = torch.randperm(
-            len(dataset), generator=torch.Generator().manual_seed(_step_seed(self.seed, epoch))
+            n, generator=torch.Generator().manual_seed(_step_seed(self.seed, epoch))
         )
-        return dataset[order[index * batch_size : (index + 1) * batch_size]].trimmed()
+        return order[index * batch_size : (index + 1) * batch_size]
 
     def _progress_text(self, record, log_alpha) -> str:
         threshold = self.hard_concrete.keep_threshold
