@@ -1,19 +1,27 @@
 """Circuit discovery by multi-granular node pruning for TransformerLens models."""
 
+from . import tasks
 from .circuit import Circuit
 from .data import PairedDataset
+from .evaluation import Evaluation, evaluate, random_circuit
 from .granularity import GRANULARITIES, ModelDims
 from .masks import HardConcrete
+from .models import load_model
 from .pruner import DEFAULT_SPARSITY, CircuitPruner, TrainingDivergedError
 
 __all__ = [
-    "GRANULARITIES",
     "DEFAULT_SPARSITY",
+    "GRANULARITIES",
     "Circuit",
     "CircuitPruner",
+    "Evaluation",
     "HardConcrete",
     "ModelDims",
     "PairedDataset",
     "TrainingDivergedError",
+    "evaluate",
+    "load_model",
+    "random_circuit",
+    "tasks",
 ]
 __version__ = "0.1.0"

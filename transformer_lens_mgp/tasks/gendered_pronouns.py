@@ -1,0 +1,72 @@
+"""Gendered Pronouns: a sentence about a named person whose next token is " he" or " she".
+
+"So John is a really great friend, isn't" -> " he". The corruption swaps the name for one
+of the other gender, which flips the expected pronoun while keeping the prompt's length.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..data import PairedDataset
+from ._common import Candidate, check_n, collect, single_token_words
+
+TEMPLATES: tuple[str, ...] = (
+    "So {name} is a really great friend, isn't",
+    "I heard that {name} has finished the project already, hasn't",
+    "It seems {name} has already left the office, hasn't",
+    "Surely {name} can fix the car by tomorrow, can't",
+    "So {name} really is a wonderful neighbour, isn't",
+    "After dinner, {name} said that",
+    "Then {name} said hello and waved, because",
+    "When {name} got home,",
+)
+"""Prompts that end where a pronoun for the named person comes next (mostly tag questions)."""
+
+MALE_NAMES: tuple[str, ...] = (
+    "John", "James", "Michael", "David", "Robert", "William", "Richard", "Thomas", "Charles",
+    "Daniel", "Matthew", "Mark", "Paul", "Steven", "Andrew", "Peter", "George", "Edward",
+    "Brian", "Kevin", "Jason", "Ryan", "Jack", "Henry", "Frank", "Eric", "Adam", "Tom", "Scott",
+    "Joseph",
+)  # fmt: skip
+
+FEMALE_NAMES: tuple[str, ...] = (
+    "Mary", "Sarah", "Emma", "Anna", "Lisa", "Susan", "Karen", "Nancy", "Laura", "Rachel",
+    "Jessica", "Emily", "Alice", "Helen", "Linda", "Elizabeth", "Jennifer", "Rebecca", "Amy",
+    "Julia", "Kate", "Maria", "Sophie", "Grace", "Olivia", "Hannah", "Lucy", "Claire", "Jane",
+    "Victoria",
+)  # fmt: skip
+
+
+def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
+    """``n`` pairs scored by the pronoun's logit difference (" he" vs " she" or the reverse).
+
+    Half the clean prompts, in expectation, name a man. Only names that are one token after
+    a space are used, so the swapped name never changes the prompt's length.
+    """
+    check_n(n)
+    male = single_token_words(model, MALE_NAMES)
+    female = single_token_words(model, FEMALE_NAMES)
+    if not male or not female:
+        raise ValueError(
+            f"this tokenizer leaves {len(male)} male and {len(female)} female single-token "
+            "names; Gendered Pronouns needs at least one of each"
+        )
+    rng = random.Random(seed)
+
+    def make() -> Candidate:
+        template = rng.choice(TEMPLATES)
+        is_male = rng.random() < 0.5
+        name = rng.choice(male if is_male else female)
+        other = rng.choice(female if is_male else male)
+        right, wrong = (" he", " she") if is_male else (" she", " he")
+        return Candidate(template.format(name=name), template.format(name=other), right, wrong)
+
+    return collect(
+        model,
+        make,
+        n,
+        metric="logit_diff",
+        name="gp",
+        meta={"seed": seed, "n_male_names": len(male), "n_female_names": len(female)},
+    )

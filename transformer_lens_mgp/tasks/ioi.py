@@ -1,0 +1,115 @@
+"""Indirect Object Identification (Wang et al. 2022), with the ABC corruption.
+
+"When Mary and John went to the store, John gave a drink to" -> " Mary". The corrupted
+prompt keeps the template, place and object but uses three fresh, distinct names, so it
+carries no information about which name is the indirect object.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Sequence
+
+from ..data import PairedDataset
+from ._common import Candidate, check_n, collect, single_token_words
+
+_FRAMES = (
+    "When {A} and {B} went to the {PLACE}, {S2} gave a {OBJECT} to",
+    "Then, {A} and {B} went to the {PLACE}. {S2} gave a {OBJECT} to",
+    "After {A} and {B} arrived at the {PLACE}, {S2} handed a {OBJECT} to",
+    "While {A} and {B} were waiting at the {PLACE}, {S2} handed a {OBJECT} to",
+    "Yesterday {A} and {B} went to the {PLACE}, and {S2} gave a {OBJECT} to",
+    "Later, {A} and {B} had a long argument at the {PLACE}. Afterwards {S2} said to",
+    "On Monday, {A} and {B} met at the {PLACE}, where {S2} gave a {OBJECT} to",
+    "When {A} and {B} found a {OBJECT} at the {PLACE}, {S2} gave it to",
+)
+
+TEMPLATES: tuple[str, ...] = tuple(
+    frame.format(A=first, B=second, S2="{S2}", PLACE="{PLACE}", OBJECT="{OBJECT}")
+    for frame in _FRAMES
+    for first, second in (("{IO}", "{S1}"), ("{S1}", "{IO}"))  # ABBA, then BABA
+)
+"""Prompts ending right before the indirect object. ``{IO}`` and ``{S1}`` name the two people
+in the first clause (either order), ``{S2}`` is the subject repeated; ``{PLACE}`` and
+``{OBJECT}`` are optional."""
+
+NAMES: tuple[str, ...] = (
+    "Mary", "John", "Michael", "Sarah", "David", "Emma", "James", "Anna", "Robert", "Lisa",
+    "William", "Laura", "Thomas", "Rachel", "Daniel", "Emily", "Paul", "Kate", "Mark", "Susan",
+    "Peter", "Helen", "George", "Alice", "Edward", "Grace", "Richard", "Julia", "Steven", "Amy",
+    "Andrew", "Claire", "Kevin", "Jessica", "Brian", "Hannah", "Eric", "Lucy", "Frank", "Jane",
+    "Adam", "Sophie", "Henry", "Olivia", "Jack", "Linda", "Tom", "Karen", "Ryan", "Nancy",
+    "Scott", "Maria", "Jason", "Rebecca", "Charles",
+)  # fmt: skip
+
+PLACES: tuple[str, ...] = (
+    "store", "park", "school", "hospital", "restaurant", "office", "station", "garden",
+    "library", "beach", "market", "museum", "cafe", "kitchen",
+)  # fmt: skip
+
+OBJECTS: tuple[str, ...] = (
+    "drink", "book", "ring", "gift", "letter", "key", "pen", "bag", "ball", "snack", "flower",
+    "card", "cake", "hat",
+)  # fmt: skip
+
+_REQUIRED = {"IO", "S1", "S2"}
+_ALLOWED = _REQUIRED | {"PLACE", "OBJECT"}
+
+
+def ioi(
+    model,
+    n: int = 256,
+    seed: int = 0,
+    templates: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+) -> PairedDataset:
+    """``n`` IOI pairs: answer the indirect object (" IO"), against the subject (" S").
+
+    Names that are not a single token after a space in ``model``'s tokenizer are skipped,
+    so every swap of names keeps the prompt length. Deterministic for a given ``seed``.
+    """
+    check_n(n)
+    templates = tuple(TEMPLATES if templates is None else templates)
+    if not templates:
+        raise ValueError("templates is empty; give at least one IOI template")
+    for template in templates:
+        _check_template(template)
+    pool = single_token_words(model, NAMES if names is None else names)
+    if len(pool) < 5:
+        raise ValueError(
+            f"only {len(pool)} distinct names are a single token after a space in this "
+            f"tokenizer ({pool}); IOI with the ABC corruption needs at least 5"
+        )
+    rng = random.Random(seed)
+
+    def make() -> Candidate:
+        template = rng.choice(templates)
+        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+        io, s, a, b, c = rng.sample(pool, 5)
+        clean = template.format(IO=io, S1=s, S2=s, PLACE=place, OBJECT=obj)
+        corrupted = template.format(IO=a, S1=b, S2=c, PLACE=place, OBJECT=obj)
+        return Candidate(clean, corrupted, " " + io, " " + s)
+
+    return collect(
+        model,
+        make,
+        n,
+        metric="logit_diff",
+        name="ioi",
+        meta={"seed": seed, "n_names": len(pool), "n_templates": len(templates)},
+    )
+
+
+def _check_template(template: str) -> None:
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    if not _REQUIRED <= fields or not fields <= _ALLOWED:
+        raise ValueError(
+            f"IOI template {template!r} has fields {sorted(fields)}; it needs {{IO}}, {{S1}} and "
+            f"{{S2}} and may also use {{PLACE}} and {{OBJECT}}"
+        )
+    if template != template.rstrip():
+        raise ValueError(
+            f"IOI template {template!r} ends with whitespace; end it on the word before the "
+            "answer (the answer token carries its own leading space)"
+        )
