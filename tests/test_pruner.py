@@ -3,7 +3,7 @@ import torch
 from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
 
 import transformer_lens_mgp.pruner as pruner_module
-from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, TrainingDivergedError
+from transformer_lens_mgp import Circuit, CircuitPruner, TrainingDivergedError
 
 LIVE_HEADS = {(0, 0), (1, 2)}
 LIVE_NEURONS = {(0, 3), (0, 7), (1, 5)}
@@ -145,63 +145,3 @@ def test_higher_sparsity_gives_smaller_circuits():
     small = CircuitPruner(model, sparsity={"mlp_neuron": 5.0}).fit(ds, steps=60, progress=False)
     large = CircuitPruner(model, sparsity={"mlp_neuron": 0.01}).fit(ds, steps=60, progress=False)
     assert small.n_kept("mlp_neuron") < large.n_kept("mlp_neuron")
-
-
-class NotAModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cfg = build_model().cfg
-        self.linear = torch.nn.Linear(2, 2)
-
-
-@pytest.mark.parametrize(
-    "make_pruner, fit_kwargs, error, message",
-    [
-        (
-            lambda m: CircuitPruner(m, granularities=["neurons"]),
-            {},
-            ValueError,
-            "unknown granularity",
-        ),
-        (lambda m: CircuitPruner(m, ablation="resample"), {}, ValueError, "unknown ablation"),
-        (lambda m: CircuitPruner(m, sparsity={"head": -1.0}), {}, ValueError, ">= 0"),
-        (lambda m: CircuitPruner(m, sparsity={"head": float("nan")}), {}, ValueError, "finite"),
-        (
-            lambda m: CircuitPruner(m, sparsity={"heads": 1.0}),
-            {},
-            ValueError,
-            "unknown granularity",
-        ),
-        (lambda m: CircuitPruner(m), dict(steps=0), ValueError, "steps"),
-        (lambda m: CircuitPruner(m), dict(batch_size=0), ValueError, "batch_size"),
-        (lambda m: CircuitPruner(m), dict(lr=float("inf")), ValueError, "lr"),
-        (lambda m: CircuitPruner(NotAModel()), {}, TypeError, "TransformerLens"),
-        (lambda m: CircuitPruner(m, device="meta"), {}, ValueError, "device"),
-    ],
-)
-def test_bad_arguments_get_clear_errors(make_pruner, fit_kwargs, error, message):
-    model = build_model()
-    before = model_state(model)
-    with pytest.raises(error, match=message):
-        make_pruner(model).fit(build_dataset(model), progress=False, **fit_kwargs)
-    assert_untouched(model, before)
-
-
-def test_out_of_vocabulary_tokens_are_rejected():
-    model = build_model()
-    ds = build_dataset(model)
-    bad = PairedDataset(ds.clean_tokens + 100, ds.corrupted_tokens, ds.answer_tokens)
-    with pytest.raises(ValueError, match="vocabulary"):
-        CircuitPruner(model).fit(bad, progress=False)
-
-
-def test_dataset_of_wrong_type_is_rejected():
-    model = build_model()
-    with pytest.raises(TypeError, match="PairedDataset"):
-        CircuitPruner(model).fit({"clean": 1}, progress=False)
-
-
-def test_mlp_granularity_on_attention_only_model_is_rejected():
-    model = build_model(**VARIANTS["attn_only"])
-    with pytest.raises(ValueError, match="attention-only"):
-        CircuitPruner(model, granularities=["mlp"]).fit(build_dataset(model), progress=False)

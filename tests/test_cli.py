@@ -1,0 +1,102 @@
+"""The ``tl-mgp`` command line: files written, numbers consistent, errors short and clear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transformer_lens_mgp import Circuit, models
+from transformer_lens_mgp.cli import main
+
+FAST = ["--n", "40", "--steps", "3", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture
+def tiny_default(monkeypatch, tokenizer_model):
+    """Make the CLI's default model the tiny one carrying SmolLM2's tokenizer."""
+    monkeypatch.setattr(models, "load_model", lambda name=None, device=None: tokenizer_model)
+    return tokenizer_model
+
+
+def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", "--task", "ioi", *FAST, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"circuit.safetensors", "metrics.json", "report.html"}
+    assert "KL(full || circuit)" in printed and "metric recovered" in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "ioi" and metrics["n_train"] + metrics["n_test"] == 40
+    assert metrics["circuit"]["kept"] == metrics["random_circuit_same_size"]["kept"]
+    assert metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
+
+    circuit = Circuit.load(out / "circuit.safetensors", model=tiny_default)
+    assert circuit.config["steps"] == 3 and circuit.metrics["kl"] == metrics["circuit"]["kl"]
+    assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+
+    again = tmp_path / "eval.json"
+    args = ["evaluate", str(out / "circuit.safetensors"), "--task", "ioi", "--n", "40"]
+    assert main([*args, "--out", str(again)]) == 0
+    evaluated = json.loads(again.read_text())
+    assert evaluated["circuit"]["kl"] == pytest.approx(metrics["circuit"]["kl"], abs=1e-6)
+
+
+def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
+    out = tmp_path / "run"
+    args = ["--granularities", "head", "attn_neuron", "--sparsity", "head=2.5"]
+    assert main(["discover", "--task", "gp", *FAST, *args, "--out", str(out)]) == 0
+    config = Circuit.load(out / "circuit.safetensors").config
+    assert config["granularities"] == ["head", "attn_neuron"]
+    assert config["sparsity"] == {"head": 2.5, "attn_neuron": 0.5}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--sparsity", "heads=1"], "GRANULARITY=LAMBDA"),
+        (["--sparsity", "head=lots"], "is not a number"),
+        (["--task", "sst2"], "invalid choice"),
+        (["--granularities", "neuron"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2(bad, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["discover", *bad, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--steps", "0"], "steps must be a positive integer"),
+        (["--sparsity", "mlp=-1"], "must be a finite number >= 0"),
+        (["--n", "0"], "n must be"),
+    ],
+)
+def test_bad_values_give_one_line(bad, message, tiny_default, tmp_path, capsys):
+    assert main(["discover", "--task", "ioi", *FAST, *bad, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("tl-mgp: error:") and message in err[-1]
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_missing_file(tiny_default, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope.safetensors"), "--n", "40"]) == 2
+    assert "tl-mgp: error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_job_on_smollm2(smollm2, monkeypatch, tmp_path):
+    """The README's main job end to end on the real model, shortened."""
+    monkeypatch.setattr(models, "load_model", lambda name=None, device=None: smollm2)
+    out = tmp_path / "ioi"
+    assert (
+        main(
+            ["discover", "--task", "ioi", "--n", "48", "--steps", "4", "--quiet", "--out", str(out)]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["circuit"]["accuracy_full"] > 0.9
