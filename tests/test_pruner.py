@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
 
+import transformer_lens_mgp.interventions as interventions
 import transformer_lens_mgp.pruner as pruner_module
 from transformer_lens_mgp import Circuit, CircuitPruner, TrainingDivergedError
 
@@ -145,3 +146,43 @@ def test_higher_sparsity_gives_smaller_circuits():
     small = CircuitPruner(model, sparsity={"mlp_neuron": 5.0}).fit(ds, steps=60, progress=False)
     large = CircuitPruner(model, sparsity={"mlp_neuron": 0.01}).fit(ds, steps=60, progress=False)
     assert small.n_kept("mlp_neuron") < large.n_kept("mlp_neuron")
+
+
+def test_exception_inside_a_mask_hook_leaves_model_clean(monkeypatch):
+    model = build_model()
+    before = model_state(model)
+    real_hook = interventions.interpolate_hook
+    calls = []
+
+    def failing_hook(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("hook failed")
+        return real_hook(*args, **kwargs)
+
+    monkeypatch.setattr(interventions, "interpolate_hook", failing_hook)
+    pruner = CircuitPruner(model)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        pruner.fit(build_dataset(model), steps=10, progress=False)
+    assert_untouched(model, before)
+    assert pruner.circuit_ is not None
+
+
+def test_loss_turning_infinite_mid_fit_is_caught_with_its_step():
+    model = build_model()
+    before = model_state(model)
+    calls = []
+
+    def blow_up_later(activation, hook):
+        calls.append(1)
+        return activation * float("inf") if len(calls) > 6 else None
+
+    model.blocks[0].attn.hook_z.add_hook(blow_up_later)
+    pruner = CircuitPruner(model)
+    try:
+        with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step \d"):
+            pruner.fit(build_dataset(model), steps=10, progress=False)
+    finally:
+        model.reset_hooks()
+    assert_untouched(model, before)
+    assert 0 < len(pruner.circuit_.history["kl"]) < 10, "the finite steps are kept"
