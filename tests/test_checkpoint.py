@@ -21,28 +21,29 @@ def assert_same_circuit(a, b):
     assert a.history == b.history
 
 
-def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("target", [None, {"mlp_neuron": 0.3}], ids=["lambda", "target"])
+def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch, target):
     model = build_model()
     ds = build_dataset(model)
-    reference = CircuitPruner(model, seed=4).fit(ds, steps=20, progress=False)
+    reference = CircuitPruner(model, seed=4, target=target).fit(ds, steps=20, progress=False)
 
     calls = []
     real_kl = pruner_module.kl_divergence
 
     def interrupt_at_step_13(*args):
-        calls.append(1)
-        if len(calls) == 13:
+        calls.append(torch.is_grad_enabled())  # training steps only
+        if sum(calls) == 13:
             raise KeyboardInterrupt
         return real_kl(*args)
 
     monkeypatch.setattr(pruner_module, "kl_divergence", interrupt_at_step_13)
     with pytest.raises(KeyboardInterrupt):
-        CircuitPruner(model, seed=4).fit(
+        CircuitPruner(model, seed=4, target=target).fit(
             ds, steps=20, progress=False, checkpoint_dir=tmp_path, checkpoint_every=5
         )
     monkeypatch.setattr(pruner_module, "kl_divergence", real_kl)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 10
-    resumed = CircuitPruner(model, seed=4).fit(
+    resumed = CircuitPruner(model, seed=4, target=target).fit(
         ds, steps=20, progress=False, checkpoint_dir=tmp_path, resume=True
     )
     assert_same_circuit(resumed, reference)

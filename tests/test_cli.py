@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from transformer_lens_mgp import Circuit, models
+from transformer_lens_mgp import DEFAULT_SPARSITY, Circuit, models
 from transformer_lens_mgp.cli import main
 
 FAST = ["--n", "40", "--steps", "3", "--batch-size", "8", "--quiet"]
@@ -48,7 +48,7 @@ def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
     assert main(["discover", "--task", "gp", *FAST, *args, "--out", str(out)]) == 0
     config = Circuit.load(out / "circuit.safetensors").config
     assert config["granularities"] == ["head", "attn_neuron"]
-    assert config["sparsity"] == {"head": 2.5, "attn_neuron": 0.5}
+    assert config["sparsity"] == {"head": 2.5, "attn_neuron": DEFAULT_SPARSITY["attn_neuron"]}
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,24 @@ CASES = [
         "unknown granularity 'heads'",
     ),
     (
+        "target above 1",
+        lambda m, p: fit(m, dict(target={"head": 1.5})),
+        ValueError,
+        r"kept fraction and must be in \[0, 1\]",
+    ),
+    (
+        "both a lambda and a target",
+        lambda m, p: fit(m, dict(sparsity={"head": 1.0}, target={"head": 0.1})),
+        ValueError,
+        "give each granularity one of them",
+    ),
+    (
+        "warm-up longer than the fit",
+        lambda m, p: fit(m, dict(target_warmup=2)),
+        ValueError,
+        "share of the steps",
+    ),
+    (
         "infinite init_log_alpha",
         lambda m, p: fit(m, dict(init_log_alpha=float("inf"))),
         ValueError,

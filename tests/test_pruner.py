@@ -4,7 +4,13 @@ from conftest import VARIANTS, assert_untouched, build_dataset, build_model, mod
 
 import transformer_lens_mgp.interventions as interventions
 import transformer_lens_mgp.pruner as pruner_module
-from transformer_lens_mgp import Circuit, CircuitPruner, TrainingDivergedError
+from transformer_lens_mgp import (
+    Circuit,
+    CircuitPruner,
+    PairedDataset,
+    TrainingDivergedError,
+    evaluate,
+)
 
 LIVE_HEADS = {(0, 0), (1, 2)}
 LIVE_NEURONS = {(0, 3), (0, 7), (1, 5)}
@@ -70,8 +76,8 @@ def test_model_is_untouched_after_fit_raises_mid_training(monkeypatch, error):
     real_kl = pruner_module.kl_divergence
 
     def failing_kl(*args):
-        calls.append(1)
-        if len(calls) == 3:
+        calls.append(torch.is_grad_enabled())  # training steps only, not the no-grad passes
+        if sum(calls) == 3:
             raise error
         return real_kl(*args)
 
@@ -155,8 +161,8 @@ def test_exception_inside_a_mask_hook_leaves_model_clean(monkeypatch):
     calls = []
 
     def failing_hook(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:
+        calls.append(torch.is_grad_enabled())  # training steps only
+        if sum(calls) == 7:
             raise RuntimeError("hook failed")
         return real_hook(*args, **kwargs)
 
@@ -174,8 +180,8 @@ def test_loss_turning_infinite_mid_fit_is_caught_with_its_step():
     calls = []
 
     def blow_up_later(activation, hook):
-        calls.append(1)
-        return activation * float("inf") if len(calls) > 6 else None
+        calls.append(torch.is_grad_enabled())  # training steps only, not the no-grad passes
+        return activation * float("inf") if sum(calls) > 3 else None
 
     model.blocks[0].attn.hook_z.add_hook(blow_up_later)
     pruner = CircuitPruner(model)
@@ -186,3 +192,40 @@ def test_loss_turning_infinite_mid_fit_is_caught_with_its_step():
         model.reset_hooks()
     assert_untouched(model, before)
     assert 0 < len(pruner.circuit_.history["kl"]) < 10, "the finite steps are kept"
+
+
+def test_lambda_is_priced_in_units_of_the_empty_circuit_kl():
+    model = build_model()
+    ds = build_dataset(model, n=40)
+    circuit = CircuitPruner(model).fit(ds, steps=1, progress=False)
+    empty = Circuit(
+        dims=circuit.dims,
+        log_alpha={g: torch.full_like(p, -10.0) for g, p in circuit.log_alpha.items()},
+    )
+    expected = evaluate(model, empty, ds).kl
+    assert circuit.config["kl_empty"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_corruption_that_changes_nothing_warns():
+    model = build_model()
+    ds = build_dataset(model)
+    same = PairedDataset(ds.clean_tokens, ds.clean_tokens, ds.answer_tokens)
+    with pytest.warns(UserWarning, match="hardly changes the behaviour"):
+        circuit = CircuitPruner(model).fit(same, steps=2, progress=False)
+    assert circuit.config["kl_empty"] == pruner_module.MIN_KL_EMPTY
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3])
+def test_target_kept_fraction_is_reached(target):
+    model = build_model(d_mlp=128)
+    circuit = CircuitPruner(model, target={"mlp_neuron": target, "attn_neuron": target}).fit(
+        build_dataset(model, n=64), steps=200, progress=False
+    )
+    for g in ("mlp_neuron", "attn_neuron"):
+        assert circuit.history[f"target/{g}"][-1] == pytest.approx(target)
+        assert circuit.history[f"l0/{g}"][0] > 0.9  # started far above the target
+        expected = circuit.history[f"l0/{g}"][-1]
+        assert target - 0.15 < expected < target + 0.05, (g, expected)
+        kept = circuit.fraction_kept(g)
+        assert target - 0.2 < kept < target + 0.05, (g, kept)
+    assert "target/head" not in circuit.history

@@ -7,7 +7,8 @@ from .evaluation import Evaluation, evaluate, random_circuit
 from .granularity import GRANULARITIES, ModelDims
 from .masks import HardConcrete
 from .models import load_model
-from .pruner import DEFAULT_SPARSITY, CircuitPruner, TrainingDivergedError
+from .pruner import CircuitPruner, TrainingDivergedError
+from .sparsity import DEFAULT_SPARSITY
 
 __all__ = [
     "DEFAULT_SPARSITY",

@@ -11,6 +11,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RESUME_KEYS = (
     "granularities",
     "sparsity",
+    "target",
+    "target_warmup",
     "ablation",
     "seed",
     "init_log_alpha",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .circuit import Circuit
 from .granularity import GRANULARITIES
-from .pruner import DEFAULT_SPARSITY, CircuitPruner
+from .pruner import CircuitPruner
+from .sparsity import DEFAULT_SPARSITY
 
 
 def _sparsity(text: str) -> tuple[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .circuit import Circuit
 from .data import PairedDataset
-from .granularity import GRANULARITIES, ModelDims, resolve_granularities, site_masks
+from .granularity import ModelDims, resolve_granularities, site_masks
 from .interventions import (
     answer_logits,
     check_ablation,
@@ -34,15 +35,11 @@ from .interventions import (
 )
 from .masks import HardConcrete
 from .objectives import kl_divergence
+from .sparsity import DEFAULT_SPARSITY, SparsityControl, check_sparsity
 
-DEFAULT_SPARSITY: dict[str, float] = {
-    "block": 0.05,
-    "head": 0.5,
-    "attn_neuron": 0.5,
-    "mlp": 0.05,
-    "mlp_neuron": 0.5,
-}
-"""Default ``lambda_g``: the KL (in nats) worth dropping every node of a granularity."""
+EMPTY_KL_PAIRS = 64
+"""Pairs on which the fully ablated model's KL is measured, once per fit."""
+MIN_KL_EMPTY = 1e-3
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -55,7 +52,7 @@ class _FitState:
 
     dims: ModelDims
     log_alpha: dict[str, torch.nn.Parameter]
-    lambdas: dict[str, float]
+    sparsity: SparsityControl
     optimizer: torch.optim.Optimizer
     noise: torch.Generator
     history: dict[str, list[float]]
@@ -68,6 +65,7 @@ class _FitState:
             "config": config,
             "history": self.history,
             "log_alpha": {g: p.detach().cpu() for g, p in self.log_alpha.items()},
+            "multipliers": {g: p.detach().cpu() for g, p in self.sparsity.multipliers.items()},
             "optimizer": self.optimizer.state_dict(),
         }
 
@@ -84,13 +82,18 @@ class CircuitPruner:
         granularities: which of ``block, head, attn_neuron, mlp, mlp_neuron`` to prune;
             default: every one the model has.
         sparsity: ``{granularity: lambda}``; the penalty is ``lambda`` times the expected
-            fraction of that granularity's nodes kept. Missing keys take
-            :data:`DEFAULT_SPARSITY`.
+            fraction of that granularity's nodes kept. Granularities in neither ``sparsity``
+            nor ``target`` take :data:`DEFAULT_SPARSITY`.
+        target: ``{granularity: kept fraction}``, e.g. ``{"mlp_neuron": 0.05}``: instead of a
+            fixed ``lambda``, a Lagrangian whose multipliers grow until the expected kept
+            fraction meets the target (reached by the end of the warm-up).
+        target_warmup: share of the steps over which each target moves from 1 to its value.
         ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the corrupted
             prompt, the default), ``"mean"`` (its mean over corrupted prompts) or ``"zero"``.
         seed: seeds the mask noise, the initialisation and the batch order.
         device: where the masks live; must be the model's device (default: the model's).
-        init_log_alpha: initial ``log_alpha`` of every node; 3 starts every mask fully on.
+        init_log_alpha: initial ``log_alpha`` of every node. At 1 every mask starts on (its
+            deterministic value is 0.78) while the penalty's gradient is not yet saturated.
         hard_concrete: the gate constants.
     """
 
@@ -102,7 +105,9 @@ class CircuitPruner:
         ablation: str = "corrupted",
         seed: int = 0,
         device: str | torch.device | None = None,
-        init_log_alpha: float = 3.0,
+        init_log_alpha: float = 1.0,
+        target: Mapping[str, float] | None = None,
+        target_warmup: float = 0.5,
         hard_concrete: HardConcrete | None = None,
     ):
         self.model = model
@@ -112,13 +117,15 @@ class CircuitPruner:
         self.seed = seed
         self.device = device
         self.init_log_alpha = init_log_alpha
+        self.target = dict(target or {})
+        self.target_warmup = target_warmup
         self.hard_concrete = hard_concrete or HardConcrete()
         check_ablation(ablation)
-        for g, lam in self.sparsity.items():
-            if g not in GRANULARITIES:
-                raise ValueError(f"sparsity names unknown granularity {g!r}; use {GRANULARITIES}")
-            if not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-                raise ValueError(f"sparsity[{g!r}] must be a finite number >= 0, got {lam!r}")
+        check_sparsity(self.sparsity, self.target)
+        if not isinstance(target_warmup, int | float) or not 0 <= target_warmup <= 1:
+            raise ValueError(
+                f"target_warmup is a share of the steps, in [0, 1]; got {target_warmup}"
+            )
         if not math.isfinite(init_log_alpha):
             raise ValueError(f"init_log_alpha must be finite, got {init_log_alpha}")
 
@@ -157,17 +164,36 @@ class CircuitPruner:
             )
             for g in granularities
         }
+        targets = {g: t for g, t in self.target.items() if g in granularities}
+        control = SparsityControl(
+            lambdas={
+                g: self.sparsity.get(g, DEFAULT_SPARSITY[g])
+                for g in granularities
+                if g not in targets
+            },
+            targets=targets,
+            warmup_steps=round(self.target_warmup * steps),
+            device=device,
+        )
+        optimizer = torch.optim.Adam(log_alpha.values(), lr=lr)
         run = _FitState(
             dims=dims,
             log_alpha=log_alpha,
-            lambdas={g: self.sparsity.get(g, DEFAULT_SPARSITY[g]) for g in granularities},
-            optimizer=torch.optim.Adam(log_alpha.values(), lr=lr),
+            sparsity=control,
+            optimizer=optimizer,
             noise=torch.Generator(device=device),
-            history={"loss": [], "kl": [], **{f"l0/{g}": [] for g in granularities}},
+            history={
+                "loss": [],
+                "kl": [],
+                **{f"l0/{g}": [] for g in granularities},
+                **{key: [] for key in control.record(0)},
+            },
         )
         config = dict(
             granularities=list(granularities),
-            sparsity=run.lambdas,
+            sparsity=control.lambdas,
+            target=targets,
+            target_warmup=self.target_warmup,
             ablation=self.ablation,
             seed=self.seed,
             init_log_alpha=self.init_log_alpha,
@@ -186,6 +212,8 @@ class CircuitPruner:
             with torch.no_grad():
                 for g, p in log_alpha.items():
                     p.copy_(state["log_alpha"][g])
+                for g, p in control.multipliers.items():
+                    p.copy_(state["multipliers"][g])
             run.optimizer.load_state_dict(state["optimizer"])
             run.history, start_step = state["history"], state["step"]
 
@@ -203,6 +231,8 @@ class CircuitPruner:
             with frozen(self.model):
                 run.reference = self._reference_logits(dataset, device, batch_size)
                 run.fixed = self._fixed_ablation(dataset, dims, device)
+                control.kl_scale = self._empty_circuit_kl(run, dataset, batch_size)
+                config["kl_empty"] = round(control.kl_scale, 6)
                 bar = tqdm(
                     range(start_step, steps),
                     initial=start_step,
@@ -240,7 +270,7 @@ class CircuitPruner:
         logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
         kl = kl_divergence(run.reference[indices.to(device)], logits)
         l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
-        loss = kl + sum(run.lambdas[g] * l0[g] for g in run.log_alpha)
+        loss = kl + run.sparsity.penalty(l0, step)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr or "
@@ -249,8 +279,10 @@ class CircuitPruner:
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
+        run.sparsity.ascend()
         record = {"loss": loss.item(), "kl": kl.item()}
         record.update({f"l0/{g}": v.item() for g, v in l0.items()})
+        record.update(run.sparsity.record(step))
         for key, value in record.items():
             run.history[key].append(value)
         return record
@@ -269,6 +301,35 @@ class CircuitPruner:
                 "model's weights and that token ids are valid for its vocabulary"
             )
         return reference
+
+    @torch.no_grad()
+    def _empty_circuit_kl(self, run: _FitState, dataset: PairedDataset, batch_size: int) -> float:
+        """KL(full || every pruned granularity ablated) on up to 64 pairs: the size of the
+        behaviour, the unit in which each ``lambda`` prices a granularity."""
+        device = run.reference.device
+        zeros = {g: torch.zeros(p.shape, device=device) for g, p in run.log_alpha.items()}
+        attn, mlp = site_masks(zeros, run.dims)
+        sample = dataset[torch.arange(min(len(dataset), EMPTY_KL_PAIRS))]
+        total, start = 0.0, 0
+        for batch in sample.batches(batch_size, shuffle=False):
+            batch = batch.to(device)
+            ablated = run.fixed
+            if ablated is None:
+                ablated = site_activations(self.model, batch.corrupted_tokens, run.dims)
+            logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
+            reference = run.reference[start : start + len(batch)]
+            total += kl_divergence(reference, logits).item() * len(batch)
+            start += len(batch)
+        kl_empty = total / len(sample)
+        if not kl_empty > MIN_KL_EMPTY:
+            warnings.warn(
+                f"the circuit with every node ablated predicts like the full model (KL "
+                f"{kl_empty:.2g} nats): the corruption hardly changes the behaviour, so there is "
+                f"little to explain; sparsity is priced against {MIN_KL_EMPTY} nats instead",
+                stacklevel=3,
+            )
+            kl_empty = MIN_KL_EMPTY
+        return kl_empty
 
     def _fixed_ablation(self, dataset, dims, device) -> dict | None:
         """Ablation values that do not change per batch (None: corrupted, computed per batch)."""

@@ -1,0 +1,123 @@
+"""What a granularity's expected size costs in the loss: a fixed ``lambda``, or a target.
+
+A fixed ``lambda_g`` prices the expected kept fraction of granularity ``g`` in units of the
+behaviour's size, the KL of the fully ablated model (``kl_empty``): ``lambda_g = 0.5`` says
+that dropping every node of ``g`` is worth half the KL the whole circuit can lose. The unit
+makes one default serve tasks and models whose KL scales differ by orders of magnitude.
+
+A target kept fraction ``t_g`` instead adds the Lagrangian term
+``phi1 * (s - t) + phi2 * (s - t) ** 2`` (``s`` the expected kept fraction), whose multipliers
+rise by gradient *ascent* while the circuit is larger than the target, so the pressure grows
+until the target is met (as in CoFi and Edge Pruning). The target starts at 1 (everything
+kept) and moves linearly to ``t_g`` over the warm-up, which lets the KL pick the important
+nodes before the pressure peaks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .granularity import GRANULARITIES
+
+DEFAULT_SPARSITY: dict[str, float] = {
+    "block": 0.01,
+    "head": 0.25,
+    "attn_neuron": 0.5,
+    "mlp": 0.01,
+    "mlp_neuron": 1.0,
+}
+"""Default ``lambda_g``: the share of the behaviour (``kl_empty``) worth dropping every node of
+a granularity."""
+
+
+MULTIPLIER_LR = 5.0
+"""Gain of the multipliers' ascent, per unit of gap (the KL is in units of kl_empty)."""
+
+
+def check_sparsity(sparsity: Mapping[str, float], target: Mapping[str, float]) -> None:
+    """Clear errors for lambdas and targets, before any work is done."""
+    for name, values in (("sparsity", sparsity), ("target", target)):
+        for g, value in values.items():
+            if g not in GRANULARITIES:
+                raise ValueError(f"{name} names unknown granularity {g!r}; use {GRANULARITIES}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name}[{g!r}] must be a number, got {value!r}")
+    for g, lam in sparsity.items():
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"sparsity[{g!r}] must be a finite number >= 0, got {lam!r}")
+    for g, t in target.items():
+        if not 0 <= t <= 1:
+            raise ValueError(
+                f"target[{g!r}] is a kept fraction and must be in [0, 1], got {t!r} "
+                "(e.g. 0.05 keeps 5 % of the nodes)"
+            )
+    both = sorted(set(sparsity) & set(target))
+    if both:
+        raise ValueError(
+            f"{both} have both a sparsity lambda and a target; give each granularity one of them"
+        )
+
+
+class SparsityControl(torch.nn.Module):
+    """The sparsity term of the loss for one fit.
+
+    Args:
+        lambdas: fixed ``lambda_g`` for the granularities without a target, in units of
+            ``kl_scale`` (set it to the fit's ``kl_empty``).
+        targets: kept-fraction targets ``t_g``.
+        warmup_steps: steps over which each target moves from 1 to ``t_g``.
+    """
+
+    def __init__(
+        self,
+        lambdas: dict[str, float],
+        targets: dict[str, float],
+        warmup_steps: int,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        self.lambdas = dict(lambdas)
+        self.targets = dict(targets)
+        self.kl_scale = 1.0
+        self.warmup_steps = max(1, warmup_steps)
+        self.multipliers = torch.nn.ParameterDict(
+            {g: torch.nn.Parameter(torch.zeros(2, device=device)) for g in targets}
+        )
+
+    def target_at(self, granularity: str, step: int) -> float:
+        progress = min(1.0, (step + 1) / self.warmup_steps)
+        return 1.0 - (1.0 - self.targets[granularity]) * progress
+
+    def penalty(self, kept_fraction: dict[str, Tensor], step: int) -> Tensor:
+        """Sum over granularities of the fixed or Lagrangian cost of the expected size."""
+        terms = []
+        for g, fraction in kept_fraction.items():
+            if g in self.targets:
+                gap = fraction - self.target_at(g, step)
+                phi = self.multipliers[g]
+                terms.append(self.kl_scale * (phi[0] * gap + phi[1] * gap**2))
+            else:
+                terms.append(self.kl_scale * self.lambdas[g] * fraction)
+        return torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def ascend(self) -> None:
+        """One gradient-ascent step on the multipliers (their gradients are the gap and its
+        square): plain steps, so a small gap moves them a little and a met target not at all."""
+        for phi in self.multipliers.values():
+            if phi.grad is not None:
+                phi += MULTIPLIER_LR * phi.grad
+                phi.clamp_(min=0.0)
+                phi.grad = None
+
+    def record(self, step: int) -> dict[str, float]:
+        """Targets and multipliers now, for the training history."""
+        out = {}
+        for g in self.targets:
+            out[f"target/{g}"] = self.target_at(g, step)
+            out[f"multiplier/{g}"] = self.multipliers[g][0].item()
+        return out
