@@ -44,17 +44,20 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
 
 def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
     out = tmp_path / "run"
-    args = ["--granularities", "head", "attn_neuron", "--sparsity", "head=2.5"]
+    args = ["--granularities", "block", "head", "attn_neuron", "--sparsity", "head=2.5"]
+    args += ["--target", "attn_neuron=0.5"]
     assert main(["discover", "--task", "gp", *FAST, *args, "--out", str(out)]) == 0
     config = Circuit.load(out / "circuit.safetensors").config
-    assert config["granularities"] == ["head", "attn_neuron"]
-    assert config["sparsity"] == {"head": 2.5, "attn_neuron": DEFAULT_SPARSITY["attn_neuron"]}
+    assert config["granularities"] == ["block", "head", "attn_neuron"]
+    assert config["sparsity"] == {"block": DEFAULT_SPARSITY["block"], "head": 2.5}
+    assert config["target"] == {"attn_neuron": 0.5}
 
 
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (["--sparsity", "heads=1"], "GRANULARITY=LAMBDA"),
+        (["--sparsity", "heads=1"], "GRANULARITY=NUMBER"),
+        (["--target", "mlp_neuron"], "GRANULARITY=NUMBER"),
         (["--sparsity", "head=lots"], "is not a number"),
         (["--task", "sst2"], "invalid choice"),
         (["--granularities", "neuron"], "invalid choice"),
@@ -72,6 +75,8 @@ def test_bad_arguments_exit_2(bad, message, tmp_path, capsys):
     [
         (["--steps", "0"], "steps must be a positive integer"),
         (["--sparsity", "mlp=-1"], "must be a finite number >= 0"),
+        (["--target", "head=5"], "must be in [0, 1]"),
+        (["--target", "head=0.1", "--sparsity", "head=1"], "one of them"),
         (["--n", "0"], "n must be"),
     ],
 )

@@ -16,11 +16,11 @@ from .pruner import CircuitPruner
 from .sparsity import DEFAULT_SPARSITY
 
 
-def _sparsity(text: str) -> tuple[str, float]:
+def _per_granularity(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep or name not in GRANULARITIES:
         raise argparse.ArgumentTypeError(
-            f"expected GRANULARITY=LAMBDA (GRANULARITY one of {', '.join(GRANULARITIES)}), "
+            f"expected GRANULARITY=NUMBER (GRANULARITY one of {', '.join(GRANULARITIES)}), "
             f"got {text!r}"
         )
     try:
@@ -63,11 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
     discover.add_argument(
         "--sparsity",
-        type=_sparsity,
+        type=_per_granularity,
         nargs="+",
         default=[],
         metavar="G=LAMBDA",
-        help=f"defaults: {DEFAULT_SPARSITY}",
+        help=f"lambda per granularity, in units of the empty circuit's KL; defaults: "
+        f"{DEFAULT_SPARSITY}",
+    )
+    discover.add_argument(
+        "--target",
+        type=_per_granularity,
+        nargs="+",
+        default=[],
+        metavar="G=FRACTION",
+        help="kept fraction per granularity instead of a lambda, e.g. mlp_neuron=0.05",
     )
     discover.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
     discover.add_argument("--out", type=Path, required=True, help="output directory")
@@ -115,6 +124,7 @@ def _discover(args) -> int:
         model,
         granularities=args.granularities,
         sparsity=dict(args.sparsity),
+        target=dict(args.target),
         ablation=args.ablation,
         seed=args.seed,
     )
