@@ -136,3 +136,27 @@ def test_save_load_round_trip_is_exact(tmp_path):
     for g in circuit.granularities:
         assert torch.equal(loaded.log_alpha[g], circuit.log_alpha[g])
         assert torch.equal(loaded.kept(g), circuit.kept(g))
+
+
+def test_node_names_and_graph_follow_the_kept_nodes():
+    c = circuit_with(DIMS, head={(0, 1): OFF}, mlp_neuron={(1, 2): OFF})
+    assert c.nodes("block") == ["L0", "L1"]
+    assert c.nodes("head") == ["L0.H0", "L0.H2", "L1.H0", "L1.H1", "L1.H2"]
+    assert "L0.H1.d0" not in c.nodes("attn_neuron") and "L0.H0.d3" in c.nodes("attn_neuron")
+    assert c.nodes("mlp_neuron") == [
+        "L0.mlp.0",
+        "L0.mlp.1",
+        "L0.mlp.2",
+        "L0.mlp.3",
+        "L0.mlp.4",
+        "L1.mlp.0",
+        "L1.mlp.1",
+        "L1.mlp.3",
+        "L1.mlp.4",
+    ]
+    graph = c.to_networkx()
+    assert graph.number_of_nodes() == sum(c.n_kept(g) for g in c.dims.available())
+    assert graph.number_of_edges() == graph.number_of_nodes() - 2  # a tree under each block
+    assert set(graph.successors("L1")) == {"L1.H0", "L1.H1", "L1.H2", "L1.mlp"}
+    assert set(graph.successors("L1.mlp")) == {f"L1.mlp.{n}" for n in (0, 1, 3, 4)}
+    assert graph.nodes["L0.H2"] == {"granularity": "head", "index": (0, 2), "log_alpha": ON}

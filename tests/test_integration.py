@@ -1,7 +1,12 @@
 """End to end on the embedded SmolLM2-135M: a short fit on IOI finds a circuit far smaller
-than the model that predicts far better than a random circuit of the same size."""
+than the model that predicts far better than a random circuit of the same size; the
+examples run."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import assert_untouched, model_state
@@ -25,3 +30,20 @@ def test_short_ioi_fit_beats_random_circuit_of_equal_size(smollm2):
     assert ours.kept == theirs.kept or all(theirs.kept[g] >= 0.5 * ours.kept[g] for g in ours.kept)
     assert ours.kl < 0.5 * theirs.kl, (ours.kl, theirs.kl)
     assert ours.recovered > theirs.recovered + 0.3, (ours.recovered, theirs.recovered)
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [("ioi_quickstart.py", ["--n", "40", "--steps", "2"]), ("custom_task.py", ["--steps", "2"])],
+)
+def test_examples_run(script, args, tmp_path):
+    examples = Path(__file__).parents[1] / "examples"
+    extra = ["--out", str(tmp_path)] if script == "ioi_quickstart.py" else []
+    done = subprocess.run(
+        [sys.executable, str(examples / script), *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kept" in done.stdout

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .data import PairedDataset
-from .granularity import GRANULARITIES, ModelDims, check_granularity, site_masks
+from .granularity import GRANULARITIES, NODE_NAMES, PARENT, ModelDims, check_granularity, site_masks
 from .interventions import (
     FwdHooks,
     check_ablation,
@@ -109,6 +109,33 @@ class Circuit:
 
     def fraction_kept(self, granularity: str) -> float:
         return self.n_kept(granularity) / self.n_total(granularity)
+
+    def nodes(self, granularity: str) -> list[str]:
+        """Kept nodes by plain name: ``L5`` (block), ``L5.H3``, ``L5.H3.d12`` (attention
+        neuron), ``L5.mlp``, ``L5.mlp.1234`` (MLP neuron)."""
+        return [
+            NODE_NAMES[granularity].format(*i) for i in self.kept(granularity).nonzero().tolist()
+        ]
+
+    def to_networkx(self):
+        """The kept nodes as a ``networkx.DiGraph`` whose edges link each node to its kept
+        children (block -> head -> attention neuron, block -> MLP -> MLP neuron). Node
+        attributes: ``granularity``, ``index``, ``log_alpha`` (absent when not trained)."""
+        import networkx as nx
+
+        graph = nx.DiGraph(dims=self.dims.to_dict())
+        for g in self.dims.available():
+            for index in self.kept(g).nonzero().tolist():
+                name = NODE_NAMES[g].format(*index)
+                attrs = {"granularity": g, "index": tuple(index)}
+                if g in self.log_alpha:
+                    attrs["log_alpha"] = float(self.log_alpha[g][tuple(index)])
+                graph.add_node(name, **attrs)
+                parent = PARENT[g]
+                if parent is not None:
+                    above = index[: len(self.dims.shape(parent))]
+                    graph.add_edge(NODE_NAMES[parent].format(*above), name)
+        return graph
 
     def summary(self) -> str:
         """A plain-text table of kept nodes per granularity and the key metrics."""

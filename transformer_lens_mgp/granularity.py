@@ -23,6 +23,14 @@ PARENT: dict[str, str | None] = {
     "mlp": "block",
     "mlp_neuron": "mlp",
 }
+NODE_NAMES: dict[str, str] = {
+    "block": "L{0}",
+    "head": "L{0}.H{1}",
+    "attn_neuron": "L{0}.H{1}.d{2}",
+    "mlp": "L{0}.mlp",
+    "mlp_neuron": "L{0}.mlp.{1}",
+}
+"""Plain names of nodes, formatted with their index (layer first)."""
 CHILDREN: dict[str, tuple[str, ...]] = {
     g: tuple(c for c, p in PARENT.items() if p == g) for g in GRANULARITIES
 }
