@@ -35,6 +35,8 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert circuit.config["steps"] == 3 and circuit.metrics["kl"] == metrics["circuit"]["kl"]
     assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
 
+    assert "faithfulness_curve" not in metrics  # only with --curve
+
     again = tmp_path / "eval.json"
     args = ["evaluate", str(out / "circuit.safetensors"), "--task", "ioi", "--n", "40"]
     assert main([*args, "--out", str(again)]) == 0
@@ -105,3 +107,11 @@ def test_readme_job_on_smollm2(smollm2, monkeypatch, tmp_path):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["circuit"]["accuracy_full"] > 0.9
+
+
+def test_curve_goes_into_metrics_and_report(tiny_default, tmp_path):
+    out = tmp_path / "run"
+    assert main(["discover", "--task", "gp", *FAST, "--curve", "--out", str(out)]) == 0
+    curve = json.loads((out / "metrics.json").read_text())["faithfulness_curve"]
+    assert len(curve["fractions"]) == len(curve["faithfulness"]) == 10
+    assert "CPR" in (out / "report.html").read_text()

@@ -1,11 +1,18 @@
 import math
 
+import pytest
 import torch
 from conftest import build_dataset, build_model
 from test_pruner import known_answer_model
 
-from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims
-from transformer_lens_mgp.evaluation import evaluate, random_circuit
+from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims, PairedDataset
+from transformer_lens_mgp.evaluation import (
+    evaluate,
+    evaluate_many,
+    faithfulness_curve,
+    random_circuit,
+    top_fraction,
+)
 
 
 def full_circuit(model, value=5.0):
@@ -59,3 +66,54 @@ def test_mean_and_zero_ablation_evaluate():
     for ablation in ("mean", "zero"):
         result = evaluate(model, full_circuit(model, -5.0), ds, ablation=ablation)
         assert result.kl > 0 and math.isfinite(result.recovered)
+
+
+def test_top_fraction_keeps_the_highest_log_alpha():
+    dims = ModelDims(n_layers=2, n_heads=4, d_head=2, d_mlp=5)
+    scores = torch.arange(8.0).view(2, 4) - 4
+    circuit = Circuit(dims=dims, log_alpha={"head": scores})
+    assert top_fraction(circuit, 0.25).kept("head").nonzero().tolist() == [[1, 2], [1, 3]]
+    assert top_fraction(circuit, 0.01).n_kept("head") == 1  # at least one node
+    assert top_fraction(circuit, 1.0).n_kept("head") == 8
+
+
+def test_faithfulness_curve_of_a_learned_circuit_beats_a_shuffled_order():
+    model = known_answer_model()
+    train, test = build_dataset(model, n=96).split(0.25)
+    circuit = CircuitPruner(model).fit(train, steps=120, progress=False)
+    fractions = (0.05, 0.1, 0.2, 0.5, 1.0)
+    curve = faithfulness_curve(model, circuit, test, fractions)
+    assert curve.fractions == list(fractions) and len(curve.kept) == 5
+    assert math.isclose(curve.faithfulness[-1], 1.0, abs_tol=1e-5)  # everything kept
+    assert curve.kl[-1] < 1e-6
+    g = torch.Generator().manual_seed(0)
+    shuffled = Circuit(
+        dims=circuit.dims,
+        log_alpha={k: torch.randn(v.shape, generator=g) for k, v in circuit.log_alpha.items()},
+    )
+    other = faithfulness_curve(model, shuffled, test, fractions)
+    assert curve.cpr > other.cpr and curve.cmd < other.cmd
+    assert 0 <= curve.cmd and curve.cpr <= 1
+
+
+def test_faithfulness_curve_needs_a_metric():
+    model = build_model()
+    ds = build_dataset(model)
+    no_metric = PairedDataset(ds.clean_tokens, ds.corrupted_tokens, ds.answer_tokens)
+    with pytest.raises(ValueError, match="wrong answers"):
+        faithfulness_curve(model, full_circuit(model), no_metric)
+
+
+def test_evaluate_many_matches_one_by_one():
+    model = build_model()
+    ds = build_dataset(model)
+    circuits = [
+        full_circuit(model),
+        full_circuit(model, -5.0),
+        random_circuit(full_circuit(model, 0.5)),
+    ]
+    together = evaluate_many(model, circuits, ds, batch_size=7)
+    for circuit, result in zip(circuits, together, strict=True):
+        alone = evaluate(model, circuit, ds)
+        assert math.isclose(result.kl, alone.kl, rel_tol=1e-5, abs_tol=1e-7)
+        assert math.isclose(result.recovered, alone.recovered, rel_tol=1e-5, abs_tol=1e-6)

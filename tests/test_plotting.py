@@ -44,3 +44,26 @@ def test_attention_only_circuit_plots_without_neuron_map(tmp_path):
     model = build_model(attn_only=True, d_mlp=None)
     circuit = full_circuit(model)
     assert "head" in circuit.report(tmp_path / "r.html").read_text()
+
+
+def test_faithfulness_curve_figure_and_report(tmp_path):
+    curve = {
+        "fractions": [0.1, 1.0],
+        "faithfulness": [0.4, 1.0],
+        "kl": [1.0, 0.0],
+        "kept": [{}, {}],
+        "cpr": 0.63,
+        "cmd": 0.27,
+    }
+    fig = plotting.plot_faithfulness_curve(curve)
+    assert len(fig.data) == 2 and "CPR 0.630" in fig.layout.title.text
+    circuit = big_circuit()
+    circuit.metrics = {"faithfulness_curve": curve}
+    assert "CPR 0.630" in circuit.report(tmp_path / "r.html").read_text()
+
+
+def test_training_curves_with_targets_and_negative_loss():
+    circuit = big_circuit()
+    circuit.history.update({"loss": [-0.1, 0.2], "target/head": [1.0, 0.5]})
+    fig = plotting.plot_training_curves(circuit)
+    assert len(fig.data) == 4 and fig.layout.yaxis.type != "log"

@@ -3,7 +3,14 @@
 from . import tasks
 from .circuit import Circuit
 from .data import PairedDataset
-from .evaluation import Evaluation, evaluate, random_circuit
+from .evaluation import (
+    Evaluation,
+    FaithfulnessCurve,
+    evaluate,
+    evaluate_many,
+    faithfulness_curve,
+    random_circuit,
+)
 from .granularity import GRANULARITIES, ModelDims
 from .masks import HardConcrete
 from .models import load_model
@@ -16,11 +23,14 @@ __all__ = [
     "Circuit",
     "CircuitPruner",
     "Evaluation",
+    "FaithfulnessCurve",
     "HardConcrete",
     "ModelDims",
     "PairedDataset",
     "TrainingDivergedError",
     "evaluate",
+    "evaluate_many",
+    "faithfulness_curve",
     "load_model",
     "random_circuit",
     "tasks",

@@ -38,7 +38,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="TransformerLens model name (default: the embedded SmolLM2-135M-Instruct, offline)",
     )
-    parser.add_argument("--n", type=int, default=320, help="pairs to generate (default: 320)")
+    parser.add_argument("--n", type=int, default=1000, help="pairs to generate (default: 1000)")
     parser.add_argument(
         "--test-fraction",
         type=float,
@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
     discover.add_argument("--out", type=Path, required=True, help="output directory")
+    discover.add_argument(
+        "--curve",
+        action="store_true",
+        help="also measure faithfulness against circuit size (MIB CPR/CMD) on held-out pairs",
+    )
     discover.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
@@ -111,7 +116,7 @@ def _load(args):
 
 
 def _discover(args) -> int:
-    from .evaluation import evaluate, random_circuit
+    from .evaluation import evaluate_many, faithfulness_curve, random_circuit
 
     wall = time.perf_counter()
     model, train, test = _load(args)
@@ -129,8 +134,9 @@ def _discover(args) -> int:
         seed=args.seed,
     )
     circuit = pruner.fit(train, progress=not args.quiet, **fit_kwargs)
-    result = evaluate(model, circuit, test)
-    baseline = evaluate(model, random_circuit(circuit, seed=args.seed), test)
+    result, baseline = evaluate_many(
+        model, [circuit, random_circuit(circuit, seed=args.seed)], test
+    )
     metrics = {
         "task": args.task,
         "model": args.model or "SmolLM2-135M-Instruct (embedded)",
@@ -139,14 +145,17 @@ def _discover(args) -> int:
         "circuit": result.to_dict(),
         "random_circuit_same_size": baseline.to_dict(),
         "fit_seconds": circuit.config.get("seconds"),
-        "wall_seconds": round(time.perf_counter() - wall, 1),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
     }
     circuit.metrics = {
         "kl": result.kl,
         "recovered": result.recovered,
         "accuracy": result.accuracy_circuit,
     }
+    if args.curve:
+        curve = faithfulness_curve(model, circuit, test).to_dict()
+        metrics["faithfulness_curve"] = circuit.metrics["faithfulness_curve"] = curve
+    metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    metrics["peak_rss_mib"] = round(_peak_rss_mib(), 1)
     args.out.mkdir(parents=True, exist_ok=True)
     circuit.save(args.out / "circuit.safetensors")
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -159,12 +168,13 @@ def _discover(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluation import evaluate, random_circuit
+    from .evaluation import evaluate_many, random_circuit
 
     model, _, test = _load(args)
     circuit = Circuit.load(args.circuit, model=model)
-    result = evaluate(model, circuit, test)
-    baseline = evaluate(model, random_circuit(circuit, seed=args.seed), test)
+    result, baseline = evaluate_many(
+        model, [circuit, random_circuit(circuit, seed=args.seed)], test
+    )
     print(circuit.summary())
     print(_metrics_table(result, baseline))
     if args.out is not None:

@@ -7,8 +7,11 @@ relative to the fully ablated model.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from .circuit import Circuit
@@ -54,7 +57,6 @@ class Evaluation:
         return asdict(self)
 
 
-@torch.no_grad()
 def evaluate(
     model,
     circuit: Circuit,
@@ -67,53 +69,80 @@ def evaluate(
 
     ``ablation`` defaults to the one the circuit was trained with.
     """
-    ablation = ablation or circuit.config.get("ablation", "corrupted")
+    return evaluate_many(model, [circuit], dataset, batch_size=batch_size, ablation=ablation)[0]
+
+
+@torch.no_grad()
+def evaluate_many(
+    model,
+    circuits: Sequence[Circuit],
+    dataset: PairedDataset,
+    *,
+    batch_size: int = 32,
+    ablation: str | None = None,
+) -> list[Evaluation]:
+    """:func:`evaluate` for several circuits of one model, sharing the full and empty runs."""
+    if not circuits:
+        raise ValueError("give at least one circuit to evaluate")
+    ablation = ablation or circuits[0].config.get("ablation", "corrupted")
     check_ablation(ablation)
-    circuit.check_model(model)
-    dims = circuit.dims
+    for circuit in circuits:
+        circuit.check_model(model)
+    dims = circuits[0].dims
     check_hook_points(model, dims)
     device = model_device(model)
-    attn, mlp = (m if m is None else m.to(device) for m in circuit._site_masks())
-    empty_attn, empty_mlp = torch.zeros_like(attn), None if mlp is None else torch.zeros_like(mlp)
+    masks = [tuple(m if m is None else m.to(device) for m in c._site_masks()) for c in circuits]
+    empty_attn = torch.zeros_like(masks[0][0])
+    empty_mlp = None if masks[0][1] is None else torch.zeros_like(masks[0][1])
     fixed = None
     if ablation == "mean":
         fixed = mean_activations(model, dataset.corrupted_tokens, dims, dataset.answer_positions)
     elif ablation == "zero":
         fixed = zero_activations(dims, device)
     has_metric = dataset.wrong_answer_tokens is not None
-    sums = dict.fromkeys(
-        ["kl", "metric_full", "metric_circuit", "metric_empty", "acc_full", "acc_circuit"], 0.0
-    )
+    shared = dict.fromkeys(["metric_full", "metric_empty", "acc_full"], 0.0)
+    own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]
     for batch in dataset.batches(batch_size, shuffle=False):
         batch = batch.to(device)
-        n = len(batch)
         full, corrupted = reference_pass(model, batch, dims, cache_corrupted=fixed is None)
         ablated = corrupted if fixed is None else fixed
-        logits = masked_answer_logits(model, batch, dims, attn, mlp, ablated)
-        sums["kl"] += kl_divergence(full, logits).item() * n
-        sums["acc_full"] += accuracy(full, batch.answer_tokens).item() * n
-        sums["acc_circuit"] += accuracy(logits, batch.answer_tokens).item() * n
+        shared["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
         if has_metric:
             empty = masked_answer_logits(model, batch, dims, empty_attn, empty_mlp, ablated)
-            sums["metric_full"] += task_metric(full, batch).sum().item()
-            sums["metric_circuit"] += task_metric(logits, batch).sum().item()
-            sums["metric_empty"] += task_metric(empty, batch).sum().item()
-    mean = {k: v / len(dataset) for k, v in sums.items()}
-    if not has_metric:
-        for key in ("metric_full", "metric_circuit", "metric_empty"):
-            mean[key] = float("nan")
-    return Evaluation(
-        kl=mean["kl"],
-        metric_full=mean["metric_full"],
-        metric_circuit=mean["metric_circuit"],
-        metric_empty=mean["metric_empty"],
-        recovered=recovered(mean["metric_circuit"], mean["metric_full"], mean["metric_empty"]),
-        accuracy_full=mean["acc_full"],
-        accuracy_circuit=mean["acc_circuit"],
-        kept={g: circuit.n_kept(g) for g in dims.available()},
-        total={g: circuit.n_total(g) for g in dims.available()},
-        n_pairs=len(dataset),
-    )
+            shared["metric_full"] += task_metric(full, batch).sum().item()
+            shared["metric_empty"] += task_metric(empty, batch).sum().item()
+        for (attn, mlp), sums in zip(masks, own, strict=True):
+            logits = masked_answer_logits(model, batch, dims, attn, mlp, ablated)
+            sums["kl"] += kl_divergence(full, logits).item() * len(batch)
+            sums["acc"] += accuracy(logits, batch.answer_tokens).item() * len(batch)
+            if has_metric:
+                sums["metric"] += task_metric(logits, batch).sum().item()
+    n = len(dataset)
+    nan = float("nan")
+    full_m = shared["metric_full"] / n if has_metric else nan
+    empty_m = shared["metric_empty"] / n if has_metric else nan
+    results = []
+    for circuit, sums in zip(circuits, own, strict=True):
+        metric = sums["metric"] / n if has_metric else nan
+        results.append(
+            Evaluation(
+                kl=sums["kl"] / n,
+                metric_full=full_m,
+                metric_circuit=metric,
+                metric_empty=empty_m,
+                recovered=recovered(metric, full_m, empty_m),
+                accuracy_full=shared["acc_full"] / n,
+                accuracy_circuit=sums["acc"] / n,
+                kept={g: circuit.n_kept(g) for g in dims.available()},
+                total={g: circuit.n_total(g) for g in dims.available()},
+                n_pairs=n,
+            )
+        )
+    return results
+
+
+_ON, _OFF = 10.0, -10.0
+"""log_alpha of a node surely kept / surely dropped, for circuits chosen rather than trained."""
 
 
 def random_circuit(circuit: Circuit, seed: int = 0) -> Circuit:
@@ -121,7 +150,6 @@ def random_circuit(circuit: Circuit, seed: int = 0) -> Circuit:
     top-down (children only under kept parents), as a baseline for faithfulness."""
     generator = torch.Generator().manual_seed(seed)
     dims = circuit.dims
-    on, off = 10.0, -10.0
     chosen: dict[str, torch.Tensor] = {}
     for g in circuit.granularities:
         allowed = _allowed_under_parents(g, chosen, dims)
@@ -131,7 +159,7 @@ def random_circuit(circuit: Circuit, seed: int = 0) -> Circuit:
         mask = torch.zeros(allowed.numel(), dtype=torch.bool)
         mask[picked] = True
         chosen[g] = mask.view(dims.shape(g))
-    log_alpha = {g: torch.where(m, on, off) for g, m in chosen.items()}
+    log_alpha = {g: torch.where(m, _ON, _OFF) for g, m in chosen.items()}
     return Circuit(
         dims=dims,
         log_alpha=log_alpha,
@@ -152,3 +180,84 @@ def _allowed_under_parents(g: str, chosen: dict, dims: ModelDims) -> torch.Tenso
     while kept.ndim < allowed.ndim:
         kept = kept[..., None]
     return allowed & kept
+
+
+MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+"""Circuit sizes (kept fraction per granularity) of the MIB circuit track."""
+
+
+@dataclass
+class FaithfulnessCurve:
+    """Faithfulness of a circuit's nodes added in order of ``log_alpha``.
+
+    Args:
+        fractions: kept fraction per trained granularity at each point (before hierarchy).
+        faithfulness: ``(m(C) - m(empty)) / (m(full) - m(empty))`` at each point.
+        kl: KL(full || C) at each point.
+        kept: nodes per granularity at each point (after hierarchy).
+        cpr: area under the faithfulness curve over ``fractions`` (higher is better).
+        cmd: area under ``|1 - faithfulness|`` (lower is better).
+    """
+
+    fractions: list[float]
+    faithfulness: list[float]
+    kl: list[float]
+    kept: list[dict[str, int]]
+    cpr: float
+    cmd: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
+    """The circuit keeping, in every trained granularity, the ``fraction`` of its nodes with
+    the highest ``log_alpha`` (at least one)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    log_alpha = {}
+    for g, scores in circuit.log_alpha.items():
+        k = max(1, math.ceil(fraction * scores.numel()))
+        chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+        chosen[scores.flatten().topk(k).indices] = True
+        log_alpha[g] = torch.where(chosen.view(scores.shape), _ON, _OFF)
+    return Circuit(
+        dims=circuit.dims,
+        log_alpha=log_alpha,
+        hard_concrete=circuit.hard_concrete,
+        config={**circuit.config, "top_fraction": fraction},
+    )
+
+
+def faithfulness_curve(
+    model,
+    circuit: Circuit,
+    dataset: PairedDataset,
+    fractions: Sequence[float] = MIB_FRACTIONS,
+    *,
+    batch_size: int = 32,
+    ablation: str | None = None,
+) -> FaithfulnessCurve:
+    """Faithfulness against circuit size, with MIB's CPR and CMD areas (Mueller et al. 2025).
+
+    Needs a dataset with wrong answers (a task metric)."""
+    if dataset.wrong_answer_tokens is None:
+        raise ValueError(
+            "faithfulness needs a task metric: build the dataset with wrong answers "
+            "(wrong_answer_tokens=...), as every built-in task does"
+        )
+    fractions = sorted(float(f) for f in fractions)
+    if len(fractions) < 2:
+        raise ValueError("give at least two fractions to draw a curve")
+    circuits = [top_fraction(circuit, f) for f in fractions]
+    results = evaluate_many(model, circuits, dataset, batch_size=batch_size, ablation=ablation)
+    f = [r.recovered for r in results]
+    x = np.asarray(fractions)
+    return FaithfulnessCurve(
+        fractions=fractions,
+        faithfulness=f,
+        kl=[r.kl for r in results],
+        kept=[r.kept for r in results],
+        cpr=float(np.trapezoid(f, x)),
+        cmd=float(np.trapezoid(np.abs(1 - np.asarray(f)), x)),
+    )

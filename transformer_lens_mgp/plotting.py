@@ -16,6 +16,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from .circuit import Circuit
+from .evaluation import FaithfulnessCurve
 
 KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f77b4"]]
 
@@ -104,8 +105,33 @@ def plot_training_curves(circuit: Circuit) -> go.Figure:
     for key, values in history.items():
         if key.startswith("l0/"):
             fig.add_scatter(y=values, name=key[3:], row=1, col=2)
+        if key.startswith("target/"):
+            fig.add_scatter(y=values, name=key, line_dash="dash", row=1, col=2)
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(type="log", row=1, col=1)
+    if all(v > 0 for key in ("loss", "kl") for v in history.get(key, [])):
+        fig.update_yaxes(type="log", row=1, col=1)
+    return fig
+
+
+def plot_faithfulness_curve(curve: FaithfulnessCurve | dict) -> go.Figure:
+    """Faithfulness (left axis) and KL against the kept fraction, CPR and CMD in the title."""
+    curve = curve if isinstance(curve, dict) else curve.to_dict()
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(
+        x=curve["fractions"], y=curve["faithfulness"], name="faithfulness", mode="lines+markers"
+    )
+    fig.add_scatter(
+        x=curve["fractions"],
+        y=curve["kl"],
+        name="KL",
+        mode="lines+markers",
+        line_dash="dot",
+        secondary_y=True,
+    )
+    fig.update_xaxes(type="log", title_text="kept fraction per granularity")
+    fig.update_yaxes(title_text="faithfulness", secondary_y=False)
+    fig.update_yaxes(title_text="KL(full || circuit)", secondary_y=True)
+    fig.update_layout(title=f"faithfulness vs size: CPR {curve['cpr']:.3f}, CMD {curve['cmd']:.3f}")
     return fig
 
 
@@ -120,6 +146,8 @@ def write_report(
         figures.insert(0, plot_neuron_map(circuit))
     if circuit.history:
         figures.append(plot_training_curves(circuit))
+    if metrics and metrics.get("faithfulness_curve"):
+        figures.append(plot_faithfulness_curve(metrics["faithfulness_curve"]))
     parts = [
         fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
         for i, fig in enumerate(figures)
