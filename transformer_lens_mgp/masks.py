@@ -52,6 +52,13 @@ class HardConcrete:
         """P(gate != 0) per node; its sum is the expected number of kept nodes."""
         return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
 
+    def keep_probability(self, log_alpha: Float[Tensor, "*nodes"]) -> Float[Tensor, "*nodes"]:
+        """P(sampled gate > 0.5): the chance a node is on by the rule that extracts circuits
+        (which keeps it when ``log_alpha > keep_threshold``). Smaller than ``expected_l0``,
+        which also counts gates that are only slightly open."""
+        s = (0.5 - self.gamma) / (self.zeta - self.gamma)
+        return torch.sigmoid(log_alpha - self.beta * math.log(s / (1 - s)))
+
     @property
     def keep_threshold(self) -> float:
         """``log_alpha`` above which the deterministic mask exceeds 0.5."""

@@ -186,6 +186,7 @@ class CircuitPruner:
                 "loss": [],
                 "kl": [],
                 **{f"l0/{g}": [] for g in granularities},
+                **{f"kept/{g}": [] for g in targets},
                 **{key: [] for key in control.record(0)},
             },
         )
@@ -270,7 +271,12 @@ class CircuitPruner:
         logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
         kl = kl_divergence(run.reference[indices.to(device)], logits)
         l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
-        loss = kl + run.sparsity.penalty(l0, step)
+        kept = {
+            g: self.hard_concrete.keep_probability(p).mean()
+            for g, p in run.log_alpha.items()
+            if g in run.sparsity.targets
+        }
+        loss = kl + run.sparsity.penalty(l0, kept, step)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr or "
@@ -282,6 +288,7 @@ class CircuitPruner:
         run.sparsity.ascend()
         record = {"loss": loss.item(), "kl": kl.item()}
         record.update({f"l0/{g}": v.item() for g, v in l0.items()})
+        record.update({f"kept/{g}": v.item() for g, v in kept.items()})
         record.update(run.sparsity.record(step))
         for key, value in record.items():
             run.history[key].append(value)

@@ -6,7 +6,8 @@ that dropping every node of ``g`` is worth half the KL the whole circuit can los
 makes one default serve tasks and models whose KL scales differ by orders of magnitude.
 
 A target kept fraction ``t_g`` instead adds the Lagrangian term
-``phi1 * (s - t) + phi2 * (s - t) ** 2`` (``s`` the expected kept fraction), whose multipliers
+``phi1 * (s - t) + phi2 * (s - t) ** 2`` (``s`` the mean probability that a node's gate exceeds
+0.5, the rule that extracts the circuit), whose multipliers
 rise by gradient *ascent* while the circuit is larger than the target, so the pressure grows
 until the target is met (as in CoFi and Edge Pruning). The target starts at 1 (everything
 kept) and moves linearly to ``t_g`` over the warm-up, which lets the KL pick the important
@@ -34,8 +35,8 @@ DEFAULT_SPARSITY: dict[str, float] = {
 a granularity."""
 
 
-MULTIPLIER_LR = 5.0
-"""Gain of the multipliers' ascent, per unit of gap (the KL is in units of kl_empty)."""
+MULTIPLIER_LR = 1.0
+"""Gain of the multipliers' ascent per unit of gap; multipliers price in units of kl_empty."""
 
 
 def check_sparsity(sparsity: Mapping[str, float], target: Mapping[str, float]) -> None:
@@ -62,7 +63,7 @@ def check_sparsity(sparsity: Mapping[str, float], target: Mapping[str, float]) -
         )
 
 
-class SparsityControl(torch.nn.Module):
+class SparsityControl:
     """The sparsity term of the loss for one fit.
 
     Args:
@@ -79,40 +80,43 @@ class SparsityControl(torch.nn.Module):
         warmup_steps: int,
         device: torch.device | str = "cpu",
     ):
-        super().__init__()
         self.lambdas = dict(lambdas)
         self.targets = dict(targets)
         self.kl_scale = 1.0
         self.warmup_steps = max(1, warmup_steps)
-        self.multipliers = torch.nn.ParameterDict(
-            {g: torch.nn.Parameter(torch.zeros(2, device=device)) for g in targets}
-        )
+        self.multipliers = {g: torch.zeros(2, device=device) for g in targets}
+        self._gaps: dict[str, Tensor] = {}
 
     def target_at(self, granularity: str, step: int) -> float:
         progress = min(1.0, (step + 1) / self.warmup_steps)
         return 1.0 - (1.0 - self.targets[granularity]) * progress
 
-    def penalty(self, kept_fraction: dict[str, Tensor], step: int) -> Tensor:
-        """Sum over granularities of the fixed or Lagrangian cost of the expected size."""
+    def penalty(
+        self, expected_l0: dict[str, Tensor], keep_probability: dict[str, Tensor], step: int
+    ) -> Tensor:
+        """Sum over granularities of the cost of their size: ``lambda`` times the mean
+        expected L0, or, for a target, the Lagrangian on the mean probability of being kept
+        (the quantity that matches the kept fraction of the extracted circuit)."""
         terms = []
-        for g, fraction in kept_fraction.items():
+        for g, fraction in expected_l0.items():
             if g in self.targets:
-                gap = fraction - self.target_at(g, step)
+                gap = keep_probability[g] - self.target_at(g, step)
+                self._gaps[g] = gap.detach()
                 phi = self.multipliers[g]
                 terms.append(self.kl_scale * (phi[0] * gap + phi[1] * gap**2))
             else:
                 terms.append(self.kl_scale * self.lambdas[g] * fraction)
         return torch.stack(terms).sum()
 
-    @torch.no_grad()
     def ascend(self) -> None:
-        """One gradient-ascent step on the multipliers (their gradients are the gap and its
-        square): plain steps, so a small gap moves them a little and a met target not at all."""
-        for phi in self.multipliers.values():
-            if phi.grad is not None:
-                phi += MULTIPLIER_LR * phi.grad
-                phi.clamp_(min=0.0)
-                phi.grad = None
+        """One gradient-ascent step on the multipliers after each optimiser step: their
+        gradients are the gap and its square, so a small gap moves them a little. They are
+        kept >= 0: below its target a granularity feels no pressure and the KL alone decides
+        what grows back."""
+        for g, gap in self._gaps.items():
+            step = MULTIPLIER_LR * torch.stack([gap, gap**2])
+            self.multipliers[g] = (self.multipliers[g] + step).clamp(min=0.0)
+        self._gaps.clear()
 
     def record(self, step: int) -> dict[str, float]:
         """Targets and multipliers now, for the training history."""
