@@ -135,7 +135,7 @@ class CircuitPruner:
         self,
         dataset: PairedDataset,
         steps: int = 200,
-        batch_size: int = 16,
+        batch_size: int = 8,
         lr: float = 0.1,
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
