@@ -12,7 +12,7 @@ given a role by editing its output weights (``W_O`` rows, ``W_out`` rows):
 
 The dataset asks for the model's own top prediction on random prompts whose corruption
 changes two tokens. The ground truth is the live nodes this dataset needs (removing one alone
-costs at least 1 % of the empty circuit's KL) and their ancestors; dead nodes and parents
+costs at least 5 % of the empty circuit's KL) and their ancestors; dead nodes and parents
 whose children are all dead provably cannot matter.
 """
 
@@ -59,9 +59,9 @@ class PlantedCircuit:
         live: per granularity, the nodes the behaviour needs.
         dead: per granularity, the nodes that provably cannot matter.
         negligible: per granularity, live nodes whose output is a thousandfold smaller.
-        inert: per granularity, nodes built live that this dataset does not need: removing
-            one alone moves the KL by less than 1 % of the empty circuit's (e.g. a neuron
-            that sees no corrupted token). They count neither as live nor as dead.
+        weak: per granularity, nodes built live that this dataset hardly needs: removing one
+            alone moves the KL by less than 5 % of the empty circuit's (e.g. a neuron that
+            sees no corrupted token). They count neither as live nor as dead.
         name: the variant.
     """
 
@@ -70,7 +70,7 @@ class PlantedCircuit:
     live: dict[str, Bool[Tensor, "*nodes"]]
     dead: dict[str, Bool[Tensor, "*nodes"]]
     negligible: dict[str, Bool[Tensor, "*nodes"]]
-    inert: dict[str, Bool[Tensor, "*nodes"]]
+    weak: dict[str, Bool[Tensor, "*nodes"]]
     name: str
 
 
@@ -126,10 +126,10 @@ def planted_circuit(variant: str = "standard", seed: int = 0, n: int = 64) -> Pl
     built = nodes(LIVE)
     matters = _matters(model, dataset, dims, built)
     live = _tree(dims, matters["attn_neuron"], matters.get("mlp_neuron"), every=False)
-    inert = {k: v & ~live[k] for k, v in built.items()}
+    weak = {k: v & ~live[k] for k, v in built.items()}
     dead = nodes(DEAD, CANCELLING, parent_if_every_child=True)
     negligible = nodes(NEGLIGIBLE)
-    return PlantedCircuit(model, dataset, live, dead, negligible, inert, variant)
+    return PlantedCircuit(model, dataset, live, dead, negligible, weak, variant)
 
 
 DEAD, LIVE, NEGLIGIBLE, CANCELLING = 0, 1, 2, 3
@@ -166,7 +166,7 @@ def _plant_cancelling_pair(model, role_neuron: Tensor, original_w_out: Tensor) -
     role_neuron[layer, [a, b]] = CANCELLING
 
 
-MATTERS = 0.01
+MATTERS = 0.05
 """A built-live node matters when removing it alone costs this share of the empty KL."""
 
 

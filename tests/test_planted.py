@@ -1,0 +1,73 @@
+"""Planted circuits are recovered at the default settings: recall >= 0.9 of the nodes that
+matter and <= 5 % of the provably dead nodes kept, at every granularity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformer_lens_mgp import CircuitPruner
+from transformer_lens_mgp.granularity import NODE_NAMES
+from transformer_lens_mgp.planted import VARIANTS, planted_circuit
+
+
+def names(granularity: str, mask: torch.Tensor) -> list[str]:
+    return [NODE_NAMES[granularity].format(*i) for i in mask.nonzero().tolist()]
+
+
+def check_recovery(planted, circuit) -> list[str]:
+    problems = []
+    for g in circuit.granularities:
+        kept, live, dead = circuit.kept(g), planted.live[g], planted.dead[g]
+        if live.any() and (kept & live).sum() < 0.9 * live.sum():
+            problems.append(f"{g}: missed {names(g, live & ~kept)}")
+        if dead.any() and (kept & dead).sum() > 0.05 * dead.sum():
+            problems.append(f"{g}: kept dead {names(g, dead & kept)}")
+    return problems
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", ["standard", "attn_only", "gqa"])
+def test_planted_circuit_is_recovered(variant, seed):
+    planted = planted_circuit(variant, seed=seed)
+    circuit = CircuitPruner(planted.model, seed=seed).fit(planted.dataset, progress=False)
+    assert not check_recovery(planted, circuit)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cancelling_twins_are_never_split(seed):
+    """Each twin alone moves the output, the pair together cannot: keeping exactly one of
+    them would be wrong."""
+    planted = planted_circuit("cancelling", seed=seed)
+    circuit = CircuitPruner(planted.model, seed=seed).fit(planted.dataset, progress=False)
+    twins = planted.dead["mlp_neuron"] & _twin_mask(planted)
+    assert twins.sum() == 2
+    assert circuit.kept("mlp_neuron")[twins].sum() != 1
+    dead = planted.dead["mlp_neuron"]
+    assert (circuit.kept("mlp_neuron") & dead).sum() <= 0.05 * dead.sum()
+
+
+def _twin_mask(planted) -> torch.Tensor:
+    """The cancelling twins: the only dead neurons with non-zero output weights."""
+    w_out = torch.stack([b.mlp.W_out.detach() for b in planted.model.blocks])
+    return w_out.abs().sum(-1) > 0
+
+
+def test_ground_truth_is_consistent():
+    for variant in VARIANTS:
+        planted = planted_circuit(variant, seed=0)
+        for g, live in planted.live.items():
+            assert not (live & planted.dead[g]).any(), g
+            assert live.any(), g
+        heads = planted.model.blocks[0].attn.W_O.detach().abs().sum((-1, -2))
+        dead_heads = planted.dead["head"][0]
+        assert torch.all(heads[dead_heads] == 0)
+
+
+def test_planted_models_are_deterministic_and_checked():
+    a, b = planted_circuit("gqa", seed=3), planted_circuit("gqa", seed=3)
+    assert torch.equal(a.dataset.clean_tokens, b.dataset.clean_tokens)
+    for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+    with pytest.raises(ValueError, match="unknown variant"):
+        planted_circuit("moe")
