@@ -28,14 +28,17 @@ def attribution_scores(
     sums: dict[str, Tensor] = {}
     clean: dict[str, Tensor] = {}
 
-    def keep(activation, *, hook):
-        activation.retain_grad()
-        clean[hook.name] = activation
+    def keep_as(key: str):
+        def keep(activation, *, hook):
+            activation.retain_grad()
+            clean[key] = activation
+
+        return keep
 
     def start_graph(embedding, *, hook):
         return embedding.detach().requires_grad_(True)
 
-    hooks = [("hook_embed", start_graph)] + [(name, keep) for name in dims.hook_names()]
+    hooks = [("hook_embed", start_graph)] + [(n, keep_as(n)) for n in dims.hook_names()]
     for batch in dataset.batches(batch_size, shuffle=False):
         batch = batch.to(device)
         corrupted = site_activations(model, batch.corrupted_tokens, dims)

@@ -32,6 +32,11 @@ def _per_granularity(text: str) -> tuple[str, float]:
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     from .tasks import TASKS
 
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="also measure faithfulness against circuit size (MIB CPR/CMD) on held-out pairs",
+    )
     parser.add_argument("--task", choices=sorted(TASKS), default="ioi", help="task (default: ioi)")
     parser.add_argument(
         "--model",
@@ -80,11 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
     discover.add_argument("--out", type=Path, required=True, help="output directory")
-    discover.add_argument(
-        "--curve",
-        action="store_true",
-        help="also measure faithfulness against circuit size (MIB CPR/CMD) on held-out pairs",
-    )
+
     discover.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
@@ -154,6 +155,7 @@ def _discover(args) -> int:
     if args.curve:
         curve = faithfulness_curve(model, circuit, test).to_dict()
         metrics["faithfulness_curve"] = circuit.metrics["faithfulness_curve"] = curve
+        print(_curve_line(curve))
     metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
     metrics["peak_rss_mib"] = round(_peak_rss_mib(), 1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +170,7 @@ def _discover(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluation import evaluate_many, random_circuit
+    from .evaluation import evaluate_many, faithfulness_curve, random_circuit
 
     model, _, test = _load(args)
     circuit = Circuit.load(args.circuit, model=model)
@@ -177,14 +179,13 @@ def _evaluate(args) -> int:
     )
     print(circuit.summary())
     print(_metrics_table(result, baseline))
+    metrics = {"circuit": result.to_dict(), "random_circuit_same_size": baseline.to_dict()}
+    if args.curve:
+        metrics["faithfulness_curve"] = faithfulness_curve(model, circuit, test).to_dict()
+        print(_curve_line(metrics["faithfulness_curve"]))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {"circuit": result.to_dict(), "random_circuit_same_size": baseline.to_dict()},
-                indent=2,
-            )
-        )
+        args.out.write_text(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -200,6 +201,10 @@ def _metrics_table(result, baseline) -> str:
         lines.append(f"{label:<22} {_fmt(a):>10} {_fmt(b):>10}")
     lines.append(f"{'full model accuracy':<22} {_fmt(result.accuracy_full):>10}")
     return "\n".join(lines)
+
+
+def _curve_line(curve: dict) -> str:
+    return f"faithfulness vs size: CPR {curve['cpr']:.3f}, CMD {curve['cmd']:.3f}"
 
 
 def _fmt(x: float) -> str:

@@ -191,7 +191,7 @@ class FaithfulnessCurve:
     """Faithfulness of a circuit's nodes added in order of ``log_alpha``.
 
     Args:
-        fractions: kept fraction per trained granularity at each point (before hierarchy).
+        fractions: kept fraction of the finest trained nodes (see :func:`top_fraction`).
         faithfulness: ``(m(C) - m(empty)) / (m(full) - m(empty))`` at each point.
         kl: KL(full || C) at each point.
         kept: nodes per granularity at each point (after hierarchy).
@@ -211,22 +211,46 @@ class FaithfulnessCurve:
 
 
 def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
-    """The circuit keeping, in every trained granularity, the ``fraction`` of its nodes with
-    the highest ``log_alpha`` (at least one)."""
+    """The circuit keeping the ``fraction`` of the finest trained nodes of each branch
+    (attention neurons and MLP neurons, when trained) with the highest score, at least one;
+    a node's score is the smallest ``log_alpha`` on its path from the block, so no node ranks
+    above its ancestors. Parents are kept exactly when a child is."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    dims, trained = circuit.dims, circuit.log_alpha
     log_alpha = {}
-    for g, scores in circuit.log_alpha.items():
+    for g in _finest_trained(trained):
+        scores = trained[g]
+        parent = PARENT[g]
+        while parent is not None:
+            if parent in trained:
+                above = trained[parent]
+                scores = torch.minimum(
+                    scores, above.view(*above.shape, *[1] * (scores.ndim - above.ndim))
+                )
+            parent = PARENT[parent]
         k = max(1, math.ceil(fraction * scores.numel()))
         chosen = torch.zeros(scores.numel(), dtype=torch.bool)
         chosen[scores.flatten().topk(k).indices] = True
         log_alpha[g] = torch.where(chosen.view(scores.shape), _ON, _OFF)
+    for g in trained:
+        log_alpha.setdefault(g, torch.full(dims.shape(g), _ON))
     return Circuit(
-        dims=circuit.dims,
+        dims=dims,
         log_alpha=log_alpha,
         hard_concrete=circuit.hard_concrete,
         config={**circuit.config, "top_fraction": fraction},
     )
+
+
+def _finest_trained(trained) -> list[str]:
+    """Per branch (attention, MLP) its finest trained granularity; the block if neither."""
+    finest = [
+        next((g for g in branch if g in trained), None)
+        for branch in (("attn_neuron", "head"), ("mlp_neuron", "mlp"))
+    ]
+    finest = [g for g in finest if g is not None]
+    return finest or [g for g in ("block",) if g in trained]
 
 
 def faithfulness_curve(

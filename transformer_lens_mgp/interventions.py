@@ -14,6 +14,7 @@ import torch
 from einops import reduce
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
 from .data import PairedDataset
 from .granularity import ModelDims, attn_hook_name, mlp_hook_name
@@ -81,7 +82,13 @@ def check_hook_points(model, dims: ModelDims) -> None:
 def answer_logits(
     model, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at one position per sequence, unembedding only those positions."""
+    """Logits at one position per sequence, unembedding only those positions (on a
+    HookedTransformer; other models, e.g. a TransformerBridge, run their full forward)."""
+    if not isinstance(model, HookedTransformer):
+        logits = model(tokens)
+        return logits[
+            torch.arange(tokens.shape[0], device=logits.device), positions.to(logits.device)
+        ]
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)
     picked = resid[torch.arange(tokens.shape[0], device=resid.device), positions.to(resid.device)]
     picked = picked[:, None]
@@ -120,26 +127,32 @@ def reference_pass(
     if not cache_corrupted:
         tokens, positions = tokens[:n], positions[:n]
     cache: dict[str, Tensor] = {}
-
-    def store(activation, *, hook):
-        cache[hook.name] = activation[n:].detach()
-
-    hooks = [(name, store) for name in dims.hook_names()] if cache_corrupted else []
+    hooks = storing_hooks(dims.hook_names(), cache, slice(n, None)) if cache_corrupted else []
     with model.hooks(fwd_hooks=hooks):
         logits = answer_logits(model, tokens, positions)
     return logits[:n], cache
+
+
+def storing_hooks(names: list[str], cache: dict, rows: slice = slice(None)) -> FwdHooks:
+    """Hooks that put each named site's activation (the given batch rows, detached) into
+    ``cache`` under the name asked for: a TransformerBridge may report an aliased name."""
+
+    def store_as(key: str):
+        def store(activation, *, hook):
+            cache[key] = activation[rows].detach()
+
+        return store
+
+    return [(name, store_as(name)) for name in names]
 
 
 @torch.no_grad()
 def site_activations(model, tokens: Int[Tensor, "batch pos"], dims: ModelDims) -> dict[str, Tensor]:
     """Every masked site's activation on ``tokens`` (no gradient)."""
     cache: dict[str, Tensor] = {}
-
-    def store(activation, *, hook):
-        cache[hook.name] = activation.detach()
-
-    with model.hooks(fwd_hooks=[(name, store) for name in dims.hook_names()]):
-        model(tokens.to(model_device(model)), stop_at_layer=dims.n_layers)
+    stop = {"stop_at_layer": dims.n_layers} if isinstance(model, HookedTransformer) else {}
+    with model.hooks(fwd_hooks=storing_hooks(dims.hook_names(), cache)):
+        model(tokens.to(model_device(model)), **stop)
     return cache
 
 
