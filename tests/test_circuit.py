@@ -113,6 +113,30 @@ def test_fwd_hooks_compose_with_run_with_hooks_and_hooks_context():
     assert_untouched(model, before)
 
 
+def test_knockout_patches_exactly_the_circuit():
+    """Knocking out layer 0 equals running the circuit that is everything but layer 0; the
+    knockout of the full circuit is the fully corrupted run (clean embeddings)."""
+    model = build_model()
+    ds = build_dataset(model)
+    dims = ModelDims.from_cfg(model.cfg)
+    layer0 = circuit_with(dims, block={1: OFF})
+    rest = circuit_with(dims, block={0: OFF})
+    with layer0.applied(model, ds, knockout=True):
+        knocked = model(ds.clean_tokens)
+    with rest.applied(model, ds):
+        assert torch.allclose(knocked, model(ds.clean_tokens), atol=1e-6)
+    everything = circuit_with(dims)
+    empty = circuit_with(dims, block={0: OFF, 1: OFF})
+    hooks = everything.fwd_hooks(ds, model=model, knockout=True)
+    nothing = empty.fwd_hooks(ds, model=model)
+    assert torch.allclose(
+        model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks),
+        model.run_with_hooks(ds.clean_tokens, fwd_hooks=nothing),
+        atol=1e-6,
+    )
+    assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 0
+
+
 def test_fwd_hooks_explain_what_is_missing():
     model = build_model()
     c = circuit_with(ModelDims.from_cfg(model.cfg))

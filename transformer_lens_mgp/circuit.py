@@ -193,6 +193,7 @@ class Circuit:
         *,
         model=None,
         ablation: str = "corrupted",
+        knockout: bool = False,
     ) -> FwdHooks:
         """TransformerLens ``fwd_hooks`` that run a model as this circuit.
 
@@ -200,9 +201,14 @@ class Circuit:
         on the corrupted prompts (pass a :class:`PairedDataset`, a tensor of corrupted tokens
         with ``model=``, or a ``run_with_cache`` cache of the corrupted run); for ``"mean"``
         the mean over the corrupted prompts; for ``"zero"`` nothing is needed.
+        With ``knockout=True`` it is the other way round: exactly the circuit's units
+        (attention dimensions, MLP neurons) get the ablated value, i.e. activation patching
+        restricted to the circuit, and everything else runs clean.
         """
         check_ablation(ablation)
         attn, mlp = self._site_masks()
+        if knockout:
+            attn, mlp = 1 - attn, None if mlp is None else 1 - mlp
         ablated = self._ablated_activations(source, model, ablation)
         device = next(iter(ablated.values())).device
         return mask_hooks(
@@ -210,10 +216,14 @@ class Circuit:
         )
 
     @contextmanager
-    def applied(self, model, source=None, *, ablation: str = "corrupted") -> Iterator:
-        """Inside the block, ``model`` runs as the circuit; on exit its hooks are gone."""
+    def applied(
+        self, model, source=None, *, ablation: str = "corrupted", knockout: bool = False
+    ) -> Iterator:
+        """Inside the block, ``model`` runs as the circuit (or, with ``knockout=True``, with
+        the circuit ablated); on exit its hooks are gone."""
         self.check_model(model)
-        with model.hooks(fwd_hooks=self.fwd_hooks(source, model=model, ablation=ablation)):
+        hooks = self.fwd_hooks(source, model=model, ablation=ablation, knockout=knockout)
+        with model.hooks(fwd_hooks=hooks):
             yield model
 
     def _ablated_activations(self, source, model, ablation: str) -> dict[str, Tensor]:
