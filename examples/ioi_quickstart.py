@@ -37,7 +37,7 @@ def main() -> None:
         logits = model.run_with_hooks(test.clean_tokens, fwd_hooks=hooks)
     rows = torch.arange(len(test))
     top = logits[rows, test.answer_positions].argmax(-1)
-    share = (top == test.answer_tokens[:, 0]).float().mean()
+    share = (top == test.answer_tokens).float().mean()
     print(f"the circuit's top answer is the indirect object in {share:.0%} of held-out prompts")
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,15 @@ def test_examples_run(script, args, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kept" in done.stdout
+
+
+def test_notebook_runs(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(Path(__file__).parents[1] / "examples" / "ioi_walkthrough.ipynb", 4)
+    env = {"TL_MGP_NOTEBOOK_STEPS": "2", "TL_MGP_NOTEBOOK_PAIRS": "40"}
+    setup = nbformat.v4.new_code_cell("import os\nos.environ.update(" + repr(env) + ")")
+    notebook.cells.insert(0, setup)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert (tmp_path / "ioi_report.html").is_file()

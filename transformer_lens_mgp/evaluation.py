@@ -35,11 +35,15 @@ class Evaluation:
 
     Args:
         kl: mean KL(full model || circuit) at the answer positions, in nats.
-        metric_full / metric_circuit / metric_empty: mean task metric (logit or probability
-            difference) of the full model, the circuit and the fully ablated model.
+        metric_full: mean task metric (logit or probability difference) of the full model.
+        metric_circuit: the same for the circuit.
+        metric_empty: the same for the fully ablated model.
         recovered: ``(metric_circuit - metric_empty) / (metric_full - metric_empty)``.
-        accuracy_full / accuracy_circuit: how often the top prediction is a correct answer.
-        kept / total: nodes per granularity.
+        accuracy_full: how often the full model's top prediction is a correct answer.
+        accuracy_circuit: the same for the circuit.
+        kept: nodes kept per granularity.
+        total: nodes per granularity.
+        n_pairs: pairs evaluated.
     """
 
     kl: float
