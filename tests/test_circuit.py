@@ -184,3 +184,29 @@ def test_node_names_and_graph_follow_the_kept_nodes():
     assert set(graph.successors("L1")) == {"L1.H0", "L1.H1", "L1.H2", "L1.mlp"}
     assert set(graph.successors("L1.mlp")) == {f"L1.mlp.{n}" for n in (0, 1, 3, 4)}
     assert graph.nodes["L0.H2"] == {"granularity": "head", "index": (0, 2), "log_alpha": ON}
+
+
+def test_circuit_hooks_compose_with_transformer_lens_patching():
+    from transformer_lens import patching
+
+    model = build_model()
+    ds = build_dataset(model)
+    dims = ModelDims.from_cfg(model.cfg)
+    _, clean_cache = model.run_with_cache(ds.clean_tokens)
+    rows = torch.arange(len(ds))
+
+    def metric(logits):
+        return logits[rows, -1].log_softmax(-1)[rows, ds.answer_tokens].mean()
+
+    def sweep():
+        return patching.get_act_patch_attn_head_out_all_pos(
+            model, ds.corrupted_tokens, clean_cache, metric
+        )
+
+    plain = sweep()
+    with circuit_with(dims).applied(model, ds):
+        assert torch.allclose(sweep(), plain, atol=1e-6)  # the full circuit changes nothing
+    with circuit_with(dims, block={0: OFF}).applied(model, ds):
+        inside = sweep()
+    assert inside.shape == plain.shape == (2, 4) and not torch.allclose(inside, plain)
+    assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 0

@@ -67,3 +67,13 @@ def test_training_curves_with_targets_and_negative_loss():
     circuit.history.update({"loss": [-0.1, 0.2], "target/head": [1.0, 0.5]})
     fig = plotting.plot_training_curves(circuit)
     assert len(fig.data) == 4 and fig.layout.yaxis.type != "log"
+
+
+def test_gpt2_xl_sized_neuron_map_is_one_trace(tmp_path):
+    dims = ModelDims(n_layers=48, n_heads=25, d_head=64, d_mlp=6400)
+    g = torch.Generator().manual_seed(0)
+    circuit = Circuit(dims=dims, log_alpha={"mlp_neuron": torch.randn(48, 6400, generator=g)})
+    fig = plotting.plot_neuron_map(circuit)
+    assert len(fig.data) == 1 and fig.data[0].z.shape == (48, 6400)
+    size = circuit.report(tmp_path / "r.html").stat().st_size
+    assert size < 30e6, f"report of {size / 1e6:.1f} MB"
