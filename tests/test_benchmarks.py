@@ -58,3 +58,15 @@ def test_task_table_reads_discover_runs(tmp_path, capsys, monkeypatch):
     table.main()
     printed = capsys.readouterr().out
     assert "| ioi | 27 / 270 (10.0 %) | – | – | 100 / 46,080 (0.2 %) | 0.300 | 0.90 |" in printed
+
+
+def test_perf_benchmark_runs(tmp_path, monkeypatch, capsys):
+    bench = load("perf")
+    out = tmp_path / "perf.json"
+    argv = ["perf.py", "--models", "tiny", "--batch", "2", "--seq", "6", "--steps", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--json", str(out)])
+    bench.main()
+    (row,) = json.loads(out.read_text())["rows"]
+    for mode in ("floor", "ours"):
+        assert row[mode]["seconds_per_step"] > 0 and row[mode]["peak_mib"] >= 0, row[mode]
+    assert "| tiny | 2 | 6 |" in capsys.readouterr().out
