@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_untouched, model_state
 
-from transformer_lens_mgp import CircuitPruner, evaluate, random_circuit, tasks
+from transformer_lens_mgp import CircuitPruner, evaluate_many, random_circuit, tasks
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +19,18 @@ pytestmark = pytest.mark.slow
 def test_short_ioi_fit_beats_random_circuit_of_equal_size(smollm2):
     train, test = tasks.ioi(smollm2, n=96, seed=0).split(1 / 3, seed=0)
     before = model_state(smollm2)
-    pruner = CircuitPruner(smollm2, sparsity={"head": 1.0, "attn_neuron": 1.0, "mlp_neuron": 2.0})
-    circuit = pruner.fit(train, steps=40, batch_size=8, lr=0.2, progress=False)
+    # Short: masks start fully on and move fast, the neuron price is raised to compensate.
+    pruner = CircuitPruner(smollm2, init_log_alpha=3.0, sparsity={"mlp_neuron": 4.0})
+    circuit = pruner.fit(train, steps=60, batch_size=8, lr=0.3, progress=False)
     assert_untouched(smollm2, before)
 
     for g in ("head", "attn_neuron", "mlp_neuron"):
-        assert circuit.fraction_kept(g) < 0.5, (g, circuit.fraction_kept(g))
-    ours = evaluate(smollm2, circuit, test)
-    theirs = evaluate(smollm2, random_circuit(circuit, seed=0), test)
-    assert ours.kept == theirs.kept or all(theirs.kept[g] >= 0.5 * ours.kept[g] for g in ours.kept)
+        assert circuit.fraction_kept(g) < 0.6, (g, circuit.fraction_kept(g))
+    units = circuit.n_kept("attn_neuron") + circuit.n_kept("mlp_neuron")
+    assert units < 0.5 * (circuit.n_total("attn_neuron") + circuit.n_total("mlp_neuron"))
+    ours, theirs = evaluate_many(smollm2, [circuit, random_circuit(circuit, seed=0)], test)
+    for g in ("head", "attn_neuron", "mlp_neuron"):  # a baseline of comparable size
+        assert 0.5 * ours.kept[g] <= theirs.kept[g] <= ours.kept[g]
     assert ours.kl < 0.5 * theirs.kl, (ours.kl, theirs.kl)
     assert ours.recovered > theirs.recovered + 0.3, (ours.recovered, theirs.recovered)
 
