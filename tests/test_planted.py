@@ -71,3 +71,17 @@ def test_planted_models_are_deterministic_and_checked():
         assert torch.equal(v, w), k
     with pytest.raises(ValueError, match="unknown variant"):
         planted_circuit("moe")
+
+
+def test_targets_on_a_planted_circuit_keep_the_live_nodes():
+    """Asking for as many MLP neurons as are live (plus slack) keeps the live ones."""
+    planted = planted_circuit("standard", seed=0)
+    live = planted.live["mlp_neuron"]
+    target = 2 * float(live.float().mean())
+    circuit = CircuitPruner(planted.model, target={"mlp_neuron": target}).fit(
+        planted.dataset, progress=False
+    )
+    kept = circuit.kept("mlp_neuron")
+    assert (kept & live).sum() >= 0.9 * live.sum(), names("mlp_neuron", live & ~kept)
+    assert circuit.fraction_kept("mlp_neuron") <= target + 0.02
+    assert not (kept & planted.dead["mlp_neuron"]).any()
