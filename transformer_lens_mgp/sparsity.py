@@ -110,9 +110,9 @@ class SparsityControl:
 
     def ascend(self) -> None:
         """One gradient-ascent step on the multipliers after each optimiser step: their
-        gradients are the gap and its square, so a small gap moves them a little. They are
-        kept >= 0: below its target a granularity feels no pressure and the KL alone decides
-        what grows back."""
+        gradients are the gap and its square, so a small gap moves them a little. Both are
+        kept >= 0, so below its target the linear multiplier decays to 0 and only the
+        quadratic term (which never shrinks) pulls the size back up towards the target."""
         for g, gap in self._gaps.items():
             step = MULTIPLIER_LR * torch.stack([gap, gap**2])
             self.multipliers[g] = (self.multipliers[g] + step).clamp(min=0.0)
