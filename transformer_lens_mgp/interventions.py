@@ -14,12 +14,22 @@ import torch
 from einops import reduce
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from .data import PairedDataset
 from .granularity import ModelDims, attn_hook_name, mlp_hook_name
 
 ABLATIONS = ("corrupted", "mean", "zero")
+
+
+def is_hooked_transformer(model) -> bool:
+    """True for a HookedTransformer (which can stop before the unembedding); False for a
+    TransformerBridge, and always on TransformerLens 4.x, which has only the bridge."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:
+        return False
+    return isinstance(model, HookedTransformer)
+
 
 FwdHooks = list[tuple[str, Callable]]
 
@@ -84,7 +94,7 @@ def answer_logits(
 ) -> Float[Tensor, "batch d_vocab"]:
     """Logits at one position per sequence, unembedding only those positions (on a
     HookedTransformer; other models, e.g. a TransformerBridge, run their full forward)."""
-    if not isinstance(model, HookedTransformer):
+    if not is_hooked_transformer(model):
         logits = model(tokens)
         return logits[
             torch.arange(tokens.shape[0], device=logits.device), positions.to(logits.device)
@@ -150,7 +160,7 @@ def storing_hooks(names: list[str], cache: dict, rows: slice = slice(None)) -> F
 def site_activations(model, tokens: Int[Tensor, "batch pos"], dims: ModelDims) -> dict[str, Tensor]:
     """Every masked site's activation on ``tokens`` (no gradient)."""
     cache: dict[str, Tensor] = {}
-    stop = {"stop_at_layer": dims.n_layers} if isinstance(model, HookedTransformer) else {}
+    stop = {"stop_at_layer": dims.n_layers} if is_hooked_transformer(model) else {}
     with model.hooks(fwd_hooks=storing_hooks(dims.hook_names(), cache)):
         model(tokens.to(model_device(model)), **stop)
     return cache

@@ -30,10 +30,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+if TYPE_CHECKING:  # TransformerLens 4.x has no HookedTransformer; import it where it is built
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -79,6 +81,8 @@ def load_model(
     if bridge:
         return _load_bridge(name, device=device, dtype=dtype, progress=progress)
     if name is not None:
+        from transformer_lens import HookedTransformer
+
         return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
 
     target = default_cache_dir(cache_dir)
@@ -249,6 +253,8 @@ def _convert_gguf(gguf: Path, *, progress: bool) -> tuple[dict[str, Any], dict, 
         hf_model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
+    from transformer_lens import HookedTransformerConfig
+
     cfg_dict = _cfg_from_hf(hf_model.config)
     cfg = HookedTransformerConfig.from_dict({**cfg_dict, "device": "cpu", "dtype": torch.float32})
     with torch.no_grad():
@@ -323,6 +329,7 @@ def _build(
 ) -> HookedTransformer:
     """The HookedTransformer for converted weights; both load paths go through here, so a
     fresh conversion and a cached load give the same model."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
     # add_bos_token=True is the form HookedTransformer.set_tokenizer wants (it would reload
