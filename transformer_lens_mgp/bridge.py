@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+if TYPE_CHECKING:  # not in TransformerLens 4.x, which has only the bridge
+    from transformer_lens import HookedTransformer
 
 
 def bridge_from_hf(hf_model: Any, tokenizer: Any):
@@ -30,6 +32,7 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any):
 def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str = "hf-llama") -> HookedTransformer:
     """A ``HookedTransformer`` with ``hf_model``'s weights (Llama architecture, tied
     embeddings), converted by TransformerLens' own Llama conversion."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
     from .models import _cfg_from_hf

