@@ -7,7 +7,9 @@ F1 per granularity), the same with every lambda scaled by 1/4 ... 4 (ROC AUC of 
 (false-positive rate, recall) points), and two one-pass baselines cut to the pruned circuit's
 size per granularity: attribution patching and activation magnitude (AUC from their scores).
 Live nodes are the positives, provably dead ones the negatives; weak and negligible nodes are
-left out of both.
+left out of both. A redundant pair (variant ``redundant``: either member alone suffices) is
+left out of the plain rows and scored in an extra "(OR pair)" row as one positive, recovered
+when any member is kept (a baseline's score for it: its members' largest).
 """
 
 from __future__ import annotations
@@ -60,6 +62,37 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return kept.view(scores.shape)
 
 
+def fold(
+    values: torch.Tensor, groups: list[torch.Tensor], group_values: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``values`` flattened, then one entry per OR group: ``group_values``, or else the
+    largest of its members' values (for a mask: kept when any member is)."""
+    if not groups:
+        return values.flatten()
+    if group_values is None:
+        group_values = torch.stack([values[group].max() for group in groups])
+    return torch.cat([values.flatten(), group_values.to(values.dtype)])
+
+
+def score_rows(base: dict, g: str, groups: list, planted, circuit, swept, baselines) -> list[dict]:
+    """Pruning's row, then the baselines', for granularity ``g``, each OR group one live
+    node."""
+    ones = torch.ones(len(groups), dtype=torch.bool)
+    live = fold(planted.live[g], groups, ones)
+    dead = fold(planted.dead[g], groups, ~ones)
+    kept = circuit.kept(g)
+    row = {**base, "method": "pruning", **confusion(fold(kept, groups), live, dead)}
+    row["auc"] = sweep_auc([confusion(fold(c.kept(g), groups), live, dead) for c in swept])
+    row.update(n_live=int(live.sum()), n_dead=int(dead.sum()))
+    rows = [row]
+    for name, scores in baselines.items():
+        chosen = top_k(scores[g], int(kept.sum()))
+        row = {**base, "method": name, **confusion(fold(chosen, groups), live, dead)}
+        row["auc"] = score_auc(fold(scores[g], groups), live, dead)
+        rows.append(row)
+    return rows
+
+
 def run_one(variant: str, seed: int) -> list[dict]:
     planted = planted_circuit(variant, seed=seed)
     model, data = planted.model, planted.dataset
@@ -77,20 +110,13 @@ def run_one(variant: str, seed: int) -> list[dict]:
         "attribution patching": attribution_scores(model, data, dims),
         "activation magnitude": activation_scores(model, data, dims),
     }
+    views = [(g, g, []) for g in circuit.granularities]
+    views += [(f"{g} (OR pair)", g, groups) for g, groups in planted.any_of.items()]
     rows = []
-    for g in circuit.granularities:
-        live, dead = planted.live[g], planted.dead[g]
-        kept = circuit.kept(g)
-        row = {"variant": variant, "seed": seed, "granularity": g, "method": "pruning"}
-        row.update(confusion(kept, live, dead))
-        row["auc"] = sweep_auc([confusion(c.kept(g), live, dead) for c in swept])
-        row.update(n_live=int(live.sum()), n_dead=int(dead.sum()), seconds=seconds)
-        rows.append(row)
-        for name, scores in baselines.items():
-            base = {"variant": variant, "seed": seed, "granularity": g, "method": name}
-            base.update(confusion(top_k(scores[g], int(kept.sum())), live, dead))
-            base["auc"] = score_auc(scores[g], live, dead)
-            rows.append(base)
+    for label, g, groups in views:
+        base = {"variant": variant, "seed": seed, "granularity": label}
+        pruned, *others = score_rows(base, g, groups, planted, circuit, swept, baselines)
+        rows += [{**pruned, "seconds": seconds}, *others]
     return rows
 
 

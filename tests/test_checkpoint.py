@@ -21,11 +21,15 @@ def assert_same_circuit(a, b):
     assert a.history == b.history
 
 
-@pytest.mark.parametrize("target", [None, {"mlp_neuron": 0.3}], ids=["lambda", "target"])
-def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch, target):
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"target": {"mlp_neuron": 0.3}}, {"max_kl": 0.05}],
+    ids=["lambda", "target", "max_kl"],
+)
+def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch, settings):
     model = build_model()
     ds = build_dataset(model)
-    reference = CircuitPruner(model, seed=4, target=target).fit(ds, steps=20, progress=False)
+    reference = CircuitPruner(model, seed=4, **settings).fit(ds, steps=20, progress=False)
 
     calls = []
     real_kl = pruner_module.kl_divergence
@@ -38,12 +42,12 @@ def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch,
 
     monkeypatch.setattr(pruner_module, "kl_divergence", interrupt_at_step_13)
     with pytest.raises(KeyboardInterrupt):
-        CircuitPruner(model, seed=4, target=target).fit(
+        CircuitPruner(model, seed=4, **settings).fit(
             ds, steps=20, progress=False, checkpoint_dir=tmp_path, checkpoint_every=5
         )
     monkeypatch.setattr(pruner_module, "kl_divergence", real_kl)
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 10
-    resumed = CircuitPruner(model, seed=4, target=target).fit(
+    resumed = CircuitPruner(model, seed=4, **settings).fit(
         ds, steps=20, progress=False, checkpoint_dir=tmp_path, resume=True
     )
     assert_same_circuit(resumed, reference)

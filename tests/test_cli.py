@@ -115,3 +115,43 @@ def test_curve_goes_into_metrics_and_report(tiny_default, tmp_path):
     curve = json.loads((out / "metrics.json").read_text())["faithfulness_curve"]
     assert len(curve["fractions"]) == len(curve["faithfulness"]) == 10
     assert "CPR" in (out / "report.html").read_text()
+
+
+def test_sweep_writes_one_folder_per_point_a_summary_and_a_pareto_plot(tiny_default, tmp_path):
+    out = tmp_path / "sweep"
+    targets = ["head=0.5", "head=0.9,attn_neuron=0.5"]
+    assert main(["sweep", "--task", "ioi", *FAST, "--targets", *targets, "--out", str(out)]) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [p["target"] for p in summary["points"]] == [
+        {"head": 0.5},
+        {"head": 0.9, "attn_neuron": 0.5},
+    ]
+    assert all("kl" in p and "recovered" in p for p in summary["points"])
+    assert 0 <= summary["cpr"] <= 1.5 and summary["cmd"] >= 0
+    folders = {p.name for p in out.iterdir() if p.is_dir()}
+    assert folders == {"head=0.5", "attn_neuron=0.5,head=0.9"}
+    assert "CPR" in (out / "pareto.html").read_text()
+
+
+def test_max_kl_and_edges_reach_the_circuit_and_the_report(tiny_default, tmp_path):
+    out = tmp_path / "run"
+    args = ["--max-kl", "0.5", "--edges", "--out", str(out)]
+    assert main(["discover", "--task", "ioi", *FAST, *args]) == 0
+    config = Circuit.load(out / "circuit.safetensors").config
+    assert config["max_kl"] == 0.5 and config["validation_kl"] <= 0.5
+    edges = json.loads((out / "edges.json").read_text())
+    assert all(set(e) == {"from", "to", "score"} for e in edges)
+    assert "edges between kept nodes" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["discover", "--max-kl", "-1"], "max_kl must be a finite number > 0"),
+        (["sweep", "--targets", "head=0.1", "head=0.1"], "targets repeat"),
+    ],
+)
+def test_bad_budget_and_sweep_values_give_one_line(args, message, tiny_default, tmp_path, capsys):
+    command, *rest = args
+    assert main([command, "--task", "ioi", *FAST, *rest, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]

@@ -3,6 +3,7 @@
 from . import tasks
 from .circuit import Circuit
 from .data import PairedDataset
+from .edges import edge_graph, edge_scores
 from .evaluation import (
     Evaluation,
     FaithfulnessCurve,
@@ -16,6 +17,7 @@ from .masks import HardConcrete
 from .models import load_model
 from .pruner import CircuitPruner, TrainingDivergedError
 from .sparsity import DEFAULT_SPARSITY
+from .sweeps import ParetoAreas, pareto_areas, sweep
 
 __all__ = [
     "DEFAULT_SPARSITY",
@@ -27,12 +29,17 @@ __all__ = [
     "HardConcrete",
     "ModelDims",
     "PairedDataset",
+    "ParetoAreas",
     "TrainingDivergedError",
+    "edge_graph",
+    "edge_scores",
     "evaluate",
     "evaluate_many",
     "faithfulness_curve",
     "load_model",
+    "pareto_areas",
     "random_circuit",
+    "sweep",
     "tasks",
 ]
 __version__ = "0.1.0"

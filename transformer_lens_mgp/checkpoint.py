@@ -21,6 +21,9 @@ RESUME_KEYS = (
     "dataset",
     "n_pairs",
     "dims",
+    "max_kl",
+    "n_validation",
+    "eval_every",
 )
 
 

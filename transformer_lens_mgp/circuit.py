@@ -21,7 +21,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .data import PairedDataset
-from .granularity import GRANULARITIES, NODE_NAMES, PARENT, ModelDims, check_granularity, site_masks
+from .granularity import (
+    GRANULARITIES,
+    NODE_NAMES,
+    PARENT,
+    ModelDims,
+    check_granularity,
+    finest,
+    site_masks,
+)
 from .interventions import (
     FwdHooks,
     check_ablation,
@@ -109,6 +117,12 @@ class Circuit:
 
     def fraction_kept(self, granularity: str) -> float:
         return self.n_kept(granularity) / self.n_total(granularity)
+
+    def size(self) -> float:
+        """Kept fraction of the finest trained nodes (attention and MLP neurons when both are
+        trained), the size axis of sweeps and budgets."""
+        leaves = finest(self.granularities)
+        return sum(self.n_kept(g) for g in leaves) / sum(self.n_total(g) for g in leaves)
 
     def nodes(self, granularity: str) -> list[str]:
         """Kept nodes by plain name: ``L5`` (block), ``L5.H3``, ``L5.H3.d12`` (attention

@@ -1,4 +1,4 @@
-"""``tl-mgp``: discover a task's circuit, or evaluate a saved one, from the command line."""
+"""``tl-mgp``: discover a task's circuit, sweep circuit sizes, or evaluate a saved circuit."""
 
 from __future__ import annotations
 
@@ -27,6 +27,26 @@ def _per_granularity(text: str) -> tuple[str, float]:
         return name, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} in {text!r} is not a number") from None
+
+
+def _target_point(text: str) -> dict[str, float]:
+    """``head=0.1,mlp_neuron=0.05``: one sweep point."""
+    return dict(_per_granularity(part) for part in text.split(",") if part)
+
+
+def _add_fit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
+    parser.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _fit_kwargs(args) -> dict:
+    given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     discover = sub.add_parser("discover", help="train masks on a task and write a report")
     _add_data_args(discover)
-    discover.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    discover.add_argument("--batch-size", type=int, default=None)
-    discover.add_argument("--lr", type=float, default=None)
-    discover.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
+    _add_fit_args(discover)
     discover.add_argument(
         "--sparsity",
         type=_per_granularity,
@@ -83,10 +100,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G=FRACTION",
         help="kept fraction per granularity instead of a lambda, e.g. mlp_neuron=0.05",
     )
-    discover.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
-    discover.add_argument("--out", type=Path, required=True, help="output directory")
+    discover.add_argument(
+        "--max-kl",
+        type=float,
+        default=None,
+        help="instead of a size, the largest held-out KL accepted: the smallest circuit "
+        "within it is returned (a fifth of the training pairs measure it)",
+    )
+    discover.add_argument(
+        "--edges",
+        action="store_true",
+        help="also score the edges between the kept heads and MLPs (edges.json, in the report)",
+    )
 
-    discover.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep = sub.add_parser(
+        "sweep", help="one circuit per target size; faithfulness against size (Pareto)"
+    )
+    _add_data_args(sweep)
+    _add_fit_args(sweep)
+    sweep.add_argument(
+        "--targets",
+        type=_target_point,
+        nargs="+",
+        required=True,
+        metavar="G=F[,G=F...]",
+        help="one sweep point each, e.g. head=0.1,attn_neuron=0.1,mlp_neuron=0.05",
+    )
+    sweep.add_argument(
+        "--workers", type=int, default=1, help="points trained at once, in processes (CPU)"
+    )
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
     _add_data_args(evaluate)
@@ -98,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _discover(args) if args.command == "discover" else _evaluate(args)
+        command = {"discover": _discover, "sweep": _sweep, "evaluate": _evaluate}
+        return command[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"tl-mgp: error: {err}", file=sys.stderr)
         return 2
@@ -121,11 +164,7 @@ def _discover(args) -> int:
 
     wall = time.perf_counter()
     model, train, test = _load(args)
-    fit_kwargs = {
-        k: v
-        for k, v in dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr).items()
-        if v is not None
-    }
+    fit_kwargs = _fit_kwargs(args)
     pruner = CircuitPruner(
         model,
         granularities=args.granularities,
@@ -133,6 +172,7 @@ def _discover(args) -> int:
         target=dict(args.target),
         ablation=args.ablation,
         seed=args.seed,
+        max_kl=args.max_kl,
     )
     circuit = pruner.fit(train, progress=not args.quiet, **fit_kwargs)
     result, baseline = evaluate_many(
@@ -156,6 +196,19 @@ def _discover(args) -> int:
         curve = faithfulness_curve(model, circuit, test).to_dict()
         metrics["faithfulness_curve"] = circuit.metrics["faithfulness_curve"] = curve
         print(_curve_line(curve))
+    if args.edges:
+        from .edges import edge_graph
+
+        graph = edge_graph(model, circuit, test)
+        edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in graph.edges(data=True)]
+        edges.sort(key=lambda e: -abs(e["score"]))
+        circuit.metrics["edges"] = edges
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "edges.json").write_text(json.dumps(edges, indent=2))
+        print(
+            f"{len(edges)} edges; strongest: "
+            + ", ".join(f"{e['from']}->{e['to']} {e['score']:+.3f}" for e in edges[:5])
+        )
     metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
     metrics["peak_rss_mib"] = round(_peak_rss_mib(), 1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +219,60 @@ def _discover(args) -> int:
     print(_metrics_table(result, baseline))
     print(f"wall time {metrics['wall_seconds']} s, peak memory {metrics['peak_rss_mib']} MiB")
     print(f"wrote {args.out}/circuit.safetensors, metrics.json, report.html")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .plotting import plot_pareto
+    from .sweeps import pareto_areas, point_name, sweep
+
+    wall = time.perf_counter()
+    model, train, test = _load(args)
+    circuits = sweep(
+        model,
+        train,
+        args.targets,
+        validation=test,
+        out_dir=args.out,
+        workers=args.workers,
+        fit_kwargs=_fit_kwargs(args),
+        progress=not args.quiet,
+        granularities=args.granularities,
+        ablation=args.ablation,
+        seed=args.seed,
+    )
+    areas = pareto_areas(circuits)
+    points = [
+        {
+            "target": target,
+            "folder": point_name(target),
+            "size": circuit.size(),
+            "kept": {g: circuit.n_kept(g) for g in circuit.granularities},
+            "fraction_kept": {g: circuit.fraction_kept(g) for g in circuit.granularities},
+            **circuit.metrics,
+        }
+        for target, circuit in zip(args.targets, circuits, strict=True)
+    ]
+    summary = {
+        "task": args.task,
+        "n_train": len(train),
+        "n_test": len(test),
+        "points": points,
+        "cpr": areas.cpr,
+        "cmd": areas.cmd,
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps(summary, indent=2))
+    plot_pareto(circuits).write_html(args.out / "pareto.html")
+    print(f"{'target':<44} {'size':>8} {'KL':>8} {'recovered':>10}")
+    for point in points:
+        print(
+            f"{point['folder']:<44} {point['size']:>8.4f} {_fmt(point['kl']):>8} "
+            f"{_fmt(point['recovered']):>10}"
+        )
+    print(f"faithfulness vs size: CPR {areas.cpr:.3f}, CMD {areas.cmd:.3f}")
+    print(f"wrote {args.out}/sweep.json, pareto.html and one folder per point")
     return 0
 
 

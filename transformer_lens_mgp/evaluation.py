@@ -16,7 +16,7 @@ import torch
 
 from .circuit import Circuit
 from .data import PairedDataset
-from .granularity import PARENT, ModelDims
+from .granularity import PARENT, ModelDims, finest
 from .interventions import (
     check_ablation,
     check_hook_points,
@@ -223,7 +223,7 @@ def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     dims, trained = circuit.dims, circuit.log_alpha
     log_alpha = {}
-    for g in _finest_trained(trained):
+    for g in finest(trained):
         scores = trained[g]
         parent = PARENT[g]
         while parent is not None:
@@ -245,16 +245,6 @@ def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
         hard_concrete=circuit.hard_concrete,
         config={**circuit.config, "top_fraction": fraction},
     )
-
-
-def _finest_trained(trained) -> list[str]:
-    """Per branch (attention, MLP) its finest trained granularity; the block if neither."""
-    finest = [
-        next((g for g in branch if g in trained), None)
-        for branch in (("attn_neuron", "head"), ("mlp_neuron", "mlp"))
-    ]
-    finest = [g for g in finest if g is not None]
-    return finest or [g for g in ("block",) if g in trained]
 
 
 def faithfulness_curve(

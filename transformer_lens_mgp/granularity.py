@@ -163,3 +163,14 @@ def site_masks(
     if "block" in values:
         mlp = mlp * values["block"][:, None]
     return attn, mlp
+
+
+def finest(granularities) -> list[str]:
+    """Per branch (attention, MLP) the finest of ``granularities``; the block if neither: the
+    nodes whose count is the size of a circuit."""
+    per_branch = [
+        next((g for g in branch if g in granularities), None)
+        for branch in (("attn_neuron", "head"), ("mlp_neuron", "mlp"))
+    ]
+    out = [g for g in per_branch if g is not None]
+    return out or [g for g in ("block",) if g in granularities]

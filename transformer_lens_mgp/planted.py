@@ -8,20 +8,28 @@ given a role by editing its output weights (``W_O`` rows, ``W_out`` rows):
 - **negligible**: output scaled down a thousandfold, live but redundant;
 - **cancelling** (variant ``"cancelling"``): two MLP neurons with identical inputs and
   opposite outputs, so each matters alone but the pair cancels exactly: together they
-  provably cannot matter, yet removing either one changes the output.
+  provably cannot matter, yet removing either one changes the output;
+- **redundant** (variant ``"redundant"``): two identical MLP neurons of the first layer,
+  ``a`` and ``b``, read by a saturating OR (one ReLU neuron of the middle layer computing
+  ``relu(1 - g (a + b)) = 1 - clamp(g (a + b), 0, 1)``), so either one alone suffices:
+  removing one costs (almost) nothing, removing both costs a lot. The signal is whether the
+  corrupted positions hold a trigger token, which the clean prompts always do and the
+  corrupted ones never; one first-layer head with uniform attention brings it to the answer
+  position, and each step of this path has a residual direction of its own.
 
 The dataset asks for the model's own top prediction on random prompts whose corruption
 changes two tokens. The ground truth is the live nodes this dataset needs (removing one alone
 costs at least 5 % of the empty circuit's KL) and their ancestors; dead nodes and parents
-whose children are all dead provably cannot matter.
+whose children are all dead provably cannot matter. A redundant pair is needed as a group
+(removing both costs at least 5 %), so its members count neither as live nor as dead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -40,9 +48,12 @@ VARIANTS: dict[str, dict] = {
         rotary_dim=8,
     ),
     "cancelling": {},
+    "redundant": dict(act_fn="relu"),
 }
 """Architectures of the planted models: a GPT-2-like one, attention-only, and a Llama-like
-one with gated MLPs, RMS norm, rotary embeddings and grouped-query attention."""
+one with gated MLPs, RMS norm, rotary embeddings and grouped-query attention; ``cancelling``
+and ``redundant`` are GPT-2-like with a planted pair of MLP neurons (``redundant`` uses ReLU,
+so its OR saturates exactly)."""
 
 LIVE_SCALE, NEGLIGIBLE_SCALE = 4.0, 1e-3
 NEURON_SCALE = 8.0
@@ -63,6 +74,10 @@ class PlantedCircuit:
             alone moves the KL by less than 5 % of the empty circuit's (e.g. a neuron that
             sees no corrupted token). They count neither as live nor as dead.
         name: the variant.
+        any_of: per granularity, groups of redundant nodes (one mask each) of which any one
+            suffices: removing the whole group costs at least 5 % of the empty KL, removing
+            any one member alone less. The group counts as one needed node, its members
+            neither as live nor as dead.
     """
 
     model: HookedTransformer
@@ -72,6 +87,7 @@ class PlantedCircuit:
     negligible: dict[str, Bool[Tensor, "*nodes"]]
     weak: dict[str, Bool[Tensor, "*nodes"]]
     name: str
+    any_of: dict[str, list[Bool[Tensor, "*nodes"]]] = field(default_factory=dict)
 
 
 def planted_circuit(variant: str = "standard", seed: int = 0, n: int = 64) -> PlantedCircuit:
@@ -106,7 +122,7 @@ def planted_circuit(variant: str = "standard", seed: int = 0, n: int = 64) -> Pl
         dims_live = torch.randperm(dims.d_head, generator=g)[: dims.d_head // 2]
         role_dim[layer, head, dims_live] = LIVE
     role_dim[role_head == NEGLIGIBLE] = NEGLIGIBLE
-    role_neuron = None
+    role_neuron, triggers = None, None
     with torch.no_grad():
         for layer, block in enumerate(model.blocks):
             block.attn.W_O.mul_(_scale(role_dim[layer])[..., None])
@@ -117,22 +133,25 @@ def planted_circuit(variant: str = "standard", seed: int = 0, n: int = 64) -> Pl
                 block.mlp.W_out.mul_(_scale(role_neuron[layer], NEURON_SCALE)[:, None])
             if variant == "cancelling":
                 _plant_cancelling_pair(model, role_neuron, middle)
+            if variant == "redundant":
+                triggers = _plant_redundant_pair(model, role_dim, role_neuron, g)
 
     def nodes(*roles: int, parent_if_every_child: bool = False) -> dict[str, Tensor]:
         neurons = None if role_neuron is None else _isin(role_neuron, roles)
         return _tree(dims, _isin(role_dim, roles), neurons, parent_if_every_child)
 
-    dataset = _dataset(model, n, g)
+    dataset = _dataset(model, n, g, triggers)
     built = nodes(LIVE)
-    matters = _matters(model, dataset, dims, built)
-    live = _tree(dims, matters["attn_neuron"], matters.get("mlp_neuron"), every=False)
+    groups = [] if triggers is None else [_isin(role_neuron, (REDUNDANT,))]
+    matters, any_of = _matters(model, dataset, dims, built, groups)
+    live = _live(dims, matters, any_of)
     weak = {k: v & ~live[k] for k, v in built.items()}
     dead = nodes(DEAD, CANCELLING, parent_if_every_child=True)
     negligible = nodes(NEGLIGIBLE)
-    return PlantedCircuit(model, dataset, live, dead, negligible, weak, variant)
+    return PlantedCircuit(model, dataset, live, dead, negligible, weak, variant, any_of)
 
 
-DEAD, LIVE, NEGLIGIBLE, CANCELLING = 0, 1, 2, 3
+DEAD, LIVE, NEGLIGIBLE, CANCELLING, REDUNDANT = 0, 1, 2, 3, 4
 
 
 def _roles(shape, n_live: int, n_negligible: int, generator) -> Tensor:
@@ -166,29 +185,150 @@ def _plant_cancelling_pair(model, role_neuron: Tensor, original_w_out: Tensor) -
     role_neuron[layer, [a, b]] = CANCELLING
 
 
+TRIGGER, CARRIER, PAIR_GAIN, PAIR_WRITE, OR_GAIN, OR_WRITE = 1.0, 1.0, 10.0, 0.005, 20.0, 2.0
+"""Sizes in the redundant pair's path: the trigger tokens' embedding component, the carrier
+head's write, the pair neurons' input gain and (small, so that losing one member hardly moves
+the layer norms) output, the OR neuron's input gain ``g`` (one member alone saturates it; far
+steeper, the masks' gradient vanishes and pruning loses the pair) and output."""
+
+
+def _plant_redundant_pair(
+    model, role_dim: Tensor, role_neuron: Tensor, generator
+) -> Int[Tensor, " triggers"]:
+    """Plant trigger tokens -> carrier head -> two identical first-layer neurons -> a
+    saturating OR in the middle layer -> the output, each step on its own residual direction
+    that nothing else writes or reads; return the trigger tokens."""
+    trigger, carried, pair, output = _reserved_directions(model, 4, generator)
+    triggers = torch.randperm(model.cfg.d_vocab, generator=generator)[: model.cfg.d_vocab // 5]
+    model.W_E[triggers] += TRIGGER * trigger
+    head = _carrier_head(model, role_dim[0], trigger, carried)
+    role_dim[0, head] = DEAD
+    role_dim[0, head, 0] = LIVE
+    first = model.blocks[0].mlp
+    a, b = (role_neuron[0] == DEAD).nonzero()[:2, 0].tolist()
+    first.W_in[:, [a, b]] = PAIR_GAIN * carried[:, None]
+    first.b_in[[a, b]] = 0.0
+    first.W_out[[a, b]] = PAIR_WRITE * pair
+    role_neuron[0, [a, b]] = REDUNDANT
+    _plant_or(model, role_neuron, pair, output)
+    return triggers
+
+
+def _plant_or(model, role_neuron: Tensor, pair: Tensor, output: Tensor) -> None:
+    """A dead middle-layer neuron becomes relu(1 - x), x the ``pair`` component times
+    ``OR_GAIN``: 1 - clamp(x, 0, 1), a saturating NOR that one pair member alone already
+    turns off, bounded so that a partly masked neuron moves the output no more than a
+    removed one."""
+    layer = model.cfg.n_layers // 2
+    mlp = model.blocks[layer].mlp
+    neuron = int((role_neuron[layer] == DEAD).nonzero()[0, 0])
+    mlp.W_in[:, neuron] = -OR_GAIN * pair
+    mlp.b_in[neuron] = 1.0
+    mlp.W_out[neuron] = OR_WRITE * output
+    role_neuron[layer, neuron] = LIVE
+
+
+def _reserved_directions(model, k: int, generator) -> list[Float[Tensor, " d_model"]]:
+    """``k`` orthonormal residual directions, orthogonal to the all-ones direction (so layer
+    norm's centring keeps them), projected out of every existing write to the residual and
+    every read from it, except the unembedding's read of the last one (the output)."""
+    basis = torch.randn(model.cfg.d_model, k, generator=generator)
+    basis = torch.linalg.qr(basis - basis.mean(0)).Q
+    writes = [model.W_E, model.W_pos]
+    reads = [(model.W_U, basis[:, :-1])]
+    for block in model.blocks:
+        writes += [block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out]
+        reads += [(w, basis) for w in (block.attn.W_Q, block.attn.W_K, block.attn.W_V)]
+        reads.append((block.mlp.W_in, basis))
+    for w in writes:
+        w -= (w @ basis) @ basis.T
+    for w, directions in reads:
+        w -= directions @ (directions.T @ w)
+    return list(basis.T)
+
+
+def _carrier_head(model, roles: Tensor, trigger: Tensor, carried: Tensor) -> int:
+    """A first-layer head (a dead one where there is one) made to attend uniformly and copy
+    the trigger component, in its first dimension only, onto the ``carried`` direction."""
+    dead = (roles == DEAD).all(-1).nonzero()[:, 0].tolist()
+    head = dead[0] if dead else 0
+    attn = model.blocks[0].attn
+    for w in (attn.W_Q, attn.b_Q, attn.W_V, attn.b_V, attn.W_O):
+        w[head] = 0.0
+    attn.W_V[head, :, 0] = trigger
+    attn.W_O[head, 0] = CARRIER * carried
+    return head
+
+
 MATTERS = 0.05
 """A built-live node matters when removing it alone costs this share of the empty KL."""
 
 
-def _matters(model, dataset: PairedDataset, dims: ModelDims, built: dict) -> dict[str, Tensor]:
-    """Which built-live leaf nodes the dataset needs, by removing each one alone."""
+def _matters(
+    model, dataset: PairedDataset, dims: ModelDims, built: dict, groups: list[Tensor]
+) -> tuple[dict[str, Tensor], dict[str, list[Tensor]]]:
+    """Which built-live leaf nodes the dataset needs, by removing each one alone, and which
+    groups of MLP neurons it needs only as a whole (removing every member matters, removing
+    any one alone does not)."""
+    leaves = [g for g in ("attn_neuron", "mlp_neuron") if g in built]
+    singles = [(g, tuple(i)) for g in leaves for i in built[g].nonzero().tolist()]
+    removals = [{g: _only(dims, g, index)} for g, index in singles]
+    for group in groups:
+        removals += [
+            {"mlp_neuron": _only(dims, "mlp_neuron", tuple(i))} for i in group.nonzero().tolist()
+        ]
+        removals.append({"mlp_neuron": group})
+    costs = _removal_costs(model, dataset, dims, removals)
+    out = {g: torch.zeros(dims.shape(g), dtype=torch.bool) for g in leaves}
+    for (g, index), cost in zip(singles, costs[: len(singles)], strict=True):
+        out[g][index] = cost > MATTERS
+    rest, needed = costs[len(singles) :], []
+    for group in groups:
+        k = int(group.sum())
+        alone, whole, rest = rest[:k], rest[k], rest[k + 1 :]
+        if whole > MATTERS and max(alone) <= MATTERS:
+            needed.append(group)
+    return out, ({"mlp_neuron": needed} if needed else {})
+
+
+def _only(dims: ModelDims, granularity: str, index: tuple[int, ...]) -> Tensor:
+    mask = torch.zeros(dims.shape(granularity), dtype=torch.bool)
+    mask[index] = True
+    return mask
+
+
+def _removal_costs(
+    model, dataset: PairedDataset, dims: ModelDims, removals: list[dict[str, Tensor]]
+) -> list[float]:
+    """The KL of the full circuit less each removal's nodes, as a share of the empty
+    circuit's."""
     from .circuit import Circuit
     from .evaluation import evaluate_many
 
-    on = {g: torch.full(dims.shape(g), 10.0) for g in dims.available()}
-    empty = Circuit(dims=dims, log_alpha={g: -v for g, v in on.items()})
-    leaves = [g for g in ("attn_neuron", "mlp_neuron") if g in built]
-    candidates = [(g, tuple(i)) for g in leaves for i in built[g].nonzero().tolist()]
-    circuits = [empty]
-    for g, index in candidates:
-        log_alpha = {k: v.clone() for k, v in on.items()}
-        log_alpha[g][index] = -10.0
-        circuits.append(Circuit(dims=dims, log_alpha=log_alpha))
+    def without(off: dict[str, Tensor]) -> Circuit:
+        log_alpha = {}
+        for g in dims.available():
+            on = torch.full(dims.shape(g), 10.0)
+            log_alpha[g] = on.masked_fill(off[g], -10.0) if g in off else on
+        return Circuit(dims=dims, log_alpha=log_alpha)
+
+    everything = {g: torch.ones(dims.shape(g), dtype=torch.bool) for g in dims.available()}
+    circuits = [without(everything)] + [without(off) for off in removals]
     kl_empty, *kls = (r.kl for r in evaluate_many(model, circuits, dataset))
-    out = {g: torch.zeros(dims.shape(g), dtype=torch.bool) for g in leaves}
-    for (g, index), kl in zip(candidates, kls, strict=True):
-        out[g][index] = kl > MATTERS * kl_empty
-    return out
+    return [kl / kl_empty for kl in kls]
+
+
+def _live(
+    dims: ModelDims, matters: dict[str, Tensor], any_of: dict[str, list[Tensor]]
+) -> dict[str, Tensor]:
+    """Leaves that matter alone, and every parent of one of them or of a needed group."""
+    neurons = matters.get("mlp_neuron")
+    groups = any_of.get("mlp_neuron", [])
+    parents_of = neurons | torch.stack(groups).any(0) if groups else neurons
+    live = _tree(dims, matters["attn_neuron"], parents_of, every=False)
+    if neurons is not None:
+        live["mlp_neuron"] = neurons
+    return live
 
 
 def _isin(roles: Tensor, wanted: tuple[int, ...]) -> Tensor:
@@ -216,12 +356,20 @@ def _tree(
 
 
 @torch.no_grad()
-def _dataset(model, n: int, generator) -> PairedDataset:
+def _dataset(model, n: int, generator, triggers: Tensor | None = None) -> PairedDataset:
+    """Random prompts with two corrupted positions. With ``triggers``, the clean prompts hold
+    a trigger token at both corrupted positions and no trigger elsewhere, the corrupted
+    prompts none at all."""
     vocab, seq_len = model.cfg.d_vocab, 8
-    clean = torch.randint(0, vocab, (n, seq_len), generator=generator)
+    others = torch.arange(vocab)
+    if triggers is not None:
+        others = others[~torch.isin(others, triggers)]
+    clean = _draw(others, (n, seq_len), generator)
     corrupted = clean.clone()
     for position in (1, seq_len - 2):
-        corrupted[:, position] = torch.randint(0, vocab, (n,), generator=generator)
+        if triggers is not None:
+            clean[:, position] = _draw(triggers, (n,), generator)
+        corrupted[:, position] = _draw(others, (n,), generator)
     top2 = model(clean)[:, -1].topk(2, dim=-1).indices
     return PairedDataset(
         clean_tokens=clean,
@@ -230,3 +378,7 @@ def _dataset(model, n: int, generator) -> PairedDataset:
         wrong_answer_tokens=top2[:, 1],
         name="planted",
     )
+
+
+def _draw(tokens: Int[Tensor, " k"], shape: tuple[int, ...], generator) -> Tensor:
+    return tokens[torch.randint(0, len(tokens), shape, generator=generator)]

@@ -135,6 +135,106 @@ def plot_faithfulness_curve(curve: FaithfulnessCurve | dict) -> go.Figure:
     return fig
 
 
+def plot_pareto(circuits: list[Circuit]) -> go.Figure:
+    """Faithfulness of each sweep circuit against its kept fraction, one line per granularity
+    and one for the finest nodes (the size axis of CPR and CMD, given in the title)."""
+    from .sweeps import pareto_areas
+
+    areas = pareto_areas(circuits)
+    ordered = sorted(circuits, key=lambda c: c.size())
+    faithfulness = [c.metrics["recovered"] for c in ordered]
+    hover = [
+        f"KL {c.metrics.get('kl', float('nan')):.3f}<br>target {c.config.get('sweep_target')}"
+        for c in ordered
+    ]
+    fig = go.Figure()
+    fig.add_scatter(
+        x=areas.sizes[1:],  # the empty circuit has no place on a log axis
+        y=areas.faithfulness[1:],
+        name="finest nodes (CPR/CMD)",
+        mode="lines+markers",
+        line_width=3,
+    )
+    for g in ordered[0].granularities:
+        fig.add_scatter(
+            x=[c.fraction_kept(g) for c in ordered],
+            y=faithfulness,
+            name=g,
+            mode="lines+markers",
+            line_dash="dot",
+            text=hover,
+            hovertemplate="%{x:.4f} kept, faithfulness %{y:.3f}<br>%{text}",
+        )
+    fig.update_xaxes(type="log", title_text="kept fraction")
+    fig.update_yaxes(title_text="faithfulness (metric recovered)")
+    fig.update_layout(
+        title=f"faithfulness vs size over {len(circuits)} circuits: "
+        f"CPR {areas.cpr:.3f}, CMD {areas.cmd:.3f}"
+    )
+    return fig
+
+
+def plot_edge_graph(edges, max_edges: int = 150) -> go.Figure:
+    """The circuit's edges (a graph from :func:`transformer_lens_mgp.edges.edge_graph`, or
+    its ``[{"from", "to", "score"}]`` list): nodes by layer from input to logits, the
+    ``max_edges`` strongest edges drawn with width by ``|score|``, blue positive, red
+    negative."""
+    if not isinstance(edges, list):
+        edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in edges.edges(data=True)]
+    edges = sorted(edges, key=lambda e: -abs(e["score"]))[:max_edges]
+    names = sorted({e[k] for e in edges for k in ("from", "to")}, key=_node_order)
+    column: dict[float, int] = {}
+    position = {}
+    finite = [_node_order(n)[0] for n in names if n != "logits"]
+    for name in names:
+        x = _node_order(name)[0] if name != "logits" else max(finite, default=0) + 1
+        position[name] = (x, column.get(x, 0))
+        column[x] = column.get(x, 0) + 1
+    largest = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
+    fig = go.Figure()
+    for e in reversed(edges):
+        (x0, y0), (x1, y1) = position[e["from"]], position[e["to"]]
+        fig.add_scatter(
+            x=[x0, x1],
+            y=[y0, y1],
+            mode="lines",
+            line_width=0.5 + 6 * abs(e["score"]) / largest,
+            line_color="#1f77b4" if e["score"] > 0 else "#d62728",
+            opacity=0.7,
+            hoverinfo="text",
+            text=f"{e['from']} -> {e['to']}: {e['score']:+.4f}",
+            showlegend=False,
+        )
+    fig.add_scatter(
+        x=[position[n][0] for n in names],
+        y=[position[n][1] for n in names],
+        mode="markers+text",
+        text=names,
+        textposition="top center",
+        marker=dict(size=12, color="#333", symbol=[_node_symbol(n) for n in names]),
+        hoverinfo="text",
+        showlegend=False,
+    )
+    fig.update_xaxes(title_text="layer (input left, logits right)")
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title=f"edges between kept nodes ({len(edges)} strongest)")
+    return fig
+
+
+def _node_order(name: str) -> tuple[float, str]:
+    """Left-to-right place of a node: input, then per layer its heads and its MLP, logits."""
+    if name == "input":
+        return (-1.0, name)
+    if name == "logits":
+        return (float("inf"), name)
+    layer = int(name.split(".")[0][1:])
+    return (layer + (0.5 if name.endswith(".mlp") else 0.0), name)
+
+
+def _node_symbol(name: str) -> str:
+    return "square" if name.endswith(".mlp") else "diamond" if "." not in name else "circle"
+
+
 def write_report(
     circuit: Circuit, path: str | Path, metrics: dict | None = None, title: str = "Circuit"
 ) -> Path:
@@ -148,6 +248,8 @@ def write_report(
         figures.append(plot_training_curves(circuit))
     if metrics and metrics.get("faithfulness_curve"):
         figures.append(plot_faithfulness_curve(metrics["faithfulness_curve"]))
+    if metrics and metrics.get("edges"):
+        figures.append(plot_edge_graph(metrics["edges"]))
     parts = [
         fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
         for i, fig in enumerate(figures)

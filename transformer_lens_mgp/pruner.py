@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .budget import KLBudget, Snapshot, check_max_kl, split_validation
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .circuit import Circuit
 from .data import PairedDataset
@@ -58,6 +59,7 @@ class _FitState:
     history: dict[str, list[float]]
     reference: torch.Tensor | None = None
     fixed: dict[str, torch.Tensor] | None = None
+    budget: KLBudget | None = None
 
     def checkpoint(self, step: int, config: dict) -> dict:
         return {
@@ -67,6 +69,7 @@ class _FitState:
             "log_alpha": {g: p.detach().cpu() for g, p in self.log_alpha.items()},
             "multipliers": {g: p.detach().cpu() for g, p in self.sparsity.multipliers.items()},
             "optimizer": self.optimizer.state_dict(),
+            "budget": self.budget.state_dict() if self.budget else None,
         }
 
 
@@ -88,6 +91,9 @@ class CircuitPruner:
             fixed ``lambda``, a Lagrangian whose multipliers grow until the expected kept
             fraction meets the target (reached by the end of the warm-up).
         target_warmup: share of the steps over which each target moves from 1 to its value.
+        max_kl: instead of a size, a budget in nats: one scale on every ``lambda`` rises while
+            the training KL is under ``max_kl`` and falls while it is over, and ``fit``
+            returns the smallest circuit seen whose KL on held-out pairs is within it.
         ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the corrupted
             prompt, the default), ``"mean"`` (its mean over corrupted prompts) or ``"zero"``.
         seed: seeds the mask noise, the initialisation and the batch order.
@@ -109,6 +115,7 @@ class CircuitPruner:
         target: Mapping[str, float] | None = None,
         target_warmup: float = 0.5,
         hard_concrete: HardConcrete | None = None,
+        max_kl: float | None = None,
     ):
         self.model = model
         self.granularities = granularities
@@ -120,8 +127,10 @@ class CircuitPruner:
         self.target = dict(target or {})
         self.target_warmup = target_warmup
         self.hard_concrete = hard_concrete or HardConcrete()
+        self.max_kl = max_kl
         check_ablation(ablation)
         check_sparsity(self.sparsity, self.target)
+        check_max_kl(max_kl, self.target)
         if not isinstance(target_warmup, int | float) or not 0 <= target_warmup <= 1:
             raise ValueError(
                 f"target_warmup is a share of the steps, in [0, 1]; got {target_warmup}"
@@ -141,6 +150,8 @@ class CircuitPruner:
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 50,
         resume: bool = False,
+        validation: PairedDataset | None = None,
+        eval_every: int | None = None,
     ) -> Circuit:
         """Train masks for ``steps`` optimiser steps and return the extracted Circuit.
 
@@ -148,8 +159,13 @@ class CircuitPruner:
         ``checkpoint_every`` steps; ``resume=True`` continues from there and ends with the same
         circuit as an uninterrupted fit. If training stops early (an error, a NaN, Ctrl-C), the
         masks learned so far are left in ``self.circuit_`` before the exception propagates.
+
+        With ``max_kl``, the circuit so far is measured on ``validation`` every ``eval_every``
+        steps (default: a tenth of the steps); without ``validation``, a fifth of ``dataset``
+        is held out for it and the fit trains on the rest.
         """
         dims, granularities, device = self._validate(dataset, steps, batch_size, lr)
+        dataset, validation, eval_every = self._budget_data(dataset, validation, eval_every, steps)
         if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(
                 f"checkpoint_every must be a positive integer, got {checkpoint_every!r}"
@@ -205,6 +221,11 @@ class CircuitPruner:
             n_pairs=len(dataset),
             dims=dims.to_dict(),
         )
+        budget = None
+        if self.max_kl is not None:
+            budget = run.budget = KLBudget(self.max_kl)
+            config.update(max_kl=self.max_kl, n_validation=len(validation), eval_every=eval_every)
+            run.history.update(budget_scale=[], val_step=[], val_kl=[], val_size=[])
         self.circuit_ = None
         checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
         start_step = 0
@@ -216,12 +237,14 @@ class CircuitPruner:
                 for g, p in control.multipliers.items():
                     p.copy_(state["multipliers"][g])
             run.optimizer.load_state_dict(state["optimizer"])
+            if budget is not None:
+                budget.load_state_dict(state["budget"])
             run.history, start_step = state["history"], state["step"]
 
-        def snapshot() -> Circuit:
+        def snapshot(chosen: dict[str, torch.Tensor] | None = None) -> Circuit:
             return Circuit(
                 dims=dims,
-                log_alpha={g: p.detach().cpu().clone() for g, p in log_alpha.items()},
+                log_alpha=chosen or {g: p.detach().cpu().clone() for g, p in log_alpha.items()},
                 hard_concrete=self.hard_concrete,
                 config=config,
                 history=run.history,
@@ -244,6 +267,11 @@ class CircuitPruner:
                 )
                 for step in bar:
                     record = self._step(run, dataset, batch_size, step)
+                    if budget is not None:
+                        budget.update(record["kl"])
+                        run.history["budget_scale"].append(budget.scale)
+                        if (step + 1) % eval_every == 0 or step + 1 == steps:
+                            self._measure(run, snapshot(), validation, step)
                     if progress and (step % 5 == 0 or step == steps - 1):
                         bar.set_postfix_str(self._progress_text(record, log_alpha))
                     if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
@@ -252,8 +280,59 @@ class CircuitPruner:
             self.circuit_ = snapshot()
             raise
         config["seconds"] = round(time.perf_counter() - start, 2)
-        self.circuit_ = snapshot()
+        self.circuit_ = snapshot(self._choose(budget, config) if budget else None)
         return self.circuit_
+
+    # --- KL budget --------------------------------------------------------------------------
+
+    def _budget_data(self, dataset, validation, eval_every, steps):
+        """(training pairs, validation pairs, eval_every): the pairs the budget is measured on."""
+        if self.max_kl is None:
+            if validation is not None or eval_every is not None:
+                raise ValueError(
+                    "validation and eval_every choose the circuit within a KL budget; "
+                    "set max_kl=... on the CircuitPruner to use them"
+                )
+            return dataset, None, None
+        if eval_every is None:
+            eval_every = max(1, steps // 10)
+        if not isinstance(eval_every, int) or eval_every < 1:
+            raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
+        if validation is None:
+            train, held_out = split_validation(len(dataset), self.seed)
+            return dataset[train], dataset[held_out], eval_every
+        if not isinstance(validation, PairedDataset):
+            raise TypeError(f"validation must be a PairedDataset, got {type(validation).__name__}")
+        if validation.max_token_id() >= self.model.cfg.d_vocab:
+            raise ValueError(
+                f"the validation pairs hold token id {validation.max_token_id()} but the "
+                f"model's vocabulary has {self.model.cfg.d_vocab} tokens"
+            )
+        return dataset, validation, eval_every
+
+    def _measure(self, run: _FitState, circuit: Circuit, validation, step: int) -> None:
+        """The held-out KL and size of the circuit extracted at ``step``."""
+        from .evaluation import evaluate
+
+        kl = evaluate(self.model, circuit, validation, ablation=self.ablation).kl
+        size = circuit.size()
+        run.budget.record(Snapshot(step + 1, kl, size, circuit.log_alpha))
+        for key, value in (("val_step", step + 1), ("val_kl", kl), ("val_size", size)):
+            run.history[key].append(value)
+
+    def _choose(self, budget: KLBudget, config: dict) -> dict[str, torch.Tensor]:
+        """The smallest snapshot within budget, or the most faithful one with a warning."""
+        best = budget.best()
+        if best is None:
+            best = budget.most_faithful()
+            warnings.warn(
+                f"no circuit met max_kl={budget.max_kl}: the most faithful one seen has "
+                f"held-out KL {best.kl:.3g} (step {best.step}); it is returned. Raise max_kl, "
+                "lower the lambdas, or train longer",
+                stacklevel=3,
+            )
+        config.update(chosen_step=best.step, validation_kl=round(best.kl, 6))
+        return {g: t.clone() for g, t in best.log_alpha.items()}
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -276,7 +355,8 @@ class CircuitPruner:
             for g, p in run.log_alpha.items()
             if g in run.sparsity.targets
         }
-        loss = kl + run.sparsity.penalty(l0, kept, step)
+        penalty = run.sparsity.penalty(l0, kept, step)
+        loss = kl + (penalty if run.budget is None else run.budget.scale * penalty)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr or "

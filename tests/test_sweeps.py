@@ -1,0 +1,103 @@
+"""Sweeps: one circuit per target, resumable on disk, the same in worker processes; Pareto areas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_untouched, build_dataset, build_model, model_state
+
+import transformer_lens_mgp.sweeps as sweep_module
+from transformer_lens_mgp import Circuit, ModelDims
+from transformer_lens_mgp.plotting import plot_pareto
+from transformer_lens_mgp.sweeps import pareto_areas, point_name, sweep
+
+TARGETS = [{"attn_neuron": 0.1, "mlp_neuron": 0.05}, {"attn_neuron": 0.6, "mlp_neuron": 0.6}]
+FIT = {"steps": 30}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = build_model()
+    return model, build_dataset(model, n=24), build_dataset(model, n=12, seed=1)
+
+
+def same(a: Circuit, b: Circuit) -> bool:
+    return all(torch.equal(a.log_alpha[g], b.log_alpha[g]) for g in a.granularities)
+
+
+def test_one_circuit_per_target_in_order_with_held_out_metrics(setup, tmp_path):
+    model, train, validation = setup
+    before = model_state(model)
+    circuits = sweep(
+        model,
+        train,
+        TARGETS,
+        validation=validation,
+        fit_kwargs=FIT,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert [c.config["target"] for c in circuits] == TARGETS
+    assert circuits[0].size() < circuits[1].size()
+    for circuit in circuits:
+        assert set(circuit.metrics) >= {"kl", "recovered", "accuracy"}
+        assert circuit.metrics["n_validation"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(point_name(t) for t in TARGETS)
+    assert_untouched(model, before)
+
+
+def test_a_second_call_reuses_finished_points(setup, tmp_path, monkeypatch):
+    model, train, validation = setup
+    first = sweep(model, train, TARGETS[:1], fit_kwargs=FIT, out_dir=tmp_path, progress=False)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(sweep_module.CircuitPruner, "fit", no_fit)
+    again = sweep(model, train, TARGETS[:1], fit_kwargs=FIT, out_dir=tmp_path, progress=False)
+    assert same(first[0], again[0])
+
+
+def test_worker_processes_give_the_same_circuits(setup, tmp_path):
+    model, train, validation = setup
+    serial = sweep(model, train, TARGETS, fit_kwargs=FIT, progress=False)
+    parallel = sweep(model, train, TARGETS, fit_kwargs=FIT, workers=2, progress=False)
+    assert all(same(a, b) for a, b in zip(serial, parallel, strict=True))
+
+
+def test_pareto_areas_add_the_empty_circuit_and_the_full_model():
+    dims = ModelDims(n_layers=1, n_heads=2, d_head=2, d_mlp=None)
+    circuits = []
+    for kept, faithfulness in ((1, 0.5), (2, 0.9)):
+        mask = torch.arange(4).view(1, 2, 2) < kept
+        c = Circuit(dims=dims, log_alpha={"attn_neuron": torch.where(mask, 10.0, -10.0)})
+        c.metrics = {"recovered": faithfulness}
+        circuits.append(c)
+    areas = pareto_areas(circuits[::-1])
+    assert areas.sizes == [0.0, 0.25, 0.5, 1.0]
+    # trapezoids: (0 + .5)/2 * .25 + (.5 + .9)/2 * .25 + (.9 + 1)/2 * .5
+    assert areas.cpr == pytest.approx(0.0625 + 0.175 + 0.475)
+    assert areas.cmd == pytest.approx((1 + 0.5) / 2 * 0.25 + (0.5 + 0.1) / 2 * 0.25 + 0.1 / 2 * 0.5)
+    figure = plot_pareto(circuits)
+    assert len(figure.data) == 2 and "CPR 0.71" in figure.layout.title.text
+    circuits[0].metrics = {}
+    with pytest.raises(ValueError, match="no measured faithfulness"):
+        pareto_areas(circuits)
+
+
+@pytest.mark.parametrize(
+    "targets, kwargs, message",
+    [
+        ([], {}, "at least one target"),
+        ([{"head": 0.1}, {"head": 0.1}], {}, "targets repeat"),
+        ([{"head": 2.0}], {}, "kept fraction"),
+        ([{"neuron": 0.1}], {}, "unknown granularity"),
+        ([{"head": 0.1}], {"target": {"head": 0.2}}, "leave target/max_kl out"),
+        ([{"head": 0.1}], {"workers": 0}, "workers must be a positive integer"),
+        ([{"head": 0.1}], {"ablation": "noise"}, "unknown ablation"),
+    ],
+)
+def test_bad_sweeps_are_explained_before_any_training(setup, targets, kwargs, message):
+    model, train, _ = setup
+    with pytest.raises(ValueError, match=message):
+        sweep(model, train, targets, progress=False, **kwargs)
