@@ -1,15 +1,26 @@
-"""Time and peak memory of one training step: ours against the floor, per model and shape.
+"""Time and peak memory of one training step: ours against the floor and edge-level peers.
 
     python benchmarks/perf.py --json runs/perf.json            # SmolLM2 and GPT-2-small shape
     python benchmarks/perf.py --models gpt2-small --batch 8 --seq 16
+    python benchmarks/perf.py --models gpt2-small --peers eap  # no auto-circuit venv
 
 The floor is what any method that learns from clean/corrupted pairs must spend: one no-grad
 forward of the corrupted prompts, one forward and backward of the clean prompts (no masks,
 frozen weights; the gradient flows back to the embeddings). Ours is one `CircuitPruner`
 step with all five granularities, timed as the difference between fits of 2 and 2 + k steps
-so that the once-per-fit work is excluded. Each measurement runs in a fresh process; memory
-is the rise of the process's peak RSS over its value after loading the model (CPU), or
-`torch.cuda.max_memory_allocated` (GPU).
+so that the once-per-fit work is excluded.
+
+Peers, on the same model and batch:
+
+* ``eap``: edge attribution patching (``peers/eap.py``), one scoring pass per step.
+* ``auto-circuit``: auto-circuit's subnetwork probing (edge-level Hard Concrete masks), one
+  training step, timed like ours. auto-circuit needs TransformerLens 2.x, so it runs in its
+  own venv (``.peer-venv``, created on first use; ``--no-install`` only uses an existing one)
+  through ``peers/auto_circuit_sp.py``. When it cannot be installed or run, the row records
+  why instead.
+
+Each measurement runs in a fresh process; memory is the rise of the process's peak RSS over
+its value after loading the model (CPU), or `torch.cuda.max_memory_allocated` (GPU).
 """
 
 from __future__ import annotations
@@ -20,9 +31,44 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 MODELS = ("smollm2", "gpt2-small")
+LOCAL_MODES = ("floor", "ours", "eap")
+PEERS = ("eap", "auto-circuit")
+PEER_VENV = ROOT / ".peer-venv"
+PEER_SCRIPT = HERE / "peers" / "auto_circuit_sp.py"
+PEER_REQUIREMENTS = ("auto-circuit==1.0.1", "transformer-lens>=2,<3", "numpy<2", "pyarrow<20")
+"""auto-circuit 1.0.1 uses TransformerLens 2.x APIs; TL 2.x needs numpy 1.x and so an older
+pyarrow (pulled in by datasets)."""
+PEER_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A random-weight GPT-2-style model; enough to reproduce a model's cost, not its skill."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int
+    d_head: int = 64
+    d_vocab: int = 50257
+
+
+SHAPES = {
+    "gpt2-small": Shape(12, 768, 12, 3072),
+    "gpt2-medium": Shape(24, 1024, 16, 4096),
+    "tiny": Shape(2, 64, 4, 256, d_head=16, d_vocab=500),
+}
+
+
+def shape_name(shape: Shape) -> str:
+    """A model name that `build` reads back, so any shape can cross a process boundary."""
+    return json.dumps(asdict(shape), separators=(",", ":"))
 
 
 def build(name: str, device: str):
@@ -33,15 +79,9 @@ def build(name: str, device: str):
         from transformer_lens_mgp import load_model
 
         return load_model(device=device, progress=False)
-    shapes = {
-        "gpt2-small": dict(n_layers=12, d_model=768, n_heads=12, d_mlp=3072),
-        "gpt2-medium": dict(n_layers=24, d_model=1024, n_heads=16, d_mlp=4096),
-        "tiny": dict(n_layers=2, d_model=64, n_heads=4, d_mlp=256),
-    }
+    shape = Shape(**json.loads(name)) if name.startswith("{") else SHAPES[name]
     cfg = HookedTransformerConfig(
-        **shapes[name],
-        d_head=64 if name != "tiny" else 16,
-        d_vocab=50257 if name != "tiny" else 500,
+        **asdict(shape),
         n_ctx=1024,
         act_fn="gelu_new",
         normalization_type="LN",
@@ -52,76 +92,115 @@ def build(name: str, device: str):
     return HookedTransformer(cfg).eval()
 
 
-def pairs(model, batch: int, seq: int):
+def tokens(d_vocab: int, batch: int, seq: int):
+    """Random prompts corrupted at the middle position; the same in every venv and process."""
     import torch
 
-    from transformer_lens_mgp import PairedDataset
-
     g = torch.Generator().manual_seed(0)
-    vocab = min(model.cfg.d_vocab, 5000)
+    vocab = min(d_vocab, 5000)
     clean = torch.randint(0, vocab, (batch, seq), generator=g)
     corrupted = clean.clone()
     corrupted[:, seq // 2] = torch.randint(0, vocab, (batch,), generator=g)
     answers = torch.randint(0, vocab, (batch,), generator=g)
-    return PairedDataset(clean, corrupted, answers, wrong_answer_tokens=(answers + 1) % vocab)
+    return clean, corrupted, answers, (answers + 1) % vocab
+
+
+def pairs(model, batch: int, seq: int):
+    from transformer_lens_mgp import PairedDataset
+
+    clean, corrupted, answers, wrong = tokens(model.cfg.d_vocab, batch, seq)
+    return PairedDataset(clean, corrupted, answers, wrong_answer_tokens=wrong)
 
 
 def measure(name: str, mode: str, batch: int, seq: int, steps: int, device: str) -> dict:
     """Run in a child process: seconds per step and peak memory over the loaded model."""
     import torch
 
-    from transformer_lens_mgp import CircuitPruner
-
     model = build(name, device)
     data = pairs(model, batch, seq).to(device)
     cuda = device.startswith("cuda")
-    base = _peak_mib(cuda)
-
-    if mode == "floor":
-        rows = torch.arange(batch, device=device)
-
-        def start_graph(embedding, *, hook):
-            return embedding.detach().requires_grad_(True)
-
-        def step():
-            with torch.no_grad():
-                model(data.corrupted_tokens)
-            with model.hooks(fwd_hooks=[("hook_embed", start_graph)]):
-                logits = model(data.clean_tokens)[rows, -1]
-                logits.log_softmax(-1)[rows, data.answer_tokens].sum().backward()
-
-        for p in model.parameters():
-            p.requires_grad_(False)
-        step()
-        _sync(cuda)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(cuda)
-        seconds = (time.perf_counter() - start) / steps
+    base = peak_mib(cuda)
+    extra = {}
+    if mode == "ours":
+        seconds = _ours_seconds(model, data, batch, steps, cuda)
+    elif mode == "floor":
+        seconds = time_steps(_floor_step(model, data), steps, cuda)
+    elif mode == "eap":
+        step, extra = _eap_step(model, data)
+        seconds = time_steps(step, steps, cuda)
     else:
-
-        def fit(n: int) -> float:
-            _sync(cuda)
-            start = time.perf_counter()
-            CircuitPruner(model).fit(data, steps=n, batch_size=batch, progress=False)
-            _sync(cuda)
-            return time.perf_counter() - start
-
-        fit(1)  # warm-up
-        seconds = (fit(2 + steps) - fit(2)) / steps
+        raise ValueError(f"unknown mode {mode!r}; choose from {LOCAL_MODES}")
     return {
         "model": name,
         "mode": mode,
         "batch": batch,
         "seq": seq,
         "seconds_per_step": seconds,
-        "peak_mib": _peak_mib(cuda) - base,
+        "peak_mib": peak_mib(cuda) - base,
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}",
+        **extra,
     }
 
 
-def _peak_mib(cuda: bool) -> float:
+def time_steps(step, steps: int, cuda: bool) -> float:
+    """Seconds per call of ``step`` after one warm-up call."""
+    step()
+    sync(cuda)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(cuda)
+    return (time.perf_counter() - start) / steps
+
+
+def _floor_step(model, data):
+    import torch
+
+    rows = torch.arange(len(data.answer_tokens), device=data.clean_tokens.device)
+
+    def start_graph(embedding, *, hook):
+        return embedding.detach().requires_grad_(True)
+
+    def step():
+        with torch.no_grad():
+            model(data.corrupted_tokens)
+        with model.hooks(fwd_hooks=[("hook_embed", start_graph)]):
+            logits = model(data.clean_tokens)[rows, -1]
+            logits.log_softmax(-1)[rows, data.answer_tokens].sum().backward()
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return step
+
+
+def _ours_seconds(model, data, batch: int, steps: int, cuda: bool) -> float:
+    from transformer_lens_mgp import CircuitPruner
+
+    def fit(n: int) -> float:
+        sync(cuda)
+        start = time.perf_counter()
+        CircuitPruner(model).fit(data, steps=n, batch_size=batch, progress=False)
+        sync(cuda)
+        return time.perf_counter() - start
+
+    fit(1)  # warm-up
+    return (fit(2 + steps) - fit(2)) / steps
+
+
+def _eap_step(model, data):
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from peers import eap
+
+    graph = eap.prepare(model)
+
+    def step():
+        eap.edge_scores(model, graph, data.clean_tokens, data.corrupted_tokens, data.answer_tokens)
+
+    return step, {"edges": graph.n_edges}
+
+
+def peak_mib(cuda: bool) -> float:
     import torch
 
     if cuda:
@@ -129,11 +208,101 @@ def _peak_mib(cuda: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sync(cuda: bool) -> None:
+def sync(cuda: bool) -> None:
     import torch
 
     if cuda:
         torch.cuda.synchronize()
+
+
+# --- the parent process: one child per measurement -------------------------------------------
+
+
+def run_one(name: str, mode: str, batch: int, seq: int, steps: int, device: str) -> dict:
+    """Measure in a fresh process, so that its peak memory is this measurement's alone."""
+    cmd = [sys.executable, str(HERE / "perf.py"), "--one", name, mode, str(batch), str(seq)]
+    return _run_json([*cmd, "--steps", str(steps), "--device", device])
+
+
+def run_auto_circuit(
+    name: str, batch: int, seq: int, steps: int, device: str, install: bool = True
+) -> dict:
+    """auto-circuit's subnetwork probing in its venv, or why it could not be measured."""
+    reason = ensure_peer_venv(install)
+    if reason:
+        return {"reason": reason}
+    python = PEER_VENV / "bin" / "python"
+    cmd = [str(python), str(PEER_SCRIPT), name, str(batch), str(seq)]
+    return _run_json([*cmd, "--steps", str(steps), "--device", device])
+
+
+def ensure_peer_venv(install: bool) -> str | None:
+    """Create the auto-circuit venv unless it is there; returns why not, or None."""
+    marker = PEER_VENV / "installed.txt"
+    if marker.exists():
+        return None
+    if not install:
+        return f"no auto-circuit venv at {PEER_VENV} (run without --no-install to create it)"
+    pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    steps = [
+        [sys.executable, "-m", "venv", str(PEER_VENV)],
+        [*pip, "torch==2.13.0"],
+        [*pip, *PEER_REQUIREMENTS],
+    ]
+    for cmd in steps:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"`{' '.join(cmd)}` failed: {err}"
+        if done.returncode != 0:
+            return f"`{' '.join(cmd)}` failed: {_tail(done.stderr)}"
+    marker.write_text("\n".join(PEER_REQUIREMENTS) + "\n")
+    return None
+
+
+def _run_json(cmd: list[str]) -> dict:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {"reason": str(err)}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"reason": _tail(done.stderr) or f"exit status {done.returncode}"}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"reason": f"no JSON result; last output: {_tail(lines[-1], 300)}"}
+
+
+def _tail(text: str, chars: int = 1500) -> str:
+    return text.strip()[-chars:]
+
+
+def measure_row(name: str, batch: int, seq: int, args) -> dict:
+    """Floor, ours and each requested peer on one (model, batch, seq), with their ratios."""
+    row = {"model": name, "batch": batch, "seq": seq}
+    for mode in ("floor", "ours", *[p for p in args.peers if p in LOCAL_MODES]):
+        row[mode] = run_one(name, mode, batch, seq, args.steps, args.device)
+    if "auto-circuit" in args.peers:
+        install = not args.no_install
+        row["auto-circuit"] = run_auto_circuit(name, batch, seq, args.steps, args.device, install)
+    row["ratios"] = ratios(row)
+    return row
+
+
+def ratios(row: dict) -> dict:
+    """ours/floor, and peer/ours for each peer that was measured, for time and memory."""
+    pairs = [("ours", "floor")] + [(p, "ours") for p in PEERS if p in row]
+    out = {}
+    for top, bottom in pairs:
+        a, b = row.get(top, {}), row.get(bottom, {})
+        if "seconds_per_step" not in a or "seconds_per_step" not in b:
+            continue
+        out[f"{top}/{bottom}"] = {
+            "time": a["seconds_per_step"] / b["seconds_per_step"],
+            "memory": a["peak_mib"] / max(b["peak_mib"], 1e-9),
+        }
+    return out
 
 
 def main() -> None:
@@ -143,6 +312,8 @@ def main() -> None:
     parser.add_argument("--seq", nargs="+", type=int, default=[16, 32])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS))
+    parser.add_argument("--no-install", action="store_true", help="never create the peer venv")
     parser.add_argument("--json", type=Path, default=Path("runs/perf.json"))
     parser.add_argument(
         "--one", nargs=4, metavar=("MODEL", "MODE", "BATCH", "SEQ"), help=argparse.SUPPRESS
@@ -154,40 +325,47 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print("| model | batch | seq | floor step | our step | ratio | floor mem | our mem | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for name in args.models:
         for batch in args.batch:
             for seq in args.seq:
-                pair = {}
-                for mode in ("floor", "ours"):
-                    cmd = [sys.executable, __file__, "--one", name, mode, str(batch), str(seq)]
-                    cmd += ["--steps", str(args.steps), "--device", args.device]
-                    done = subprocess.run(cmd, capture_output=True, text=True)
-                    if done.returncode != 0:
-                        pair[mode] = {"error": done.stderr[-1500:]}
-                        continue
-                    pair[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-                rows.append({"model": name, "batch": batch, "seq": seq, **pair})
-                _print_row(rows[-1])
+                rows.append(measure_row(name, batch, seq, args))
+                print(f"measured {name} batch {batch} seq {seq}", file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows}, indent=2))
+    print_tables(rows)
     print(f"wrote {args.json}")
 
 
-def _print_row(row: dict) -> None:
-    floor, ours = row.get("floor", {}), row.get("ours", {})
-    if "error" in floor or "error" in ours:
-        print(f"| {row['model']} | {row['batch']} | {row['seq']} | error: see JSON |")
-        return
-    t = ours["seconds_per_step"] / floor["seconds_per_step"]
-    m = ours["peak_mib"] / max(floor["peak_mib"], 1e-9)
-    print(
-        f"| {row['model']} | {row['batch']} | {row['seq']} | {floor['seconds_per_step']:.3f} s | "
-        f"{ours['seconds_per_step']:.3f} s | {t:.2f} | {floor['peak_mib']:.0f} MiB | "
-        f"{ours['peak_mib']:.0f} MiB | {m:.2f} |"
-    )
+def print_tables(rows: list[dict]) -> None:
+    """A time table and a memory table in Markdown, then why any cell is missing."""
+    header = ["floor", "ours", "ours/floor", "EAP", "EAP/ours", "auto-circuit", "a-c/ours"]
+    for title, key, ratio, unit in (
+        ("seconds per step", "seconds_per_step", "time", "{:.3f} s"),
+        ("peak memory over the loaded model", "peak_mib", "memory", "{:.0f} MiB"),
+    ):
+        print(f"\n{title}\n")
+        print("| model | batch | seq | " + " | ".join(header) + " |")
+        print("|---" * (3 + len(header)) + "|")
+        for row in rows:
+            cells = [row["model"], str(row["batch"]), str(row["seq"])]
+            cells.append(_cell(row.get("floor", {}).get(key), unit))
+            for mode, pair in TABLE_COLUMNS:
+                cells.append(_cell(row.get(mode, {}).get(key), unit))
+                cells.append(_cell(row["ratios"].get(pair, {}).get(ratio), "{:.2f}"))
+            print("| " + " | ".join(cells) + " |")
+    for row in rows:
+        for mode in ("floor", "ours", *PEERS):
+            if "reason" in row.get(mode, {}):
+                last = row[mode]["reason"].strip().splitlines()[-1][:300]
+                print(f"\n{mode} on {row['model']} {row['batch']}x{row['seq']}: {last}")
+
+
+TABLE_COLUMNS = (("ours", "ours/floor"), ("eap", "eap/ours"), ("auto-circuit", "auto-circuit/ours"))
+
+
+def _cell(value, unit: str) -> str:
+    return "–" if value is None else unit.format(value)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+def load(name: str, folder: Path = BENCHMARKS):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -60,13 +61,70 @@ def test_task_table_reads_discover_runs(tmp_path, capsys, monkeypatch):
     assert "| ioi | 27 / 270 (10.0 %) | – | – | 100 / 46,080 (0.2 %) | 0.300 | 0.90 |" in printed
 
 
-def test_perf_benchmark_runs(tmp_path, monkeypatch, capsys):
+def test_perf_benchmark_runs_with_peers(tmp_path, monkeypatch, capsys):
     bench = load("perf")
+    monkeypatch.setattr(bench, "PEER_VENV", tmp_path / "no-venv")
     out = tmp_path / "perf.json"
     argv = ["perf.py", "--models", "tiny", "--batch", "2", "--seq", "6", "--steps", "1"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--json", str(out)])
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-install", "--json", str(out)])
     bench.main()
     (row,) = json.loads(out.read_text())["rows"]
-    for mode in ("floor", "ours"):
+    for mode in ("floor", "ours", "eap"):
         assert row[mode]["seconds_per_step"] > 0 and row[mode]["peak_mib"] >= 0, row[mode]
-    assert "| tiny | 2 | 6 |" in capsys.readouterr().out
+    assert row["eap"]["edges"] == 110
+    assert "no auto-circuit venv" in row["auto-circuit"]["reason"]
+    assert set(row["ratios"]) == {"ours/floor", "eap/ours"}
+    printed = capsys.readouterr().out
+    assert "| tiny | 2 | 6 |" in printed and "auto-circuit on tiny 2x6: no auto-circuit" in printed
+
+
+def test_eap_scores_into_a_node_add_up_to_its_attribution():
+    """Upstream outputs sum to a downstream input, so its edges' scores sum to the node's."""
+    import torch
+
+    perf, eap = load("perf"), load("eap", BENCHMARKS / "peers")
+    model = perf.build("tiny", "cpu")
+    graph = eap.prepare(model)
+    clean, corrupted, answers, _ = perf.tokens(model.cfg.d_vocab, 3, 5)
+    scores = eap.edge_scores(model, graph, clean, corrupted, answers)
+    assert scores.shape == graph.valid.shape == (1 + 2 * 5, 2 * 13 + 1)
+    assert torch.isfinite(scores).all() and (scores[~graph.valid] == 0).all()
+    # Only the corrupted position's embedding differs, and the last layer reads it only into
+    # positions the metric ignores: those few edges score exactly zero.
+    assert (scores[graph.valid] != 0).float().mean() > 0.8
+
+    names = {"logits": "blocks.1.hook_resid_post", "1.mlp_in": "blocks.1.hook_mlp_in"}
+    names |= {"1.q2": "blocks.1.hook_q_input", "0.v1": "blocks.0.hook_v_input"}
+    _, corrupted_cache = model.run_with_cache(corrupted, names_filter=list(names.values()))
+    acts = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        acts[hook.name] = act
+
+    hooks = [("hook_embed", eap.start_graph), *[(n, keep) for n in names.values()]]
+    with model.hooks(fwd_hooks=hooks):
+        eap.metric(model(clean), answers).backward()
+    for node, hook_name in names.items():
+        act = acts[hook_name]
+        attribution = (corrupted_cache[hook_name] - act.detach()) * act.grad
+        if act.ndim == 4:  # per-head inputs: the head's slice
+            attribution = attribution[:, :, int(node[-1])]
+        column = scores[:, graph.downstream.index(node)]
+        torch.testing.assert_close(column.sum(), attribution.sum(), rtol=1e-4, atol=1e-6)
+
+
+def test_scaling_benchmark_runs(tmp_path, monkeypatch, capsys):
+    scaling = load("scaling")
+    base = scaling.Point(scaling.perf.SHAPES["tiny"], batch=2, seq=6)
+    monkeypatch.setattr(scaling, "BASE", base)
+    monkeypatch.setattr(scaling, "AXES", {"batch": (2, 4)})
+    out, html = tmp_path / "scaling.json", tmp_path / "scaling.html"
+    argv = ["scaling.py", "--steps", "1", "--json", str(out), "--html", str(html)]
+    monkeypatch.setattr(sys, "argv", argv)
+    scaling.main()
+    result = json.loads(out.read_text())
+    assert [r["value"] for r in result["rows"]] == [2, 4]
+    assert set(result["slopes"]) >= {"batch/ours/time", "batch/floor/memory"}
+    assert html.stat().st_size > 0
+    assert "| batch |" in capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import assert_untouched, build_dataset, build_model, model_state
 
 from transformer_lens_mgp import CircuitPruner, evaluate

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import assert_untouched, model_state
 
-from transformer_lens_mgp import CircuitPruner, evaluate_many, random_circuit, tasks
+from transformer_lens_mgp import (
+    CircuitPruner,
+    edge_graph,
+    evaluate,
+    evaluate_many,
+    random_circuit,
+    tasks,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +40,27 @@ def test_short_ioi_fit_beats_random_circuit_of_equal_size(smollm2):
         assert 0.5 * ours.kept[g] <= theirs.kept[g] <= ours.kept[g]
     assert ours.kl < 0.5 * theirs.kl, (ours.kl, theirs.kl)
     assert ours.recovered > theirs.recovered + 0.3, (ours.recovered, theirs.recovered)
+
+
+def test_kl_budget_and_edges_on_ioi(smollm2):
+    """max_kl returns a circuit within budget on held-out pairs; its edges run on SmolLM2's
+    grouped-query attention and leave the model as it was."""
+    train, test = tasks.ioi(smollm2, n=96, seed=1).split(1 / 3, seed=1)
+    before = model_state(smollm2)
+    pruner = CircuitPruner(
+        smollm2, init_log_alpha=3.0, sparsity={"mlp_neuron": 4.0}, max_kl=1.0, seed=1
+    )
+    circuit = pruner.fit(train, validation=test, steps=60, lr=0.3, eval_every=20, progress=False)
+    assert circuit.config["validation_kl"] <= 1.0
+    assert evaluate(smollm2, circuit, test).kl == pytest.approx(
+        circuit.config["validation_kl"], abs=1e-4
+    )
+    assert circuit.size() < 0.6
+    graph = edge_graph(smollm2, circuit, test[:8])
+    kept = set(circuit.nodes("head")) | set(circuit.nodes("mlp")) | {"input", "logits"}
+    assert set(graph.nodes) <= kept and graph.in_degree("logits") > 0
+    assert_untouched(smollm2, before)
+    assert not smollm2.cfg.use_split_qkv_input
 
 
 @pytest.mark.parametrize(
