@@ -33,13 +33,12 @@ from .granularity import NODE_NAMES, attn_hook_name, mlp_hook_name
 from .interventions import (
     check_ablation,
     check_hook_points,
+    fixed_ablation,
     frozen,
     is_hooked_transformer,
     mask_hooks,
-    mean_activations,
     model_device,
     site_activations,
-    zero_activations,
 )
 from .objectives import task_metric
 
@@ -68,11 +67,7 @@ def edge_scores(
         )
     check_hook_points(model, circuit.dims)
     device = model_device(model)
-    fixed = None
-    if ablation == "mean":
-        fixed = mean_activations(model, dataset.corrupted_tokens, circuit.dims)
-    elif ablation == "zero":
-        fixed = zero_activations(circuit.dims, device)
+    fixed = fixed_ablation(model, ablation, dataset, circuit.dims)
     totals: dict[tuple[str, str], float] = {}
     with frozen(model), per_head_inputs(model):
         for batch in dataset.batches(batch_size, shuffle=False):

@@ -20,11 +20,10 @@ from .granularity import PARENT, ModelDims, finest
 from .interventions import (
     check_ablation,
     check_hook_points,
+    fixed_ablation,
     masked_answer_logits,
-    mean_activations,
     model_device,
     reference_pass,
-    zero_activations,
 )
 from .objectives import accuracy, kl_divergence, recovered, task_metric
 
@@ -98,11 +97,7 @@ def evaluate_many(
     masks = [tuple(m if m is None else m.to(device) for m in c._site_masks()) for c in circuits]
     empty_attn = torch.zeros_like(masks[0][0])
     empty_mlp = None if masks[0][1] is None else torch.zeros_like(masks[0][1])
-    fixed = None
-    if ablation == "mean":
-        fixed = mean_activations(model, dataset.corrupted_tokens, dims, dataset.answer_positions)
-    elif ablation == "zero":
-        fixed = zero_activations(dims, device)
+    fixed = fixed_ablation(model, ablation, dataset, dims)
     has_metric = dataset.wrong_answer_tokens is not None
     shared = dict.fromkeys(["metric_full", "metric_empty", "acc_full"], 0.0)
     own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]

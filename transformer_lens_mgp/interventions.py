@@ -192,6 +192,16 @@ def mean_activations(
     return {name: (total / count).float() for name, total in sums.items()}
 
 
+def fixed_ablation(model, ablation: str, dataset, dims: ModelDims) -> dict[str, Tensor] | None:
+    """The ablated values that are the same for every batch of ``dataset`` (the mean over its
+    corrupted prompts, or zero); None for ``"corrupted"``, which each batch brings itself."""
+    if ablation == "mean":
+        return mean_activations(model, dataset.corrupted_tokens, dims, dataset.answer_positions)
+    if ablation == "zero":
+        return zero_activations(dims, model_device(model))
+    return None
+
+
 def zero_activations(dims: ModelDims, device) -> dict[str, Tensor]:
     zero = torch.zeros((), device=device)
     return {name: zero for name in dims.hook_names()}

@@ -27,12 +27,11 @@ from .interventions import (
     answer_logits,
     check_ablation,
     check_hook_points,
+    fixed_ablation,
     frozen,
     masked_answer_logits,
-    mean_activations,
     model_device,
     site_activations,
-    zero_activations,
 )
 from .masks import HardConcrete
 from .objectives import kl_divergence
@@ -254,7 +253,7 @@ class CircuitPruner:
         try:
             with frozen(self.model):
                 run.reference = self._reference_logits(dataset, device, batch_size)
-                run.fixed = self._fixed_ablation(dataset, dims, device)
+                run.fixed = fixed_ablation(self.model, self.ablation, dataset, dims)
                 control.kl_scale = self._empty_circuit_kl(run, dataset, batch_size)
                 config["kl_empty"] = round(control.kl_scale, 6)
                 bar = tqdm(
@@ -417,16 +416,6 @@ class CircuitPruner:
             )
             kl_empty = MIN_KL_EMPTY
         return kl_empty
-
-    def _fixed_ablation(self, dataset, dims, device) -> dict | None:
-        """Ablation values that do not change per batch (None: corrupted, computed per batch)."""
-        if self.ablation == "mean":
-            return mean_activations(
-                self.model, dataset.corrupted_tokens, dims, dataset.answer_positions
-            )
-        if self.ablation == "zero":
-            return zero_activations(dims, device)
-        return None
 
     def _batch_indices(self, n: int, batch_size: int, step: int) -> torch.Tensor:
         """The pairs of a step: a function of (seed, step) alone, so a resumed fit replays the
