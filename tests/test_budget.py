@@ -48,16 +48,32 @@ def test_a_looser_budget_gives_a_smaller_circuit_that_keeps_what_matters(planted
     assert (tight.kept("attn_neuron") & live).sum() >= 0.9 * live.sum()
 
 
-def test_the_scale_rises_under_budget_and_falls_over_it():
-    budget = KLBudget(max_kl=1.0)
-    budget.update(0.0)
+def test_the_scale_holds_then_rises_under_budget_and_falls_over_it():
+    budget = KLBudget(max_kl=1.0, hold_steps=5)
+    for step in range(5):
+        budget.update(0.0, step)
+    assert budget.scale == 1.0
+    budget.update(0.0, 5)
     assert budget.scale > 1
-    for _ in range(10):
-        budget.update(5.0)
+    for step in range(6, 16):
+        budget.update(5.0, step)
     assert budget.scale < 1
-    for _ in range(10_000):
-        budget.update(0.0)
+    for step in range(16, 10_000):
+        budget.update(0.0, step)
     assert budget.log_scale == 8.0
+
+
+def test_the_scale_aims_under_the_budget_by_the_measured_generalisation_gap():
+    budget = KLBudget(max_kl=0.4)
+    for step in range(4):
+        budget.update(0.2, step)
+    budget.record(Snapshot(4, 0.3, 0.5, {}))  # held out 0.1 above training
+    assert budget.aim == pytest.approx(0.3)
+    before = budget.scale
+    budget.update(0.35, 4)  # under the budget but over the aim: the price falls
+    assert budget.scale < before
+    budget.record(Snapshot(8, 1.0, 0.5, {}))
+    assert budget.aim == pytest.approx(0.1)  # never under a quarter of the budget
 
 
 def test_best_snapshot_is_the_smallest_within_budget_else_none():

@@ -1,11 +1,13 @@
 """A KL budget instead of a size: the smallest circuit whose held-out KL stays within it.
 
-Two parts. During training, one scale multiplies every ``lambda``: its logarithm rises while
-the step's KL is under the budget and falls while it is over (gradient ascent on the
-constraint ``KL <= max_kl``, in log space so one gain serves budgets of any size). Every few
-steps the circuit as extracted so far is measured on held-out pairs; the fit returns the
-smallest such snapshot whose held-out KL is within budget, because the training KL (masks
-sampled, pairs seen) is not the number the budget is about.
+Two parts. During training, one scale multiplies every ``lambda``: it starts at 1 and, after
+the first quarter of the steps, its logarithm rises while the step's KL is under its aim and
+falls while it is over (gradient ascent on the constraint, in log space so that one gain
+serves budgets of any size). The KL it steers is the training one, so it aims under the
+budget by the excess of held-out over training KL measured at the last snapshot. Every few
+steps the circuit as extracted so far is measured on held-out pairs, and the fit returns the
+smallest such snapshot whose held-out KL is within budget: the training KL (masks sampled,
+pairs seen) is not the number the budget is about.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-BUDGET_LR = 0.05
-"""Change of the log scale per step per unit of relative KL gap: ``e`` per 20 steps at most."""
+BUDGET_LR = 0.03
+"""Change of the log scale per step per unit of relative KL gap: at most ``e`` per 33 steps."""
 LOG_SCALE_RANGE = (-8.0, 8.0)
 """The scale stays within ``e**-8 .. e**8`` of the given lambdas."""
+HOLD_SHARE = 0.25
+"""Share of the steps during which the scale stays at 1: the first steps prune before the KL
+has told the masks apart, and a scale reacting to that passing KL would drop the price far
+too low (masks then grow back slowly, and a price raised late meets saturated gates)."""
+MIN_AIM = 0.25
+"""The training KL aimed at never drops under this share of the budget."""
 VALIDATION_SHARE = 0.2
 """Share of the pairs held out to measure the KL of snapshots, when no validation set is given."""
 
@@ -38,25 +46,44 @@ class KLBudget:
 
     Args:
         max_kl: the largest held-out KL(full || circuit) accepted, in nats.
+        hold_steps: steps before the scale starts to move.
     """
 
-    def __init__(self, max_kl: float):
+    def __init__(self, max_kl: float, hold_steps: int = 0):
         self.max_kl = max_kl
+        self.hold_steps = hold_steps
         self.log_scale = 0.0
+        self.generalisation_gap = 0.0
+        self.recent: list[float] = []
         self.snapshots: list[Snapshot] = []
 
     @property
     def scale(self) -> float:
         return math.exp(self.log_scale)
 
-    def update(self, kl: float) -> None:
-        """One ascent step on the constraint after an optimiser step."""
-        gap = (self.max_kl - kl) / self.max_kl
+    @property
+    def aim(self) -> float:
+        """The training KL the scale steers to: the budget less the last measured excess of
+        held-out over training KL (the masks partly fit their pairs), at least a quarter of it."""
+        return max(MIN_AIM * self.max_kl, self.max_kl - self.generalisation_gap)
+
+    def update(self, kl: float, step: int) -> None:
+        """One ascent step on the constraint after optimiser step ``step``."""
+        self.recent.append(kl)
+        if step < self.hold_steps:
+            return
+        gap = (self.aim - kl) / self.aim
         low, high = LOG_SCALE_RANGE
         self.log_scale = min(high, max(low, self.log_scale + BUDGET_LR * max(-1.0, gap)))
 
     def record(self, snapshot: Snapshot) -> None:
+        """A measured circuit; its held-out KL against the training KL of the steps since the
+        last one updates the generalisation gap."""
         self.snapshots.append(snapshot)
+        if self.recent:
+            training = sum(self.recent) / len(self.recent)
+            self.generalisation_gap = max(0.0, snapshot.kl - training)
+        self.recent = []
 
     def best(self) -> Snapshot | None:
         """The smallest snapshot within budget (latest on ties), None if none is."""
@@ -69,6 +96,8 @@ class KLBudget:
     def state_dict(self) -> dict:
         return {
             "log_scale": self.log_scale,
+            "generalisation_gap": self.generalisation_gap,
+            "recent": list(self.recent),
             "snapshots": [
                 {"step": s.step, "kl": s.kl, "size": s.size, "log_alpha": s.log_alpha}
                 for s in self.snapshots
@@ -77,6 +106,8 @@ class KLBudget:
 
     def load_state_dict(self, state: dict) -> None:
         self.log_scale = float(state["log_scale"])
+        self.generalisation_gap = float(state["generalisation_gap"])
+        self.recent = [float(k) for k in state["recent"]]
         self.snapshots = [Snapshot(**s) for s in state["snapshots"]]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .budget import KLBudget, Snapshot, check_max_kl, split_validation
+from .budget import HOLD_SHARE, KLBudget, Snapshot, check_max_kl, split_validation
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .circuit import Circuit
 from .data import PairedDataset
@@ -222,7 +222,7 @@ class CircuitPruner:
         )
         budget = None
         if self.max_kl is not None:
-            budget = run.budget = KLBudget(self.max_kl)
+            budget = run.budget = KLBudget(self.max_kl, round(HOLD_SHARE * steps))
             config.update(max_kl=self.max_kl, n_validation=len(validation), eval_every=eval_every)
             run.history.update(budget_scale=[], val_step=[], val_kl=[], val_size=[])
         self.circuit_ = None
@@ -267,7 +267,7 @@ class CircuitPruner:
                 for step in bar:
                     record = self._step(run, dataset, batch_size, step)
                     if budget is not None:
-                        budget.update(record["kl"])
+                        budget.update(record["kl"], step)
                         run.history["budget_scale"].append(budget.scale)
                         if (step + 1) % eval_every == 0 or step + 1 == steps:
                             self._measure(run, snapshot(), validation, step)
