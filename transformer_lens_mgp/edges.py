@@ -177,7 +177,8 @@ def _batch_scores(
 
     def grad_leaf(activation, *, hook):
         """Gradients flow from the embeddings on: the weights are frozen."""
-        return activation.detach().requires_grad_(True)
+        written[INPUT] = activation.detach()
+        return written[INPUT].clone().requires_grad_(True)
 
     hooks = [("blocks.0.hook_resid_pre", grad_leaf)] + masks
     hooks += [(name, store_into(written)) for name in dims.hook_names()]
@@ -192,9 +193,8 @@ def _batch_scores(
         for n, g in zip(read_names, grads, strict=True)
     }
     with torch.no_grad():
-        clean_input = model(batch.clean_tokens, stop_at_layer=0)
         corrupted_input = model(batch.corrupted_tokens, stop_at_layer=0)
-    writers = [_Stage([INPUT], -1, (clean_input - corrupted_input)[:, :, None])]
+    writers = [_Stage([INPUT], -1, (written[INPUT] - corrupted_input)[:, :, None])]
     readers = [_Stage([LOGITS], 2 * dims.n_layers, grad[last][:, :, None])]
     mlp_order = 0 if cfg.parallel_attn_mlp else 1
     for layer in range(dims.n_layers):
@@ -226,10 +226,10 @@ def _batch_scores(
         for reader in readers:
             if writer.order >= reader.order:
                 continue
-            block = einops.einsum(writer.values, reader.values, "b p u d, b p v d -> u v")
+            pair = einops.einsum(writer.values, reader.values, "b p u d, b p v d -> u v")
             for i, u in enumerate(writer.names):
                 for j, v in enumerate(reader.names):
-                    scores[(u, v)] = float(block[i, j])
+                    scores[(u, v)] = float(pair[i, j])
     return scores
 
 
