@@ -59,6 +59,7 @@ class _FitState:
     reference: torch.Tensor | None = None
     fixed: dict[str, torch.Tensor] | None = None
     budget: KLBudget | None = None
+    validation_reference: torch.Tensor | None = None
 
     def checkpoint(self, step: int, config: dict) -> dict:
         return {
@@ -255,6 +256,10 @@ class CircuitPruner:
                 run.reference = self._reference_logits(dataset, device, batch_size)
                 run.fixed = fixed_ablation(self.model, self.ablation, dataset, dims)
                 control.kl_scale = self._empty_circuit_kl(run, dataset, batch_size)
+                if budget is not None:
+                    run.validation_reference = self._reference_logits(
+                        validation, device, batch_size
+                    )
                 config["kl_empty"] = round(control.kl_scale, 6)
                 bar = tqdm(
                     range(start_step, steps),
@@ -270,7 +275,7 @@ class CircuitPruner:
                         budget.update(record["kl"], step)
                         run.history["budget_scale"].append(budget.scale)
                         if (step + 1) % eval_every == 0 or step + 1 == steps:
-                            self._measure(run, snapshot(), validation, step)
+                            self._measure(run, snapshot(), validation, step, batch_size)
                     if progress and (step % 5 == 0 or step == steps - 1):
                         bar.set_postfix_str(self._progress_text(record, log_alpha))
                     if checkpoint and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
@@ -309,11 +314,14 @@ class CircuitPruner:
             )
         return dataset, validation, eval_every
 
-    def _measure(self, run: _FitState, circuit: Circuit, validation, step: int) -> None:
-        """The held-out KL and size of the circuit extracted at ``step``."""
-        from .evaluation import evaluate
-
-        kl = evaluate(self.model, circuit, validation, ablation=self.ablation).kl
+    def _measure(
+        self, run: _FitState, circuit: Circuit, validation, step: int, batch_size: int
+    ) -> None:
+        """The held-out KL and size of the circuit extracted at ``step``; the full model's
+        answers on the held-out pairs were computed once, at the start of the fit."""
+        device = run.validation_reference.device
+        attn, mlp = (m if m is None else m.to(device) for m in circuit._site_masks())
+        kl = self._circuit_kl(run, validation, run.validation_reference, attn, mlp, batch_size)
         size = circuit.size()
         run.budget.record(Snapshot(step + 1, kl, size, circuit.log_alpha))
         for key, value in (("val_step", step + 1), ("val_kl", kl), ("val_size", size)):
@@ -395,18 +403,9 @@ class CircuitPruner:
         device = run.reference.device
         zeros = {g: torch.zeros(p.shape, device=device) for g, p in run.log_alpha.items()}
         attn, mlp = site_masks(zeros, run.dims)
-        sample = dataset[torch.arange(min(len(dataset), EMPTY_KL_PAIRS))]
-        total, start = 0.0, 0
-        for batch in sample.batches(batch_size, shuffle=False):
-            batch = batch.to(device)
-            ablated = run.fixed
-            if ablated is None:
-                ablated = site_activations(self.model, batch.corrupted_tokens, run.dims)
-            logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
-            reference = run.reference[start : start + len(batch)]
-            total += kl_divergence(reference, logits).item() * len(batch)
-            start += len(batch)
-        kl_empty = total / len(sample)
+        n = min(len(dataset), EMPTY_KL_PAIRS)
+        sample = dataset[torch.arange(n)]
+        kl_empty = self._circuit_kl(run, sample, run.reference[:n], attn, mlp, batch_size)
         if not kl_empty > MIN_KL_EMPTY:
             warnings.warn(
                 f"the circuit with every node ablated predicts like the full model (KL "
@@ -416,6 +415,23 @@ class CircuitPruner:
             )
             kl_empty = MIN_KL_EMPTY
         return kl_empty
+
+    @torch.no_grad()
+    def _circuit_kl(self, run: _FitState, dataset, reference, attn, mlp, batch_size) -> float:
+        """Mean KL(full || model run with these site masks) over ``dataset``, whose full-model
+        answer logits are ``reference``."""
+        total, start = 0.0, 0
+        for batch in dataset.batches(batch_size, shuffle=False):
+            batch = batch.to(reference.device)
+            ablated = run.fixed
+            if ablated is None:
+                ablated = site_activations(self.model, batch.corrupted_tokens, run.dims)
+            logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
+            total += kl_divergence(reference[start : start + len(batch)], logits).item() * len(
+                batch
+            )
+            start += len(batch)
+        return total / len(dataset)
 
     def _batch_indices(self, n: int, batch_size: int, step: int) -> torch.Tensor:
         """The pairs of a step: a function of (seed, step) alone, so a resumed fit replays the
