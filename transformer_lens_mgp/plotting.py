@@ -144,7 +144,7 @@ def plot_pareto(circuits: list[Circuit]) -> go.Figure:
     ordered = sorted(circuits, key=lambda c: c.size())
     faithfulness = [c.metrics["recovered"] for c in ordered]
     hover = [
-        f"KL {c.metrics.get('kl', float('nan')):.3f}<br>target {c.config.get('sweep_target')}"
+        f"KL {c.metrics.get('kl', float('nan')):.3f}<br>target {c.config.get('target')}"
         for c in ordered
     ]
     fig = go.Figure()

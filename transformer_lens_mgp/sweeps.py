@@ -142,7 +142,6 @@ def _fit(job: _Job, model, dataset, validation) -> Circuit:
             "accuracy": result.accuracy_circuit,
             "n_validation": result.n_pairs,
         }
-    circuit.config["sweep_target"] = job.target
     if job.folder:
         circuit.save(job.folder / CIRCUIT_FILE)
     return circuit
