@@ -3,12 +3,15 @@
     python benchmarks/perf.py --json runs/perf.json            # SmolLM2 and GPT-2-small shape
     python benchmarks/perf.py --models gpt2-small --batch 8 --seq 16
     python benchmarks/perf.py --models gpt2-small --peers eap  # no auto-circuit venv
+    python benchmarks/perf.py --device cuda --models gpt2-small gpt2-medium \
+        --ours ours ours-recompute ours-bf16
 
 The floor is what any method that learns from clean/corrupted pairs must spend: one no-grad
 forward of the corrupted prompts, one forward and backward of the clean prompts (no masks,
 frozen weights; the gradient flows back to the embeddings). Ours is one `CircuitPruner`
 step with all five granularities, timed as the difference between fits of 2 and 2 + k steps
-so that the once-per-fit work is excluded.
+so that the once-per-fit work is excluded; ``ours-recompute`` is the same with
+``gradient_checkpointing=True`` and ``ours-bf16`` with ``bf16=True`` (for GPUs).
 
 Peers, on the same model and batch:
 
@@ -37,7 +40,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODELS = ("smollm2", "gpt2-small")
-LOCAL_MODES = ("floor", "ours", "eap")
+OURS = {
+    "ours": {},
+    "ours-recompute": {"gradient_checkpointing": True},
+    "ours-bf16": {"bf16": True},
+}
+"""Our step under each set of CircuitPruner options benchmarked."""
+LOCAL_MODES = ("floor", *OURS, "eap")
 PEERS = ("eap", "auto-circuit")
 PEER_VENV = ROOT / ".peer-venv"
 PEER_SCRIPT = HERE / "peers" / "auto_circuit_sp.py"
@@ -121,8 +130,8 @@ def measure(name: str, mode: str, batch: int, seq: int, steps: int, device: str)
     cuda = device.startswith("cuda")
     base = peak_mib(cuda)
     extra = {}
-    if mode == "ours":
-        seconds = _ours_seconds(model, data, batch, steps, cuda)
+    if mode in OURS:
+        seconds = _ours_seconds(model, data, batch, steps, cuda, OURS[mode])
     elif mode == "floor":
         seconds = time_steps(_floor_step(model, data), steps, cuda)
     elif mode == "eap":
@@ -173,13 +182,13 @@ def _floor_step(model, data):
     return step
 
 
-def _ours_seconds(model, data, batch: int, steps: int, cuda: bool) -> float:
+def _ours_seconds(model, data, batch: int, steps: int, cuda: bool, options: dict) -> float:
     from transformer_lens_mgp import CircuitPruner
 
     def fit(n: int) -> float:
         sync(cuda)
         start = time.perf_counter()
-        CircuitPruner(model).fit(data, steps=n, batch_size=batch, progress=False)
+        CircuitPruner(model, **options).fit(data, steps=n, batch_size=batch, progress=False)
         sync(cuda)
         return time.perf_counter() - start
 
@@ -281,7 +290,7 @@ def _tail(text: str, chars: int = 1500) -> str:
 def measure_row(name: str, batch: int, seq: int, args) -> dict:
     """Floor, ours and each requested peer on one (model, batch, seq), with their ratios."""
     row = {"model": name, "batch": batch, "seq": seq}
-    for mode in ("floor", "ours", *[p for p in args.peers if p in LOCAL_MODES]):
+    for mode in ("floor", *args.ours, *[p for p in args.peers if p in LOCAL_MODES]):
         row[mode] = run_one(name, mode, batch, seq, args.steps, args.device)
     if "auto-circuit" in args.peers:
         install = not args.no_install
@@ -291,18 +300,24 @@ def measure_row(name: str, batch: int, seq: int, args) -> dict:
 
 
 def ratios(row: dict) -> dict:
-    """ours/floor, and peer/ours for each peer that was measured, for time and memory."""
-    pairs = [("ours", "floor")] + [(p, "ours") for p in PEERS if p in row]
-    out = {}
-    for top, bottom in pairs:
-        a, b = row.get(top, {}), row.get(bottom, {})
-        if "seconds_per_step" not in a or "seconds_per_step" not in b:
-            continue
-        out[f"{top}/{bottom}"] = {
-            "time": a["seconds_per_step"] / b["seconds_per_step"],
-            "memory": a["peak_mib"] / max(b["peak_mib"], 1e-9),
-        }
-    return out
+    """ours/floor for each of our variants, and peer/ours for each peer and variant measured,
+    for time and memory."""
+    ours = [mode for mode in OURS if mode in row]
+    pairs = [(o, "floor") for o in ours] + [(p, o) for p in PEERS if p in row for o in ours]
+    found = {
+        f"{top}/{bottom}": ratio(row.get(top, {}), row.get(bottom, {})) for top, bottom in pairs
+    }
+    return {key: value for key, value in found.items() if value}
+
+
+def ratio(result: dict, other: dict) -> dict:
+    """Time and memory of one measurement over another; empty if either is missing."""
+    if "seconds_per_step" not in result or "seconds_per_step" not in other:
+        return {}
+    return {
+        "time": result["seconds_per_step"] / other["seconds_per_step"],
+        "memory": result["peak_mib"] / max(other["peak_mib"], 1e-9),
+    }
 
 
 def main() -> None:
@@ -313,6 +328,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS))
+    parser.add_argument(
+        "--ours",
+        nargs="+",
+        choices=list(OURS),
+        default=["ours", "ours-recompute"],
+        help="which of our variants to measure (ours-bf16 is meant for GPUs)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never create the peer venv")
     parser.add_argument("--json", type=Path, default=Path("runs/perf.json"))
     parser.add_argument(
@@ -338,30 +360,33 @@ def main() -> None:
 
 
 def print_tables(rows: list[dict]) -> None:
-    """A time table and a memory table in Markdown, then why any cell is missing."""
-    header = ["floor", "ours", "ours/floor", "EAP", "EAP/ours", "auto-circuit", "a-c/ours"]
-    for title, key, ratio, unit in (
-        ("seconds per step", "seconds_per_step", "time", "{:.3f} s"),
-        ("peak memory over the loaded model", "peak_mib", "memory", "{:.0f} MiB"),
-    ):
-        print(f"\n{title}\n")
-        print("| model | batch | seq | " + " | ".join(header) + " |")
-        print("|---" * (3 + len(header)) + "|")
-        for row in rows:
-            cells = [row["model"], str(row["batch"]), str(row["seq"])]
-            cells.append(_cell(row.get("floor", {}).get(key), unit))
-            for mode, pair in TABLE_COLUMNS:
-                cells.append(_cell(row.get(mode, {}).get(key), unit))
-                cells.append(_cell(row["ratios"].get(pair, {}).get(ratio), "{:.2f}"))
-            print("| " + " | ".join(cells) + " |")
+    """Each method against the floor, each peer against each of our variants (Markdown), then
+    why any measurement is missing."""
+    print("\n| model | batch | seq | method | s / step | × floor | peak MiB | × floor |")
+    print("|---" * 8 + "|")
     for row in rows:
-        for mode in ("floor", "ours", *PEERS):
+        for mode in ("floor", *OURS, *PEERS):
+            result = row.get(mode, {})
+            if "seconds_per_step" not in result:
+                continue
+            vs_floor = ratio(result, row.get("floor", {}))
+            cells = [row["model"], str(row["batch"]), str(row["seq"]), mode]
+            cells += [f"{result['seconds_per_step']:.3f}", _cell(vs_floor.get("time"), "{:.2f}")]
+            cells += [f"{result['peak_mib']:.0f}", _cell(vs_floor.get("memory"), "{:.2f}")]
+            print("| " + " | ".join(cells) + " |")
+    peer_rows = [(row, key) for row in rows for key in row["ratios"] if key.split("/")[0] in PEERS]
+    if peer_rows:
+        print("\n| model | batch | seq | peer / ours | time | memory |")
+        print("|---" * 6 + "|")
+        for row, key in peer_rows:
+            r = row["ratios"][key]
+            cells = [row["model"], str(row["batch"]), str(row["seq"]), key]
+            print("| " + " | ".join(cells + [f"{r['time']:.2f}", f"{r['memory']:.2f}"]) + " |")
+    for row in rows:
+        for mode in ("floor", *OURS, *PEERS):
             if "reason" in row.get(mode, {}):
                 last = row[mode]["reason"].strip().splitlines()[-1][:300]
                 print(f"\n{mode} on {row['model']} {row['batch']}x{row['seq']}: {last}")
-
-
-TABLE_COLUMNS = (("ours", "ours/floor"), ("eap", "eap/ours"), ("auto-circuit", "auto-circuit/ours"))
 
 
 def _cell(value, unit: str) -> str:

@@ -79,17 +79,20 @@ def build_dataset(model, n: int = 32, seq_len: int = 6, seed: int = 0) -> Paired
     )
 
 
-def model_state(model) -> tuple[dict, list[bool], int]:
-    """What must be unchanged after fit: weights, requires_grad flags, attached hooks."""
+def model_state(model) -> tuple[dict, list[bool], int, list[str]]:
+    """What must be unchanged after fit: weights, requires_grad flags, attached hooks, and
+    modules' own methods (no forward shadowed by an instance attribute)."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     n_hooks = sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in model.hook_dict.values())
-    return weights, flags, n_hooks
+    shadowed = [name for name, module in model.named_modules() if "forward" in vars(module)]
+    return weights, flags, n_hooks, shadowed
 
 
 def assert_untouched(model, before) -> None:
-    weights, flags, n_hooks = model_state(model)
+    weights, flags, n_hooks, shadowed = model_state(model)
     assert n_hooks == before[2] == 0
+    assert shadowed == before[3] == []
     assert flags == before[1]
     assert weights.keys() == before[0].keys()
     for k in weights:

@@ -69,13 +69,20 @@ def test_perf_benchmark_runs_with_peers(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [*argv, "--no-install", "--json", str(out)])
     bench.main()
     (row,) = json.loads(out.read_text())["rows"]
-    for mode in ("floor", "ours", "eap"):
+    for mode in ("floor", "ours", "ours-recompute", "eap"):
         assert row[mode]["seconds_per_step"] > 0 and row[mode]["peak_mib"] >= 0, row[mode]
     assert row["eap"]["edges"] == 110
     assert "no auto-circuit venv" in row["auto-circuit"]["reason"]
-    assert set(row["ratios"]) == {"ours/floor", "eap/ours"}
+    assert set(row["ratios"]) == {
+        "ours/floor",
+        "ours-recompute/floor",
+        "eap/ours",
+        "eap/ours-recompute",
+    }
     printed = capsys.readouterr().out
-    assert "| tiny | 2 | 6 |" in printed and "auto-circuit on tiny 2x6: no auto-circuit" in printed
+    assert "| tiny | 2 | 6 | ours-recompute |" in printed
+    assert "| tiny | 2 | 6 | eap/ours-recompute |" in printed
+    assert "auto-circuit on tiny 2x6: no auto-circuit" in printed
 
 
 def test_eap_scores_into_a_node_add_up_to_its_attribution():

@@ -24,6 +24,7 @@ RESUME_KEYS = (
     "max_kl",
     "n_validation",
     "eval_every",
+    "bf16",
 )
 
 

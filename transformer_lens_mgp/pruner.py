@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from .interventions import (
     check_hook_points,
     fixed_ablation,
     frozen,
+    mask_hooks,
     masked_answer_logits,
     model_device,
     site_activations,
 )
 from .masks import HardConcrete
 from .objectives import kl_divergence
+from .recompute import checkpointable_blocks, recomputed_blocks
 from .sparsity import DEFAULT_SPARSITY, SparsityControl, check_sparsity
 
 EMPTY_KL_PAIRS = 64
@@ -101,6 +104,12 @@ class CircuitPruner:
         init_log_alpha: initial ``log_alpha`` of every node. At 1 every mask starts on (its
             deterministic value is 0.78) while the penalty's gradient is not yet saturated.
         hard_concrete: the gate constants.
+        gradient_checkpointing: keep only each block's input during the masked forward and
+            rerun the block in the backward pass: much less memory for about one more
+            forward of time. The circuit is the same.
+        bf16: run the model's forward passes under ``torch.autocast`` in bfloat16 (masks,
+            KL and optimiser stay float32). Meant for GPUs with bf16 units; on most CPUs it
+            is slower. The circuit can differ slightly from a float32 fit.
     """
 
     def __init__(
@@ -116,6 +125,8 @@ class CircuitPruner:
         target_warmup: float = 0.5,
         hard_concrete: HardConcrete | None = None,
         max_kl: float | None = None,
+        gradient_checkpointing: bool = False,
+        bf16: bool = False,
     ):
         self.model = model
         self.granularities = granularities
@@ -128,6 +139,11 @@ class CircuitPruner:
         self.target_warmup = target_warmup
         self.hard_concrete = hard_concrete or HardConcrete()
         self.max_kl = max_kl
+        self.gradient_checkpointing = gradient_checkpointing
+        self.bf16 = bf16
+        for name, flag in (("gradient_checkpointing", gradient_checkpointing), ("bf16", bf16)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} is True or False, got {flag!r}")
         check_ablation(ablation)
         check_sparsity(self.sparsity, self.target)
         check_max_kl(max_kl, self.target)
@@ -221,6 +237,7 @@ class CircuitPruner:
             n_pairs=len(dataset),
             dims=dims.to_dict(),
         )
+        config.update({k: True for k in ("gradient_checkpointing", "bf16") if getattr(self, k)})
         budget = None
         if self.max_kl is not None:
             budget = run.budget = KLBudget(self.max_kl, round(HOLD_SHARE * steps))
@@ -252,7 +269,7 @@ class CircuitPruner:
 
         start = time.perf_counter()
         try:
-            with frozen(self.model):
+            with frozen(self.model), self._execution(device):
                 run.reference = self._reference_logits(dataset, device, batch_size)
                 run.fixed = fixed_ablation(self.model, self.ablation, dataset, dims)
                 control.kl_scale = self._empty_circuit_kl(run, dataset, batch_size)
@@ -286,6 +303,16 @@ class CircuitPruner:
         config["seconds"] = round(time.perf_counter() - start, 2)
         self.circuit_ = snapshot(self._choose(budget, config) if budget else None)
         return self.circuit_
+
+    @contextmanager
+    def _execution(self, device: torch.device) -> Iterator[None]:
+        """How the model runs during the fit: bf16 autocast and block recomputation if asked."""
+        with ExitStack() as stack:
+            if self.bf16:
+                stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+            if self.gradient_checkpointing:
+                stack.enter_context(recomputed_blocks(self.model))
+            yield
 
     # --- KL budget --------------------------------------------------------------------------
 
@@ -354,23 +381,25 @@ class CircuitPruner:
         run.noise.manual_seed(_step_seed(self.seed, step))
         sampled = {g: self.hard_concrete.sample(p, run.noise) for g, p in run.log_alpha.items()}
         attn, mlp = site_masks(sampled, run.dims)
-        logits = masked_answer_logits(self.model, batch, run.dims, attn, mlp, ablated)
-        kl = kl_divergence(run.reference[indices.to(device)], logits)
-        l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
-        kept = {
-            g: self.hard_concrete.keep_probability(p).mean()
-            for g, p in run.log_alpha.items()
-            if g in run.sparsity.targets
-        }
-        penalty = run.sparsity.penalty(l0, kept, step)
-        loss = kl + (penalty if run.budget is None else run.budget.scale * penalty)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr or "
-                "check the model's logits for NaN/inf on this dataset"
-            )
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The masks stay attached through the backward pass: recomputed blocks rerun them.
+        with self.model.hooks(fwd_hooks=mask_hooks(run.dims, attn, mlp, ablated)):
+            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
+            kl = kl_divergence(run.reference[indices.to(device)], logits)
+            l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
+            kept = {
+                g: self.hard_concrete.keep_probability(p).mean()
+                for g, p in run.log_alpha.items()
+                if g in run.sparsity.targets
+            }
+            penalty = run.sparsity.penalty(l0, kept, step)
+            loss = kl + (penalty if run.budget is None else run.budget.scale * penalty)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr "
+                    "or check the model's logits for NaN/inf on this dataset"
+                )
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         run.optimizer.step()
         run.sparsity.ascend()
         record = {"loss": loss.item(), "kl": kl.item()}
@@ -473,6 +502,8 @@ class CircuitPruner:
             self.granularities if self.granularities is not None else dims.available(), dims
         )
         check_hook_points(model, dims)
+        if self.gradient_checkpointing:
+            checkpointable_blocks(model)
         if dataset.max_token_id() >= cfg.d_vocab:
             raise ValueError(
                 f"the dataset holds token id {dataset.max_token_id()} but the model's vocabulary "
