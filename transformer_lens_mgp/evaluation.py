@@ -25,6 +25,7 @@ from .interventions import (
     model_device,
     reference_pass,
 )
+from .layout import forward_layout
 from .objectives import accuracy, kl_divergence, recovered, task_metric
 
 
@@ -101,21 +102,22 @@ def evaluate_many(
     has_metric = dataset.wrong_answer_tokens is not None
     shared = dict.fromkeys(["metric_full", "metric_empty", "acc_full"], 0.0)
     own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]
-    for batch in dataset.batches(batch_size, shuffle=False):
-        batch = batch.to(device)
-        full, corrupted = reference_pass(model, batch, dims, cache_corrupted=fixed is None)
-        ablated = corrupted if fixed is None else fixed
-        shared["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
-        if has_metric:
-            empty = masked_answer_logits(model, batch, dims, empty_attn, empty_mlp, ablated)
-            shared["metric_full"] += task_metric(full, batch).sum().item()
-            shared["metric_empty"] += task_metric(empty, batch).sum().item()
-        for (attn, mlp), sums in zip(masks, own, strict=True):
-            logits = masked_answer_logits(model, batch, dims, attn, mlp, ablated)
-            sums["kl"] += kl_divergence(full, logits).item() * len(batch)
-            sums["acc"] += accuracy(logits, batch.answer_tokens).item() * len(batch)
+    with forward_layout(model):
+        for batch in dataset.batches(batch_size, shuffle=False):
+            batch = batch.to(device)
+            full, corrupted = reference_pass(model, batch, dims, cache_corrupted=fixed is None)
+            ablated = corrupted if fixed is None else fixed
+            shared["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
             if has_metric:
-                sums["metric"] += task_metric(logits, batch).sum().item()
+                empty = masked_answer_logits(model, batch, dims, empty_attn, empty_mlp, ablated)
+                shared["metric_full"] += task_metric(full, batch).sum().item()
+                shared["metric_empty"] += task_metric(empty, batch).sum().item()
+            for (attn, mlp), sums in zip(masks, own, strict=True):
+                logits = masked_answer_logits(model, batch, dims, attn, mlp, ablated)
+                sums["kl"] += kl_divergence(full, logits).item() * len(batch)
+                sums["acc"] += accuracy(logits, batch.answer_tokens).item() * len(batch)
+                if has_metric:
+                    sums["metric"] += task_metric(logits, batch).sum().item()
     n = len(dataset)
     nan = float("nan")
     full_m = shared["metric_full"] / n if has_metric else nan

@@ -35,6 +35,7 @@ from .interventions import (
     model_device,
     site_activations,
 )
+from .layout import forward_layout
 from .masks import HardConcrete
 from .objectives import kl_divergence
 from .recompute import checkpointable_blocks, recomputed_blocks
@@ -306,8 +307,10 @@ class CircuitPruner:
 
     @contextmanager
     def _execution(self, device: torch.device) -> Iterator[None]:
-        """How the model runs during the fit: bf16 autocast and block recomputation if asked."""
+        """How the model runs during the fit: weights laid out for its forward pass (see
+        ``layout``), and bf16 autocast and block recomputation if asked."""
         with ExitStack() as stack:
+            stack.enter_context(forward_layout(self.model))
             if self.bf16:
                 stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
             if self.gradient_checkpointing:

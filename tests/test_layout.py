@@ -1,0 +1,61 @@
+"""Weights laid out for the forward pass: identical outputs, no copies, everything put back."""
+
+import einops
+import pytest
+import torch
+from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
+
+from transformer_lens_mgp.layout import forward_layout
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_outputs_are_bitwise_identical_and_the_model_is_restored(variant):
+    model = build_model(**VARIANTS[variant])
+    tokens = build_dataset(model).clean_tokens
+    expected = model(tokens)
+    before = model_state(model)
+    with forward_layout(model):
+        assert torch.equal(model(tokens), expected)
+    assert_untouched(model, before)
+    assert torch.equal(model(tokens), expected)
+
+
+def test_the_forward_pass_reads_the_weights_without_copying_them():
+    model = build_model(**VARIANTS["gated_gqa"])
+    block = model.blocks[0]
+    with forward_layout(model):
+        for weight in (block.mlp.W_in, block.mlp.W_gate, block.mlp.W_out):
+            assert weight.T.contiguous().data_ptr() == weight.data_ptr()
+        for weight in (block.attn.W_Q, block.attn._W_K, block.attn._W_V):
+            flat = einops.rearrange(weight, "head d_model d_head -> (head d_head) d_model")
+            assert flat.data_ptr() == weight.data_ptr() and flat.is_contiguous()
+        w_o = einops.rearrange(block.attn.W_O, "head d_head d_model -> d_model (head d_head)")
+        assert w_o.is_contiguous()
+    assert not block.mlp.W_in.T.is_contiguous(), "the original layout is back"
+
+
+def test_weights_sharing_storage_are_left_alone():
+    model = build_model()
+    shared = model.blocks[0].mlp.W_in
+    model.blocks[1].mlp.W_in = torch.nn.Parameter(shared.data)  # a second view of one storage
+    before = model_state(model)
+    with forward_layout(model):
+        assert model.blocks[1].mlp.W_in.stride() == shared.stride() == (64, 1)
+        assert torch.equal(model.blocks[1].mlp.W_in, shared)
+    assert_untouched(model, before)
+
+
+def test_layout_is_restored_when_the_context_raises():
+    model = build_model()
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="inside"), forward_layout(model):
+        raise RuntimeError("inside")
+    assert_untouched(model, before)
+
+
+def test_other_models_are_not_touched():
+    module = torch.nn.Linear(3, 2)
+    weight = module.weight.detach().clone()
+    with forward_layout(module):
+        assert module.weight.stride() == (3, 1)
+    assert torch.equal(module.weight, weight)
