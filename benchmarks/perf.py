@@ -22,8 +22,9 @@ Peers, on the same model and batch:
   through ``peers/auto_circuit_sp.py``. When it cannot be installed or run, the row records
   why instead.
 
-Each measurement runs in a fresh process; memory is the rise of the process's peak RSS over
-its value after loading the model (CPU), or `torch.cuda.max_memory_allocated` (GPU).
+Each measurement runs in a fresh process; memory is the peak over what the process holds
+once the model is loaded and the peak counter reset: resident set (``VmHWM`` after
+``/proc/self/clear_refs``) on CPU, `torch.cuda.max_memory_allocated` on GPU.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def measure(name: str, mode: str, batch: int, seq: int, steps: int, device: str)
     model = build(name, device)
     data = pairs(model, batch, seq).to(device)
     cuda = device.startswith("cuda")
-    base = peak_mib(cuda)
+    base = start_peak(cuda)
     extra = {}
     if mode in OURS:
         seconds = _ours_seconds(model, data, batch, steps, cuda, OURS[mode])
@@ -209,12 +210,38 @@ def _eap_step(model, data):
     return step, {"edges": graph.n_edges}
 
 
+def start_peak(cuda: bool) -> float:
+    """Start measuring the peak from now (MiB in use now is returned as the base): loading a
+    model can peak far above what it then holds, and that peak is not the step's."""
+    import torch
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to VmRSS
+        return _proc_status_mib("VmRSS")
+    except OSError:  # no procfs: the process's peak so far is the best base there is
+        return peak_mib(cuda)
+
+
 def peak_mib(cuda: bool) -> float:
+    """Peak memory since `start_peak`: allocated tensors on a GPU, resident set on a CPU."""
     import torch
 
     if cuda:
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        return _proc_status_mib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def sync(cuda: bool) -> None:

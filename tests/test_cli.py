@@ -53,6 +53,15 @@ def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
     assert config["granularities"] == ["block", "head", "attn_neuron"]
     assert config["sparsity"] == {"block": DEFAULT_SPARSITY["block"], "head": 2.5}
     assert config["target"] == {"attn_neuron": 0.5}
+    assert "bf16" not in config and "gradient_checkpointing" not in config
+
+
+def test_memory_options_reach_the_pruner(tiny_default, tmp_path):
+    out = tmp_path / "run"
+    args = ["--gradient-checkpointing", "--bf16"]
+    assert main(["discover", "--task", "ioi", *FAST, *args, "--out", str(out)]) == 0
+    config = Circuit.load(out / "circuit.safetensors").config
+    assert config["bf16"] is True and config["gradient_checkpointing"] is True
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_untouched, model_state
 
 from transformer_lens_mgp import (
@@ -90,3 +91,17 @@ def test_notebook_runs(tmp_path):
     notebook.cells.insert(0, setup)
     NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert (tmp_path / "ioi_report.html").is_file()
+
+
+def test_memory_options_on_smollm2(smollm2):
+    """gradient_checkpointing reproduces a plain fit on SmolLM2; bf16 trains to a similar KL."""
+    train = tasks.ioi(smollm2, n=24, seed=2)
+    before = model_state(smollm2)
+    kwargs = dict(steps=4, batch_size=6, lr=0.3, progress=False)
+    plain = CircuitPruner(smollm2, seed=2).fit(train, **kwargs)
+    recomputed = CircuitPruner(smollm2, seed=2, gradient_checkpointing=True).fit(train, **kwargs)
+    bf16 = CircuitPruner(smollm2, seed=2, bf16=True).fit(train, **kwargs)
+    assert_untouched(smollm2, before)
+    for g in plain.granularities:
+        torch.testing.assert_close(recomputed.log_alpha[g], plain.log_alpha[g])
+    assert bf16.history["kl"] == pytest.approx(plain.history["kl"], rel=0.1, abs=0.05)

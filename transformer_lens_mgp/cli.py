@@ -42,11 +42,23 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="rerun each block in the backward pass: less memory, one more forward of time",
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="bfloat16 autocast for the model's forward passes"
+    )
 
 
 def _fit_kwargs(args) -> dict:
     given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _memory_kwargs(args) -> dict:
+    return {"gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16}
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -173,6 +185,7 @@ def _discover(args) -> int:
         ablation=args.ablation,
         seed=args.seed,
         max_kl=args.max_kl,
+        **_memory_kwargs(args),
     )
     circuit = pruner.fit(train, progress=not args.quiet, **fit_kwargs)
     result, baseline = evaluate_many(
@@ -240,6 +253,7 @@ def _sweep(args) -> int:
         granularities=args.granularities,
         ablation=args.ablation,
         seed=args.seed,
+        **_memory_kwargs(args),
     )
     areas = pareto_areas(circuits)
     points = [

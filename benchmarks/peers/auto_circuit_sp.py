@@ -7,8 +7,8 @@ random-weight model and prompts as ``perf.py``. The model is made patchable as i
 auto-circuit's own experiments: factorized edges, separate q/k/v inputs, the last position
 scored; one batch per epoch, so an epoch is a step. Seconds per step is the difference
 between runs of 2 and 2 + k epochs (excluding the clean logits and the ablation activations
-computed once per run); memory is the rise of peak RSS over the loaded model, so making the
-model patchable counts. Prints one JSON line.
+computed once per run); memory is the peak over the loaded model, measured as in ``perf.py``,
+so making the model patchable counts. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def measure(name: str, batch: int, seq: int, steps: int, device: str) -> dict:
     expose_adam_module()
     cuda = device.startswith("cuda")
     model = perf.build(name, device)
-    base = perf.peak_mib(cuda)
+    base = perf.start_peak(cuda)
     wrapped = patchable(model, device)
     data = loader(model.cfg.d_vocab, batch, seq)
 
