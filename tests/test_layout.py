@@ -59,3 +59,17 @@ def test_other_models_are_not_touched():
     with forward_layout(module):
         assert module.weight.stride() == (3, 1)
     assert torch.equal(module.weight, weight)
+
+
+def test_weights_in_shared_memory_are_left_to_the_process_that_shares_them():
+    model = build_model()
+    model.share_memory()
+    tokens = build_dataset(model).clean_tokens
+    expected = model(tokens)
+    w_in = model.blocks[0].mlp.W_in
+    with forward_layout(model):
+        assert w_in.is_contiguous(), "another process may be reading these strides"
+    with forward_layout(model, include_shared=True):
+        assert not w_in.is_contiguous()
+        assert torch.equal(model(tokens), expected)
+    assert w_in.is_contiguous() and torch.equal(model(tokens), expected)

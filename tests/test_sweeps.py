@@ -58,10 +58,17 @@ def test_a_second_call_reuses_finished_points(setup, tmp_path, monkeypatch):
     assert same(first[0], again[0])
 
 
-def test_worker_processes_give_the_same_circuits(setup, tmp_path):
-    model, train, validation = setup
-    serial = sweep(model, train, TARGETS, fit_kwargs=FIT, progress=False)
-    parallel = sweep(model, train, TARGETS, fit_kwargs=FIT, workers=2, progress=False)
+def test_worker_processes_give_the_same_circuits():
+    """Long enough that the workers' fits overlap: workers read one shared copy of the
+    weights, which none of them may re-lay while another reads it."""
+    model = build_model(n_layers=3, d_model=64, d_mlp=256, n_ctx=32)
+    train = build_dataset(model, n=64, seq_len=12)
+    targets = [{"head": t} for t in (0.2, 0.3, 0.4, 0.5)]
+    weights = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    parallel = sweep(model, train, targets, fit_kwargs={"steps": 150}, workers=2, progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k][0]) and v.stride() == weights[k][1], k
+    serial = sweep(model, train, targets, fit_kwargs={"steps": 150}, progress=False)
     assert all(same(a, b) for a, b in zip(serial, parallel, strict=True))
 
 

@@ -52,9 +52,10 @@ def _relayout(weight: torch.nn.Parameter, strides: tuple[int, ...]) -> None:
         weight.copy_(values)
 
 
-def _movable(model) -> list[tuple[torch.nn.Parameter, tuple[int, ...]]]:
-    """Block weights that can be re-laid safely: dense, and sharing storage with no other
-    parameter (re-laying one of two tied weights would scramble the other)."""
+def _movable(model, include_shared: bool) -> list[tuple[torch.nn.Parameter, tuple[int, ...]]]:
+    """Block weights that can be re-laid safely: dense, sharing storage with no other
+    parameter (re-laying one of two tied weights would scramble the other), and not in CPU
+    shared memory unless asked (another process may be reading them with the old strides)."""
     params = list(model.parameters())
     owners: dict[int, int] = {}
     for p in params:
@@ -67,22 +68,26 @@ def _movable(model) -> list[tuple[torch.nn.Parameter, tuple[int, ...]]]:
         order = LAYOUTS.get(name.rsplit(".", 1)[-1])
         if order is None or p.ndim != len(order) or not p.is_contiguous():
             continue
+        if p.device.type == "cpu" and p.is_shared() and not include_shared:
+            continue
         if owners[p.untyped_storage().data_ptr()] == 1:
             movable.append((p, _strides_for(p.shape, order)))
     return movable
 
 
 @contextmanager
-def forward_layout(model) -> Iterator[None]:
+def forward_layout(model, include_shared: bool = False) -> Iterator[None]:
     """Within the context, ``model``'s block weights need no copy in the forward pass.
 
     For a model other than a HookedTransformer (e.g. a TransformerBridge) it does nothing.
-    The weights must not be trained within the context (``fit`` freezes them).
+    The weights must not be trained within the context (``fit`` freezes them). Weights in
+    CPU shared memory are left alone unless ``include_shared``: the process that shares
+    them lays them out once, before other processes receive them (see ``sweeps``).
     """
     moved: list[tuple[torch.nn.Parameter, tuple[int, ...]]] = []
     try:
         if is_hooked_transformer(model):
-            for weight, strides in _movable(model):
+            for weight, strides in _movable(model, include_shared):
                 original = weight.stride()
                 _relayout(weight, strides)
                 moved.append((weight, original))

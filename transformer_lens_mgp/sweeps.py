@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .circuit import Circuit
 from .data import PairedDataset
 from .interventions import model_device
+from .layout import forward_layout
 from .pruner import CircuitPruner
 from .sparsity import check_sparsity
 
@@ -164,7 +165,8 @@ def _worker(args: tuple[int, _Job]) -> tuple[int, Circuit]:
 def _run(jobs, todo, model, dataset, validation, workers):
     """Yield ``(index, circuit)`` as points finish. Workers are spawned, not forked (a fork
     of a process that has run OpenMP threads can hang), and get the model's tensors through
-    shared memory."""
+    shared memory, already in the layout the forward pass reads: a worker must not re-lay
+    weights that the others are reading."""
     if workers == 1 or len(todo) <= 1:
         for i in todo:
             yield i, _fit(jobs[i], model, dataset, validation)
@@ -173,8 +175,13 @@ def _run(jobs, todo, model, dataset, validation, workers):
     threads = max(1, torch.get_num_threads() // workers)
     context = torch.multiprocessing.get_context("spawn")
     start = (model, dataset, validation, threads)
-    with context.Pool(workers, initializer=_start_worker, initargs=start) as pool:
+    with (
+        forward_layout(model, include_shared=True),
+        context.Pool(workers, initializer=_start_worker, initargs=start) as pool,
+    ):
         yield from pool.imap_unordered(_worker, [(i, jobs[i]) for i in todo])
+        pool.close()  # let the workers exit on their own: terminating them leaks semaphores
+        pool.join()
 
 
 def pareto_areas(circuits: Sequence[Circuit]) -> ParetoAreas:
