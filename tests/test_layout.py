@@ -20,6 +20,16 @@ def test_outputs_are_bitwise_identical_and_the_model_is_restored(variant):
     assert torch.equal(model(tokens), expected)
 
 
+@pytest.mark.parametrize("option", ["use_split_qkv_input", "use_attn_result", "use_attn_in"])
+def test_transformer_lens_options_give_the_same_outputs(option):
+    model = build_model()
+    setattr(model.cfg, option, True)
+    tokens = build_dataset(model).clean_tokens
+    expected = model(tokens)
+    with forward_layout(model):
+        torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_forward_pass_reads_the_weights_without_copying_them():
     model = build_model(**VARIANTS["gated_gqa"])
     block = model.blocks[0]

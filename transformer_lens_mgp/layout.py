@@ -5,8 +5,9 @@ TransformerLens keeps ``W_in`` as ``[d_model, d_mlp]`` and ``W_Q`` as
 weight (``W.T.contiguous()``, or a rearrange to ``[(head d_head), d_model]``), which copies
 every weight matrix on every call: a third of a SmolLM2 training step on CPU. Within
 ``forward_layout`` each such weight holds the same values in the same storage, laid out so
-that those calls are views and copy nothing. Outputs are bitwise identical; on exit every
-weight gets its original layout back.
+that those calls are views and copy nothing. Outputs are bitwise identical on the default
+paths (with options such as ``use_split_qkv_input``, whose einsums read the weights in
+another order, equal to float rounding); on exit every weight gets its original layout back.
 """
 
 from __future__ import annotations
