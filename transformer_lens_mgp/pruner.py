@@ -385,17 +385,17 @@ class CircuitPruner:
         run.noise.manual_seed(_step_seed(self.seed, step))
         sampled = {g: self.hard_concrete.sample(p, run.noise) for g, p in run.log_alpha.items()}
         attn, mlp = site_masks(sampled, run.dims)
+        l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
+        kept = {
+            g: self.hard_concrete.keep_probability(p).mean()
+            for g, p in run.log_alpha.items()
+            if g in run.sparsity.targets
+        }
+        penalty = run.sparsity.penalty(l0, kept, step)
         # The masks stay attached through the backward pass: recomputed blocks rerun them.
         with self.model.hooks(fwd_hooks=mask_hooks(run.dims, attn, mlp, ablated)):
             logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
             kl = kl_divergence(run.reference[indices.to(device)], logits)
-            l0 = {g: self.hard_concrete.expected_l0(p).mean() for g, p in run.log_alpha.items()}
-            kept = {
-                g: self.hard_concrete.keep_probability(p).mean()
-                for g, p in run.log_alpha.items()
-                if g in run.sparsity.targets
-            }
-            penalty = run.sparsity.penalty(l0, kept, step)
             loss = kl + (penalty if run.budget is None else run.budget.scale * penalty)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
