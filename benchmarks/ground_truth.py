@@ -1,6 +1,6 @@
 """Precision, recall, F1 and ROC AUC against planted ground truth, for pruning and baselines.
 
-    python benchmarks/ground_truth.py --seeds 0 1 2 --json runs/ground_truth.json
+    python -m benchmarks.ground_truth --seeds 0 1 2 --json runs/ground_truth.json
 
 For every planted variant and seed: CircuitPruner at the default lambdas (precision, recall,
 F1 per granularity), the same with every lambda scaled by 1/4 ... 4 (ROC AUC of the
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from transformer_lens_mgp import DEFAULT_SPARSITY, CircuitPruner, ModelDims
-from transformer_lens_mgp.attribution import activation_scores, attribution_scores
-from transformer_lens_mgp.planted import VARIANTS, planted_circuit
+from transformer_lens_mgp.testing.baselines import activation_scores, attribution_scores
+from transformer_lens_mgp.testing.planted import VARIANTS, planted_circuit
 
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 

@@ -1,16 +1,16 @@
 """Time and peak memory of one training step: ours against the floor and edge-level peers.
 
-    python benchmarks/perf.py --json runs/perf.json            # SmolLM2 and GPT-2-small shape
-    python benchmarks/perf.py --models gpt2-small --batch 8 --seq 16
-    python benchmarks/perf.py --models gpt2-small --peers eap  # no auto-circuit venv
-    python benchmarks/perf.py --device cuda --models gpt2-small gpt2-medium \
+    python -m benchmarks.perf --json runs/perf.json            # SmolLM2 and GPT-2-small shape
+    python -m benchmarks.perf --models gpt2-small --batch 8 --seq 16
+    python -m benchmarks.perf --models gpt2-small --peers eap  # no auto-circuit venv
+    python -m benchmarks.perf --device cuda --models gpt2-small gpt2-medium \
         --ours ours ours-recompute ours-bf16
 
 The floor is what any method that learns from clean/corrupted pairs must spend: one no-grad
 forward of the corrupted prompts, one forward and backward of the clean prompts (no masks,
 frozen weights; the gradient flows back to the embeddings). Ours is one `CircuitPruner`
-step with all five granularities, timed as the difference between fits of 2 and 2 + k steps
-so that the once-per-fit work is excluded; ``ours-recompute`` is the same with
+step with all five granularities, timed around the steps of a prepared run (the
+once-per-fit work excluded); ``ours-recompute`` is the same with
 ``gradient_checkpointing=True`` and ``ours-bf16`` with ``bf16=True`` (for GPUs).
 
 Peers, on the same model and batch:
@@ -38,6 +38,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.side_venv import ensure_venv
+from benchmarks.side_venv import python as venv_python
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODELS = ("smollm2", "gpt2-small")
@@ -50,7 +53,7 @@ OURS = {
 LOCAL_MODES = ("floor", *OURS, "eap")
 PEERS = ("eap", "auto-circuit")
 PEER_VENV = ROOT / ".peer-venv"
-PEER_SCRIPT = HERE / "peers" / "auto_circuit_sp.py"
+PEER_MODULE = "benchmarks.peers.auto_circuit_sp"
 PEER_REQUIREMENTS = ("auto-circuit==1.0.1", "transformer-lens>=2,<3", "numpy<2", "pyarrow<20")
 """auto-circuit 1.0.1 uses TransformerLens 2.x APIs; TL 2.x needs numpy 1.x and so an older
 pyarrow (pulled in by datasets)."""
@@ -184,23 +187,22 @@ def _floor_step(model, data):
 
 
 def _ours_seconds(model, data, batch: int, steps: int, cuda: bool, options: dict) -> float:
+    """Seconds per training step, timed around the steps themselves (the once-per-fit work,
+    the full model's answers and the empty circuit's KL, happens before the clock starts)."""
     from transformer_lens_mgp import CircuitPruner
+    from transformer_lens_mgp.core.model_api import model_dims
+    from transformer_lens_mgp.training.run import PruningRun
 
-    def fit(n: int) -> float:
-        sync(cuda)
-        start = time.perf_counter()
-        CircuitPruner(model, **options).fit(data, steps=n, batch_size=batch, progress=False)
-        sync(cuda)
-        return time.perf_counter() - start
-
-    fit(1)  # warm-up
-    return (fit(2 + steps) - fit(2)) / steps
+    pruner = CircuitPruner(model, **options, steps=1 + steps, batch_size=batch)
+    dims = model_dims(model)
+    run = PruningRun(model, pruner.config.resolved(dims), dims, data)
+    with pruner.execution():
+        run.prepare()
+        return time_steps(run.step, steps, cuda)
 
 
 def _eap_step(model, data):
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from peers import eap
+    from benchmarks.peers import eap
 
     graph = eap.prepare(model)
 
@@ -256,7 +258,7 @@ def sync(cuda: bool) -> None:
 
 def run_one(name: str, mode: str, batch: int, seq: int, steps: int, device: str) -> dict:
     """Measure in a fresh process, so that its peak memory is this measurement's alone."""
-    cmd = [sys.executable, str(HERE / "perf.py"), "--one", name, mode, str(batch), str(seq)]
+    cmd = [sys.executable, "-m", "benchmarks.perf", "--one", name, mode, str(batch), str(seq)]
     return _run_json([*cmd, "--steps", str(steps), "--device", device])
 
 
@@ -267,38 +269,19 @@ def run_auto_circuit(
     reason = ensure_peer_venv(install)
     if reason:
         return {"reason": reason}
-    python = PEER_VENV / "bin" / "python"
-    cmd = [str(python), str(PEER_SCRIPT), name, str(batch), str(seq)]
+    cmd = [str(venv_python(PEER_VENV)), "-m", PEER_MODULE, name, str(batch), str(seq)]
     return _run_json([*cmd, "--steps", str(steps), "--device", device])
 
 
 def ensure_peer_venv(install: bool) -> str | None:
     """Create the auto-circuit venv unless it is there; returns why not, or None."""
-    marker = PEER_VENV / "installed.txt"
-    if marker.exists():
-        return None
-    if not install:
-        return f"no auto-circuit venv at {PEER_VENV} (run without --no-install to create it)"
-    pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    steps = [
-        [sys.executable, "-m", "venv", str(PEER_VENV)],
-        [*pip, "torch==2.13.0"],
-        [*pip, *PEER_REQUIREMENTS],
-    ]
-    for cmd in steps:
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            return f"`{' '.join(cmd)}` failed: {err}"
-        if done.returncode != 0:
-            return f"`{' '.join(cmd)}` failed: {_tail(done.stderr)}"
-    marker.write_text("\n".join(PEER_REQUIREMENTS) + "\n")
-    return None
+    reason = ensure_venv(PEER_VENV, [["torch==2.13.0"], list(PEER_REQUIREMENTS)], install)
+    return reason and reason.replace("side environment", "auto-circuit venv")
 
 
 def _run_json(cmd: list[str]) -> dict:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S, cwd=ROOT)
     except (OSError, subprocess.TimeoutExpired) as err:
         return {"reason": str(err)}
     lines = done.stdout.strip().splitlines()

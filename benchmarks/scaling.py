@@ -1,6 +1,6 @@
 """How the time and peak memory of a training step grow with model and batch size.
 
-    python benchmarks/scaling.py --json runs/scaling.json --html runs/scaling.html
+    python -m benchmarks.scaling --json runs/scaling.json --html runs/scaling.html
 
 From a small random-weight base (BASE), one axis at a time is doubled: n_layers, d_mlp,
 batch and sequence length. Each point is measured by ``perf.py`` (floor and ours, each in a
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import perf  # noqa: E402
+from benchmarks import perf
 
 MODES = ("floor", "ours")
 METRICS = (("seconds_per_step", "time"), ("peak_mib", "memory"))

@@ -1,7 +1,7 @@
 """Tabulate `tl-mgp discover` runs: one row per run folder, printed as markdown, saved as JSON.
 
 for t in ioi gp gt; do tl-mgp discover --task $t --out runs/$t; done
-python benchmarks/task_table.py runs/ioi runs/gp runs/gt --json runs/tasks.json
+python -m benchmarks.task_table runs/ioi runs/gp runs/gt --json runs/tasks.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pruning on tracr-compiled models, scored against the compiled program's components.
 
-    python benchmarks/tracr_circuits.py --json runs/tracr.json
+    python -m benchmarks.tracr_circuits --json runs/tracr.json
 
 tracr (Lindner et al. 2023) compiles a RASP program into transformer weights, so which heads,
 MLPs and MLP hidden units the program uses is known: those whose weights are not all zero
@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.side_venv import ensure_venv
+from benchmarks.side_venv import python as venv_python
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACR_VENV = ROOT / ".tracr-venv"
@@ -90,24 +92,17 @@ def ensure_exported(folder: Path) -> str | None:
     """Compile the programs in the tracr venv; returns why not, or None on success."""
     if all((folder / f"{p}.npz").is_file() for p in PROGRAMS):
         return None
-    python = TRACR_VENV / "bin" / "python"
-    try:
-        if not python.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(TRACR_VENV)], check=True)
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "tracr-pypi"],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-        subprocess.run(
-            [str(python), __file__, "--export", str(folder)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    except subprocess.CalledProcessError as err:
-        return f"{' '.join(map(str, err.cmd))} failed: {(err.stderr or '')[-2000:]}"
+    reason = ensure_venv(TRACR_VENV, [["tracr-pypi"]])
+    if reason:
+        return reason
+    done = subprocess.run(
+        [str(venv_python(TRACR_VENV)), "-m", "benchmarks.tracr_circuits", "--export", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        return f"exporting the tracr programs failed: {done.stderr[-2000:]}"
     return None
 
 
@@ -265,9 +260,7 @@ def main() -> None:
         export(args.export)
         return
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from ground_truth import confusion
-
+    from benchmarks.ground_truth import confusion
     from transformer_lens_mgp import CircuitPruner, evaluate
 
     problem = ensure_exported(args.folder)

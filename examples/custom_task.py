@@ -36,9 +36,9 @@ def main() -> None:
         model, clean, corrupted, answers, wrong, name="capitals", drop_invalid=True
     )
     print(f"{len(data)} pairs ({data.meta.get('n_dropped', 0)} dropped)")
-    circuit = CircuitPruner(model, granularities=["head", "mlp_neuron"]).fit(
-        data, steps=args.steps, batch_size=8
-    )
+    circuit = CircuitPruner(
+        model, granularities=["head", "mlp_neuron"], steps=args.steps, batch_size=8
+    ).fit(data)
     print(circuit.summary())
     print(evaluate(model, circuit, data))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from transformer_lens_mgp import CircuitPruner, evaluate, load_model, random_circuit, tasks
+from transformer_lens_mgp.analysis.report import write_report
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
 
     model = load_model()
     train, test = tasks.ioi(model, n=args.n, seed=0).split(0.2)
-    circuit = CircuitPruner(model).fit(train, steps=args.steps)
+    circuit = CircuitPruner(model, steps=args.steps).fit(train)
     print(circuit.summary())
 
     ours = evaluate(model, circuit, test)
@@ -42,7 +43,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     circuit.save(args.out / "circuit.safetensors")
-    circuit.report(args.out / "report.html", title="IOI circuit of SmolLM2-135M")
+    write_report(circuit, args.out / "report.html", title="IOI circuit of SmolLM2-135M")
     print(f"wrote {args.out}/circuit.safetensors and report.html")
 
 

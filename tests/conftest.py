@@ -1,4 +1,5 @@
-"""Shared builders: tiny random HookedTransformers and paired datasets made from them."""
+"""Shared fixtures: seeding, the model-untouched check, SmolLM2 and its tokenizer; the tiny
+builders live in ``transformer_lens_mgp.testing.tiny``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from transformer_lens_mgp import PairedDataset
 from transformer_lens_mgp.models import default_model_path, is_default_model_available, load_model
+from transformer_lens_mgp.testing.tiny import LLAMA_LIKE
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 
@@ -21,62 +22,12 @@ def seeded():
     torch.manual_seed(0)
 
 
-def build_cfg(**overrides) -> HookedTransformerConfig:
-    """A two-layer model small enough to fit in a fraction of a second."""
-    kwargs = dict(
-        n_layers=2,
-        d_model=32,
-        n_ctx=16,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=40,
-        act_fn="gelu",
-        normalization_type="LN",
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return HookedTransformerConfig(**kwargs)
-
-
-def build_model(**overrides) -> HookedTransformer:
-    model = HookedTransformer(build_cfg(**overrides))
-    model.eval()
-    return model
-
-
 VARIANTS = {
     "standard": {},
     "attn_only": dict(attn_only=True, d_mlp=None),
-    "gated_gqa": dict(
-        gated_mlp=True,
-        act_fn="silu",
-        normalization_type="RMS",
-        n_key_value_heads=2,
-        positional_embedding_type="rotary",
-        rotary_dim=8,
-    ),
+    "gated_gqa": LLAMA_LIKE,
     "three_layers": dict(n_layers=3, d_head=4, n_heads=3, d_mlp=24),
 }
-
-
-def build_dataset(model, n: int = 32, seq_len: int = 6, seed: int = 0) -> PairedDataset:
-    """Random prompts whose corruption changes two tokens; the answer is the model's own top
-    prediction on the clean prompt (so every pair has a behaviour to explain)."""
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (n, seq_len), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 1] = torch.randint(0, model.cfg.d_vocab, (n,), generator=g)
-    corrupted[:, -2] = torch.randint(0, model.cfg.d_vocab, (n,), generator=g)
-    with torch.no_grad():
-        logits = model(clean)[:, -1]
-    top2 = logits.topk(2, dim=-1).indices
-    return PairedDataset(
-        clean_tokens=clean,
-        corrupted_tokens=corrupted,
-        answer_tokens=top2[:, 0],
-        wrong_answer_tokens=top2[:, 1],
-    )
 
 
 def model_state(model) -> dict:

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from conftest import build_dataset, build_model
 
 from transformer_lens_mgp import ModelDims, PairedDataset
-from transformer_lens_mgp.attribution import activation_scores, attribution_scores
-from transformer_lens_mgp.planted import planted_circuit
+from transformer_lens_mgp.testing.baselines import activation_scores, attribution_scores
+from transformer_lens_mgp.testing.planted import planted_circuit
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
 def test_attribution_is_zero_exactly_on_dead_nodes_and_positive_on_live_ones():

@@ -1,6 +1,6 @@
 """The benchmark scripts run (on tiny configurations); their numbers are not asserted here."""
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -8,12 +8,10 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
-def load(name: str, folder: Path = BENCHMARKS):
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def load(name: str):
+    """A benchmark script as the module ``benchmarks.<name>`` (the repository root is on
+    pytest's path)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_ground_truth_benchmark_runs(tmp_path, monkeypatch, capsys):
@@ -89,7 +87,7 @@ def test_eap_scores_into_a_node_add_up_to_its_attribution():
     """Upstream outputs sum to a downstream input, so its edges' scores sum to the node's."""
     import torch
 
-    perf, eap = load("perf"), load("eap", BENCHMARKS / "peers")
+    perf, eap = load("perf"), load("peers.eap")
     model = perf.build("tiny", "cpu")
     graph = eap.prepare(model)
     clean, corrupted, answers, _ = perf.tokens(model.cfg.d_vocab, 3, 5)

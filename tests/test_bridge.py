@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_untouched, model_state
-from tl4.tiny_llama import tiny_llama
 
 from transformer_lens_mgp import CircuitPruner, PairedDataset, evaluate
-from transformer_lens_mgp.bridge import bridge_from_hf, hooked_from_hf
+from transformer_lens_mgp.models import bridge_from_hf, hooked_from_hf
+from transformer_lens_mgp.testing.tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def test_both_views_compute_the_same_logits(twins, pairs):
 def test_circuits_found_on_bridge_and_hooked_model_agree(twins, pairs):
     bridge, hooked = twins
     before = model_state(bridge)
-    on_bridge = CircuitPruner(bridge, seed=0).fit(pairs, steps=30, progress=False)
+    on_bridge = CircuitPruner(bridge, seed=0, steps=30).fit(pairs, progress=False)
     assert_untouched(bridge, before)
-    on_hooked = CircuitPruner(hooked, seed=0).fit(pairs, steps=30, progress=False)
+    on_hooked = CircuitPruner(hooked, seed=0, steps=30).fit(pairs, progress=False)
     for g in on_bridge.granularities:
         assert torch.allclose(on_bridge.log_alpha[g], on_hooked.log_alpha[g], atol=1e-2), g
         assert torch.equal(on_bridge.kept(g), on_hooked.kept(g)), g
@@ -54,7 +54,7 @@ def test_circuit_hooks_patch_the_bridge(twins, pairs):
     """An empty circuit run through fwd_hooks changes the bridge's output as it changes the
     HookedTransformer's."""
     bridge, hooked = twins
-    circuit = CircuitPruner(hooked, seed=0).fit(pairs, steps=2, progress=False)
+    circuit = CircuitPruner(hooked, seed=0, steps=2).fit(pairs, progress=False)
     empty = type(circuit)(
         dims=circuit.dims,
         log_alpha={g: torch.full_like(v, -10.0) for g, v in circuit.log_alpha.items()},
@@ -81,7 +81,7 @@ def test_default_model_as_a_bridge_matches_the_hooked_one(smollm2):
     last_a = a[rows, data.answer_positions].log_softmax(-1)
     last_b = b[rows, data.answer_positions].log_softmax(-1)
     assert (last_a - last_b).abs().max() < 1e-3
-    circuit = CircuitPruner(bridge, seed=0).fit(data, steps=2, batch_size=4, progress=False)
+    circuit = CircuitPruner(bridge, seed=0, steps=2, batch_size=4).fit(data, progress=False)
     assert evaluate(smollm2, circuit, data).kl == pytest.approx(
         evaluate(bridge, circuit, data).kl, abs=1e-3
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import assert_untouched, build_dataset, build_model, model_state
+from conftest import assert_untouched, model_state
 
 from transformer_lens_mgp import CircuitPruner, evaluate
-from transformer_lens_mgp.budget import KLBudget, Snapshot, split_validation
-from transformer_lens_mgp.planted import planted_circuit
+from transformer_lens_mgp.testing.planted import planted_circuit
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+from transformer_lens_mgp.training.budget import KLBudget, Snapshot, split_validation
 
 
 @pytest.fixture(scope="module")
@@ -18,23 +19,23 @@ def planted():
 @pytest.fixture(scope="module")
 def kl_empty(planted):
     return (
-        CircuitPruner(planted.model)
-        .fit(planted.dataset, steps=1, progress=False)
-        .config["kl_empty"]
+        CircuitPruner(planted.model, steps=1)
+        .fit(planted.dataset, progress=False)
+        .fit_info["kl_empty"]
     )
 
 
 def test_the_returned_circuit_is_the_smallest_measured_within_budget(planted, kl_empty):
     max_kl = 0.25 * kl_empty
     circuit = CircuitPruner(planted.model, max_kl=max_kl).fit(planted.dataset, progress=False)
-    history, config = circuit.history, circuit.config
-    assert len(history["val_kl"]) == 10 and config["n_validation"] == round(0.2 * 128)
+    history, info = circuit.history, circuit.fit_info
+    assert len(history["val_kl"]) == 10 and info["n_validation"] == round(0.2 * 128)
     within = [s for k, s in zip(history["val_kl"], history["val_size"], strict=True) if k <= max_kl]
     assert within and circuit.size() == pytest.approx(min(within))
-    assert config["validation_kl"] <= max_kl
+    assert info["validation_kl"] <= max_kl
     _, held_out = split_validation(len(planted.dataset), seed=0)
     again = evaluate(planted.model, circuit, planted.dataset[held_out])
-    assert again.kl == pytest.approx(config["validation_kl"], abs=1e-5)
+    assert again.kl == pytest.approx(info["validation_kl"], abs=1e-5)
 
 
 def test_a_looser_budget_gives_a_smaller_circuit_that_keeps_what_matters(planted, kl_empty):
@@ -43,7 +44,7 @@ def test_a_looser_budget_gives_a_smaller_circuit_that_keeps_what_matters(planted
         for share in (0.05, 0.5)
     )
     assert loose.size() < tight.size()
-    assert loose.config["validation_kl"] > tight.config["validation_kl"]
+    assert loose.fit_info["validation_kl"] > tight.fit_info["validation_kl"]
     live = planted.live["attn_neuron"]
     assert (tight.kept("attn_neuron") & live).sum() >= 0.9 * live.sum()
 
@@ -88,10 +89,10 @@ def test_no_circuit_within_budget_warns_and_returns_the_most_faithful():
     model = build_model()
     data = build_dataset(model, n=20)
     sparsity = {g: 1000.0 for g in ("block", "head", "attn_neuron", "mlp", "mlp_neuron")}
-    pruner = CircuitPruner(model, max_kl=1e-6, sparsity=sparsity)
+    pruner = CircuitPruner(model, max_kl=1e-6, sparsity=sparsity, steps=40, eval_every=20)
     with pytest.warns(UserWarning, match="no circuit met max_kl"):
-        circuit = pruner.fit(data, steps=40, eval_every=20, progress=False)
-    assert circuit.config["validation_kl"] == pytest.approx(
+        circuit = pruner.fit(data, progress=False)
+    assert circuit.fit_info["validation_kl"] == pytest.approx(
         min(circuit.history["val_kl"]), abs=1e-5
     )
 
@@ -100,10 +101,10 @@ def test_given_validation_pairs_are_used_and_the_model_is_untouched():
     model = build_model()
     train, validation = build_dataset(model, n=20), build_dataset(model, n=7, seed=1)
     before = model_state(model)
-    circuit = CircuitPruner(model, max_kl=0.1).fit(
-        train, validation=validation, steps=12, eval_every=4, progress=False
+    circuit = CircuitPruner(model, max_kl=0.1, steps=12, eval_every=4).fit(
+        train, validation=validation, progress=False
     )
-    assert circuit.config["n_validation"] == 7 and circuit.config["n_pairs"] == 20
+    assert circuit.fit_info["n_validation"] == 7 and circuit.fit_info["n_pairs"] == 20
     assert circuit.history["val_step"] == [4, 8, 12]
     assert_untouched(model, before)
 
@@ -113,10 +114,10 @@ def test_given_validation_pairs_are_used_and_the_model_is_untouched():
     [
         (dict(max_kl=0.0), {}, "max_kl must be a finite number > 0"),
         (dict(max_kl=float("nan")), {}, "max_kl must be a finite number > 0"),
-        (dict(max_kl="0.3"), {}, "max_kl must be a number"),
+        (dict(max_kl="0.3"), {}, "max_kl must be a finite number"),
         (dict(max_kl=0.3, target={"head": 0.1}), {}, "give one of them"),
-        ({}, dict(eval_every=5), "set max_kl"),
-        (dict(max_kl=0.3), dict(eval_every=0), "eval_every must be a positive integer"),
+        (dict(eval_every=5), {}, "set max_kl"),
+        (dict(max_kl=0.3, eval_every=0), {}, "eval_every must be a positive integer"),
         (dict(max_kl=0.3), dict(validation="pairs"), "validation must be a PairedDataset"),
     ],
 )
@@ -124,10 +125,10 @@ def test_bad_budget_arguments_are_explained(kwargs, fit_kwargs, message):
     model = build_model()
     data = build_dataset(model, n=8)
     with pytest.raises((ValueError, TypeError), match=message):
-        CircuitPruner(model, **kwargs).fit(data, steps=2, progress=False, **fit_kwargs)
+        CircuitPruner(model, **kwargs, steps=2).fit(data, progress=False, **fit_kwargs)
 
 
 def test_one_pair_cannot_be_split_for_validation():
     model = build_model()
     with pytest.raises(ValueError, match="give more pairs or a validation dataset"):
-        CircuitPruner(model, max_kl=0.3).fit(build_dataset(model, n=1), steps=2, progress=False)
+        CircuitPruner(model, max_kl=0.3, steps=2).fit(build_dataset(model, n=1), progress=False)

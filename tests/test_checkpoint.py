@@ -1,18 +1,16 @@
+import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_dataset, build_model
 
-import transformer_lens_mgp.pruner as pruner_module
-from transformer_lens_mgp import CircuitPruner
-from transformer_lens_mgp.checkpoint import CHECKPOINT_NAME
-
-TESTS = Path(__file__).parent
+import transformer_lens_mgp.training.run as run_module
+from transformer_lens_mgp import CircuitPruner, HardConcrete
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+from transformer_lens_mgp.training.checkpoint import CHECKPOINT_NAME
 
 
 def assert_same_circuit(a, b):
@@ -29,10 +27,10 @@ def assert_same_circuit(a, b):
 def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch, settings):
     model = build_model()
     ds = build_dataset(model)
-    reference = CircuitPruner(model, seed=4, **settings).fit(ds, steps=20, progress=False)
+    reference = CircuitPruner(model, seed=4, **settings, steps=20).fit(ds, progress=False)
 
     calls = []
-    real_kl = pruner_module.kl_divergence
+    real_kl = run_module.kl_divergence
 
     def interrupt_at_step_13(*args):
         calls.append(torch.is_grad_enabled())  # training steps only
@@ -40,15 +38,15 @@ def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch,
             raise KeyboardInterrupt
         return real_kl(*args)
 
-    monkeypatch.setattr(pruner_module, "kl_divergence", interrupt_at_step_13)
+    monkeypatch.setattr(run_module, "kl_divergence", interrupt_at_step_13)
     with pytest.raises(KeyboardInterrupt):
-        CircuitPruner(model, seed=4, **settings).fit(
-            ds, steps=20, progress=False, checkpoint_dir=tmp_path, checkpoint_every=5
+        CircuitPruner(model, seed=4, **settings, steps=20, checkpoint_every=5).fit(
+            ds, progress=False, checkpoint_dir=tmp_path
         )
-    monkeypatch.setattr(pruner_module, "kl_divergence", real_kl)
-    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 10
-    resumed = CircuitPruner(model, seed=4, **settings).fit(
-        ds, steps=20, progress=False, checkpoint_dir=tmp_path, resume=True
+    monkeypatch.setattr(run_module, "kl_divergence", real_kl)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["state"]["step"] == 10
+    resumed = CircuitPruner(model, seed=4, **settings, steps=20).fit(
+        ds, progress=False, checkpoint_dir=tmp_path, resume=True
     )
     assert_same_circuit(resumed, reference)
 
@@ -56,10 +54,10 @@ def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch,
 def test_resume_refuses_a_checkpoint_of_another_fit(tmp_path):
     model = build_model()
     ds = build_dataset(model)
-    CircuitPruner(model, seed=1).fit(ds, steps=5, progress=False, checkpoint_dir=tmp_path)
+    CircuitPruner(model, seed=1, steps=5).fit(ds, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="different fit.*seed"):
-        CircuitPruner(model, seed=2).fit(
-            ds, steps=5, progress=False, checkpoint_dir=tmp_path, resume=True
+        CircuitPruner(model, seed=2, steps=5).fit(
+            ds, progress=False, checkpoint_dir=tmp_path, resume=True
         )
 
 
@@ -68,30 +66,30 @@ def test_damaged_checkpoint_and_missing_dir_get_clear_errors(tmp_path):
     ds = build_dataset(model)
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="delete it"):
-        CircuitPruner(model).fit(ds, steps=5, progress=False, checkpoint_dir=tmp_path, resume=True)
+        CircuitPruner(model, steps=5).fit(ds, progress=False, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="checkpoint_dir"):
-        CircuitPruner(model).fit(ds, steps=5, progress=False, resume=True)
+        CircuitPruner(model, steps=5).fit(ds, progress=False, resume=True)
 
 
 KILLED_FIT = """
 import sys
-sys.path.insert(0, {tests!r})
-from conftest import build_dataset, build_model
 from transformer_lens_mgp import CircuitPruner
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 model = build_model()
-CircuitPruner(model, seed=7).fit(build_dataset(model), steps=100000, progress=False,
-                                 checkpoint_dir={ckpt!r}, checkpoint_every=5)
+pruner = CircuitPruner(model, seed=7, steps=KILLED_STEPS, checkpoint_every=5)
+pruner.fit(build_dataset(model), progress=False, checkpoint_dir={ckpt!r})
 """
+KILLED_STEPS = 300
 
 
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
-    script = KILLED_FIT.format(tests=str(TESTS), ckpt=str(tmp_path))
+    script = KILLED_FIT.format(ckpt=str(tmp_path)).replace("KILLED_STEPS", str(KILLED_STEPS))
     proc = subprocess.Popen([sys.executable, "-c", script])
     path = tmp_path / CHECKPOINT_NAME
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if path.exists() and torch.load(path, weights_only=True)["step"] >= 15:
+            if path.exists() and torch.load(path, weights_only=True)["state"]["step"] >= 15:
                 break
             time.sleep(0.2)
         else:
@@ -99,14 +97,56 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True)["state"]
     saved = state["step"]
     assert saved % 5 == 0 and len(state["history"]["kl"]) == saved
 
     model = build_model()
     ds = build_dataset(model)
-    resumed = CircuitPruner(model, seed=7).fit(
-        ds, steps=saved + 5, progress=False, checkpoint_dir=tmp_path, resume=True
+    resumed = CircuitPruner(model, seed=7, steps=KILLED_STEPS).fit(
+        ds, progress=False, checkpoint_dir=tmp_path, resume=True
     )
-    reference = CircuitPruner(model, seed=7).fit(ds, steps=saved + 5, progress=False)
+    reference = CircuitPruner(model, seed=7, steps=KILLED_STEPS).fit(ds, progress=False)
     assert_same_circuit(resumed, reference)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"steps": 8}, "config.steps: 5 -> 8"),
+        ({"hard_concrete": HardConcrete(beta=0.5)}, "config.hard_concrete.beta"),
+        ({"lr": 0.2}, "config.lr"),
+    ],
+)
+def test_resume_refuses_other_settings_and_names_them(tmp_path, change, named):
+    """Warm-up and hold lengths depend on steps, the gates on their constants: a resume
+    with other values would silently be another fit."""
+    model = build_model()
+    ds = build_dataset(model)
+    CircuitPruner(model, steps=5).fit(ds, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        CircuitPruner(model, **{"steps": 5, **change}).fit(
+            ds, progress=False, checkpoint_dir=tmp_path, resume=True
+        )
+
+
+def test_resume_refuses_other_pairs_of_the_same_size(tmp_path):
+    model = build_model()
+    CircuitPruner(model, steps=5).fit(build_dataset(model), progress=False, checkpoint_dir=tmp_path)
+    other = build_dataset(model, seed=1)
+    with pytest.raises(ValueError, match="train"):
+        CircuitPruner(model, steps=5).fit(
+            other, progress=False, checkpoint_dir=tmp_path, resume=True
+        )
+
+
+def test_checkpoint_every_may_change_on_resume(tmp_path):
+    model = build_model()
+    ds = build_dataset(model)
+    CircuitPruner(model, steps=6, checkpoint_every=3).fit(
+        ds, progress=False, checkpoint_dir=tmp_path
+    )
+    resumed = CircuitPruner(model, steps=6, checkpoint_every=2).fit(
+        ds, progress=False, checkpoint_dir=tmp_path, resume=True
+    )
+    assert_same_circuit(resumed, CircuitPruner(model, steps=6).fit(ds, progress=False))

@@ -1,10 +1,11 @@
 import pytest
 import torch
-from conftest import assert_untouched, build_dataset, build_model, model_state
+from conftest import assert_untouched, model_state
 
-from transformer_lens_mgp import GRANULARITIES, Circuit, CircuitPruner, ModelDims
-from transformer_lens_mgp.granularity import site_masks
-from transformer_lens_mgp.interventions import mask_hooks, site_activations
+from transformer_lens_mgp import GRANULARITIES, Circuit, CircuitPruner, ModelDims, PairedDataset
+from transformer_lens_mgp.core.hooks import mask_hooks, site_activations
+from transformer_lens_mgp.core.nodes import site_masks
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 ON, OFF = 5.0, -5.0
 
@@ -62,7 +63,7 @@ def test_all_ones_mask_reproduces_the_model_exactly():
     dims = ModelDims.from_cfg(model.cfg)
     ones = {g: torch.ones(dims.shape(g)) for g in GRANULARITIES}
     corrupted = site_activations(model, ds.corrupted_tokens, dims)
-    hooks = mask_hooks(dims, *site_masks(ones, dims), corrupted)
+    hooks = mask_hooks(dims, site_masks(ones, dims), corrupted)
     assert torch.equal(
         model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks), model(ds.clean_tokens)
     )
@@ -76,7 +77,7 @@ def test_all_zeros_mask_gives_every_node_its_corrupted_output():
     dims = ModelDims.from_cfg(model.cfg)
     zeros = {g: torch.zeros(dims.shape(g)) for g in GRANULARITIES}
     corrupted = site_activations(model, ds.corrupted_tokens, dims)
-    hooks = mask_hooks(dims, *site_masks(zeros, dims), corrupted)
+    hooks = mask_hooks(dims, site_masks(zeros, dims), corrupted)
     masked = model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks)
 
     _, clean_cache = model.run_with_cache(ds.clean_tokens)
@@ -151,7 +152,7 @@ def test_fwd_hooks_explain_what_is_missing():
 
 def test_save_load_round_trip_is_exact(tmp_path):
     model = build_model()
-    circuit = CircuitPruner(model).fit(build_dataset(model), steps=5, progress=False)
+    circuit = CircuitPruner(model, steps=5).fit(build_dataset(model), progress=False)
     circuit.metrics["kl"] = 0.25
     path = circuit.save(tmp_path / "c.safetensors")
     loaded = Circuit.load(path, model=model)
@@ -210,3 +211,90 @@ def test_circuit_hooks_compose_with_transformer_lens_patching():
         inside = sweep()
     assert inside.shape == plain.shape == (2, 4) and not torch.allclose(inside, plain)
     assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 0
+
+
+def half_circuit(model, **config) -> Circuit:
+    """Every other attention dimension and MLP neuron kept."""
+    dims = ModelDims.from_cfg(model.cfg)
+    kept = {
+        "attn_neuron": torch.arange(dims.n_nodes("attn_neuron")).view(dims.shape("attn_neuron")) % 2
+        == 0,
+        "mlp_neuron": torch.arange(dims.n_nodes("mlp_neuron")).view(dims.shape("mlp_neuron")) % 2
+        == 0,
+    }
+    return Circuit.from_kept(dims, kept, config=config)
+
+
+def padded_pairs(model):
+    """Pairs whose last two positions are padding after the answer position."""
+    ds = build_dataset(model, n=8, seq_len=6)
+    return PairedDataset(
+        ds.clean_tokens,
+        ds.corrupted_tokens,
+        ds.answer_tokens,
+        answer_positions=torch.tensor([3, 5, 3, 5, 3, 5, 3, 5]),
+    )
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_hooks_ablate_as_the_circuit_was_trained(ablation):
+    """fwd_hooks and applied use the circuit's own ablation, as evaluate does."""
+    model = build_model()
+    ds = padded_pairs(model)
+    circuit = half_circuit(model, ablation=ablation)
+    own = model.run_with_hooks(ds.clean_tokens, fwd_hooks=circuit.fwd_hooks(ds, model=model))
+    named = circuit.fwd_hooks(ds, model=model, ablation=ablation)
+    assert torch.equal(own, model.run_with_hooks(ds.clean_tokens, fwd_hooks=named))
+    corrupted = circuit.fwd_hooks(ds, model=model, ablation="corrupted")
+    assert not torch.allclose(own, model.run_with_hooks(ds.clean_tokens, fwd_hooks=corrupted))
+    with circuit.applied(model, ds) as as_circuit:
+        assert torch.equal(as_circuit(ds.clean_tokens), own)
+
+
+def test_mean_ablation_has_one_definition_for_datasets_and_caches():
+    """The mean over each corrupted prompt up to its answer position: padding never counts,
+    whether the values come from the pairs or from a cache of the corrupted run."""
+    model = build_model()
+    ds = padded_pairs(model)
+    circuit = half_circuit(model, ablation="mean")
+    _, cache = model.run_with_cache(ds.corrupted_tokens)
+    from_pairs = model.run_with_hooks(ds.clean_tokens, fwd_hooks=circuit.fwd_hooks(ds, model=model))
+    hooks = circuit.fwd_hooks(cache, answer_positions=ds.answer_positions)
+    assert torch.allclose(model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks), from_pairs)
+    every_position = circuit.fwd_hooks(cache)  # no positions given: every position counts
+    padded = model.run_with_hooks(ds.clean_tokens, fwd_hooks=every_position)
+    assert not torch.allclose(padded, from_pairs)
+
+
+def test_from_kept_builds_exactly_the_chosen_nodes():
+    kept = {
+        "head": torch.tensor([[True, False, True], [False, False, False]]),
+        "mlp": torch.tensor([False, False]),
+    }
+    circuit = Circuit.from_kept(DIMS, kept)
+    assert circuit.nodes("head") == ["L0.H0", "L0.H2"] and circuit.nodes("mlp") == []
+    assert circuit.nodes("block") == ["L0"] and circuit.granularities == ("head", "mlp")
+    assert circuit.n_kept("mlp_neuron") == 0 and circuit.n_kept("attn_neuron") == 8
+
+
+def test_circuit_files_of_schema_1_are_read(tmp_path):
+    """Schema 1 kept what the fit measured inside config; it moves to fit_info."""
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = {
+        "schema_version": 1,
+        "dims": DIMS.to_dict(),
+        "hard_concrete": {"beta": 2 / 3, "gamma": -0.1, "zeta": 1.1},
+        "config": {"steps": 3, "seed": 0, "kl_empty": 1.5, "seconds": 2.0, "n_pairs": 9},
+        "history": {},
+        "metrics": {},
+    }
+    path = tmp_path / "old.safetensors"
+    save_file(
+        {"head": torch.zeros(2, 3)}, str(path), metadata={"transformer_lens_mgp": json.dumps(meta)}
+    )
+    circuit = Circuit.load(path)
+    assert circuit.config == {"steps": 3, "seed": 0}
+    assert circuit.fit_info == {"kl_empty": 1.5, "seconds": 2.0, "n_pairs": 9}

@@ -37,10 +37,10 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
 
     assert "faithfulness_curve" not in metrics  # only with --curve
 
-    again = tmp_path / "eval.json"
+    again = tmp_path / "eval"
     args = ["evaluate", str(out / "circuit.safetensors"), "--task", "ioi", "--n", "40"]
     assert main([*args, "--out", str(again)]) == 0
-    evaluated = json.loads(again.read_text())
+    evaluated = json.loads((again / "metrics.json").read_text())
     assert evaluated["circuit"]["kl"] == pytest.approx(metrics["circuit"]["kl"], abs=1e-6)
 
 
@@ -53,7 +53,7 @@ def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
     assert config["granularities"] == ["block", "head", "attn_neuron"]
     assert config["sparsity"] == {"block": DEFAULT_SPARSITY["block"], "head": 2.5}
     assert config["target"] == {"attn_neuron": 0.5}
-    assert "bf16" not in config and "gradient_checkpointing" not in config
+    assert config["bf16"] is False and config["gradient_checkpointing"] is False
 
 
 def test_memory_options_reach_the_pruner(tiny_default, tmp_path):
@@ -146,8 +146,8 @@ def test_max_kl_and_edges_reach_the_circuit_and_the_report(tiny_default, tmp_pat
     out = tmp_path / "run"
     args = ["--max-kl", "0.5", "--edges", "--out", str(out)]
     assert main(["discover", "--task", "ioi", *FAST, *args]) == 0
-    config = Circuit.load(out / "circuit.safetensors").config
-    assert config["max_kl"] == 0.5 and config["validation_kl"] <= 0.5
+    circuit = Circuit.load(out / "circuit.safetensors")
+    assert circuit.config["max_kl"] == 0.5 and circuit.fit_info["validation_kl"] <= 0.5
     edges = json.loads((out / "edges.json").read_text())
     assert all(set(e) == {"from", "to", "score"} for e in edges)
     assert "edges between kept nodes" in (out / "report.html").read_text()
@@ -164,3 +164,47 @@ def test_bad_budget_and_sweep_values_give_one_line(args, message, tiny_default, 
     command, *rest = args
     assert main([command, "--task", "ioi", *FAST, *rest, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "transformer_lens_mgp", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "discover" in done.stdout
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_unwritable_out_is_refused_before_the_model_loads(where, monkeypatch, tmp_path, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded although --out cannot be written")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    out = blocker if where == "file" else blocker / "run"
+    assert main(["discover", *FAST, "--out", str(out)]) == 2
+    assert "give another --out" in capsys.readouterr().err
+
+
+def test_a_missing_cuda_is_refused_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["discover", *FAST, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only the package's own usage errors become one line; a TypeError from a bug is not
+    hidden behind 'tl-mgp: error:'."""
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(models, "load_model", buggy)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["discover", *FAST, "--out", str(tmp_path / "o")])

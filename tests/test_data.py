@@ -53,3 +53,19 @@ def test_indexing_keeps_metadata():
     ds = make(name="x", metric="prob_diff")
     sub = ds[[0, 2]]
     assert len(sub) == 2 and sub.name == "x" and sub.metric == "prob_diff"
+
+
+def test_batches_keep_their_order_unless_asked_to_shuffle():
+    data = PairedDataset(torch.arange(12).view(6, 2), torch.arange(12).view(6, 2), torch.arange(6))
+    assert torch.equal(torch.cat([b.answer_tokens for b in data.batches(4)]), torch.arange(6))
+    shuffled = data.batches(6, generator=torch.Generator().manual_seed(0), shuffle=True)
+    assert sorted(next(shuffled).answer_tokens.tolist()) == list(range(6))
+
+
+def test_split_halves_have_their_own_meta():
+    data = PairedDataset(
+        torch.arange(12).view(6, 2), torch.arange(12).view(6, 2), torch.arange(6), meta={"a": 1}
+    )
+    train, test = data.split(0.5)
+    train.meta["b"] = 2
+    assert test.meta == {"a": 1} and data.meta == {"a": 1}

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_untouched, build_dataset, build_model, model_state
+from conftest import assert_untouched, model_state
 
-import transformer_lens_mgp.edges as edges_module
+import transformer_lens_mgp.analysis.edges as edges_module
 from transformer_lens_mgp import Circuit, ModelDims
-from transformer_lens_mgp.edges import INPUT, LOGITS, edge_graph, edge_scores, per_head_inputs
-from transformer_lens_mgp.objectives import task_metric
-from transformer_lens_mgp.planted import planted_circuit
-from transformer_lens_mgp.plotting import plot_edge_graph
+from transformer_lens_mgp.analysis.edges import (
+    INPUT,
+    LOGITS,
+    edge_graph,
+    edge_scores,
+    per_head_inputs,
+)
+from transformer_lens_mgp.analysis.plotting import plot_edge_graph
+from transformer_lens_mgp.core.metrics import task_metric
+from transformer_lens_mgp.testing.planted import planted_circuit
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 EMBED, FROM_H0, FROM_H1, LATE = (slice(8 * i, 8 * i + 8) for i in range(4))
 WIRED = {(INPUT, "L0.H0"), (INPUT, "L0.H1"), ("L0.H0", "L1.H0"), ("L0.H1", "L1.H1")}

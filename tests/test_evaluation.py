@@ -2,17 +2,13 @@ import math
 
 import pytest
 import torch
-from conftest import build_dataset, build_model
 from test_pruner import known_answer_model
 
 from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims, PairedDataset
-from transformer_lens_mgp.evaluation import (
-    evaluate,
-    evaluate_many,
-    faithfulness_curve,
-    random_circuit,
-    top_fraction,
-)
+from transformer_lens_mgp.analysis.curves import faithfulness_curve
+from transformer_lens_mgp.analysis.evaluation import evaluate, evaluate_many
+from transformer_lens_mgp.analysis.subcircuits import random_circuit, top_fraction
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
 def full_circuit(model, value=5.0):
@@ -41,7 +37,7 @@ def test_empty_circuit_recovers_nothing():
 def test_learned_circuit_beats_random_circuit_of_equal_size():
     model = known_answer_model()
     train, test = build_dataset(model, n=96).split(0.25)
-    circuit = CircuitPruner(model).fit(train, steps=120, progress=False)
+    circuit = CircuitPruner(model, steps=120).fit(train, progress=False)
     baseline = random_circuit(circuit, seed=0)
     for g in ("head", "attn_neuron", "mlp_neuron"):
         assert baseline.n_kept(g) <= circuit.n_kept(g)
@@ -52,7 +48,7 @@ def test_learned_circuit_beats_random_circuit_of_equal_size():
 
 def test_random_circuit_respects_the_hierarchy_and_is_seeded():
     model = build_model()
-    circuit = CircuitPruner(model).fit(build_dataset(model), steps=30, progress=False)
+    circuit = CircuitPruner(model, steps=30).fit(build_dataset(model), progress=False)
     a, b = random_circuit(circuit, 1), random_circuit(circuit, 1)
     for g in circuit.granularities:
         assert torch.equal(a.kept(g), b.kept(g))
@@ -80,7 +76,7 @@ def test_top_fraction_keeps_the_highest_log_alpha():
 def test_faithfulness_curve_of_a_learned_circuit_beats_a_shuffled_order():
     model = known_answer_model()
     train, test = build_dataset(model, n=96).split(0.25)
-    circuit = CircuitPruner(model).fit(train, steps=120, progress=False)
+    circuit = CircuitPruner(model, steps=120).fit(train, progress=False)
     fractions = (0.05, 0.1, 0.2, 0.5, 1.0)
     curve = faithfulness_curve(model, circuit, test, fractions)
     assert curve.fractions == list(fractions) and len(curve.kept) == 5
@@ -131,3 +127,28 @@ def test_top_fraction_ranks_leaves_under_their_ancestors():
     top = top_fraction(circuit, 0.5)  # two of four attention neurons
     assert top.kept("attn_neuron").nonzero().tolist() == [[0, 0, 0], [0, 0, 1]]
     assert top.kept("head").tolist() == [[True, False]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_circuit_has_the_same_size_at_every_granularity(seed):
+    """Random log_alpha circuits of every shape of hierarchy: the baseline keeps exactly as
+    many nodes per granularity, none of them dropped afterwards for want of a child."""
+    g = torch.Generator().manual_seed(seed)
+    dims = ModelDims(n_layers=3, n_heads=4, d_head=5, d_mlp=6)
+    choices = [dims.available(), ("block", "head", "mlp_neuron"), ("attn_neuron", "mlp")]
+    trained = choices[seed % len(choices)]
+    log_alpha = {k: 4 * torch.randn(dims.shape(k), generator=g) + 1 for k in trained}
+    circuit = Circuit(dims=dims, log_alpha=log_alpha)
+    baseline = random_circuit(circuit, seed=seed)
+    for k in dims.available():
+        assert baseline.n_kept(k) == circuit.n_kept(k), k
+    assert baseline.fit_info["random_baseline_seed"] == seed
+
+
+def test_evaluate_refuses_tokens_outside_the_vocabulary():
+    model = build_model()
+    ds = build_dataset(model)
+    bad = PairedDataset(ds.clean_tokens + model.cfg.d_vocab, ds.corrupted_tokens, ds.answer_tokens)
+    circuit = Circuit(dims=ModelDims.from_cfg(model.cfg), log_alpha={})
+    with pytest.raises(ValueError, match="vocabulary"):
+        evaluate(model, circuit, bad)

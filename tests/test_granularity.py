@@ -1,9 +1,10 @@
 import pytest
 import torch
-from conftest import VARIANTS, build_model
+from conftest import VARIANTS
 
 from transformer_lens_mgp import GRANULARITIES, ModelDims
-from transformer_lens_mgp.granularity import resolve_granularities, site_masks
+from transformer_lens_mgp.core.nodes import resolve_granularities, site_masks
+from transformer_lens_mgp.testing.tiny import build_model
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
+from conftest import VARIANTS, assert_untouched, model_state
 from safetensors.torch import save_file
 
 from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, evaluate, tasks
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
 def dataset(model, **overrides) -> PairedDataset:
@@ -30,9 +31,16 @@ def dataset(model, **overrides) -> PairedDataset:
     return PairedDataset(**kwargs)
 
 
-def fit(model, pruner_kwargs=None, data=None, **fit_kwargs):
+FIT_ARGUMENTS = ("validation", "checkpoint_dir", "resume")
+
+
+def fit(model, pruner_kwargs=None, data=None, **kwargs):
+    """A fit with settings in ``pruner_kwargs`` or ``kwargs``; ``fit()``'s own arguments
+    (validation, checkpoint_dir, resume) go to it."""
     data = data if data is not None else dataset(model)
-    return CircuitPruner(model, **(pruner_kwargs or {})).fit(data, progress=False, **fit_kwargs)
+    fit_kwargs = {k: kwargs.pop(k) for k in FIT_ARGUMENTS if k in kwargs}
+    settings = {**(pruner_kwargs or {}), **kwargs}
+    return CircuitPruner(model, **settings).fit(data, progress=False, **fit_kwargs)
 
 
 def saved_circuit(model, tmp_path) -> torch.Tensor:
@@ -193,10 +201,10 @@ CASES = [
         "init_log_alpha must be finite",
     ),
     (
-        "masks on another device",
+        "a device setting (masks live where the model's activations are)",
         lambda m, p: fit(m, dict(device="meta")),
-        ValueError,
-        r"model\.to\(device\)",
+        TypeError,
+        r"unknown setting\(s\) \['device'\]",
     ),
     (
         "MLP granularity on an attention-only model",

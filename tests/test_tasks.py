@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from transformer_lens_mgp import tasks
-from transformer_lens_mgp.data import PAD_ANSWER
+from transformer_lens_mgp.core.data import PAD_ANSWER
 from transformer_lens_mgp.tasks.gendered_pronouns import FEMALE_NAMES, MALE_NAMES
 from transformer_lens_mgp.tasks.greater_than import CORRUPTED_YY
 
@@ -179,7 +179,7 @@ def test_unsupported_year_tokenization_raises():
 def test_invalid_candidates_are_replaced_and_counted(model, monkeypatch):
     from transformer_lens_mgp.tasks import _common
 
-    real, calls = _common._tokenize_pair, []
+    real, calls = _common.tokenize_pair, []
 
     def every_other_invalid(*args):
         calls.append(args)
@@ -187,7 +187,7 @@ def test_invalid_candidates_are_replaced_and_counted(model, monkeypatch):
             raise ValueError("lengths differ")
         return real(*args)
 
-    monkeypatch.setattr(_common, "_tokenize_pair", every_other_invalid)
+    monkeypatch.setattr(_common, "tokenize_pair", every_other_invalid)
     data = tasks.ioi(model, n=5, seed=0)
     assert len(data) == 5
     assert data.meta["n_dropped"] == 5 and data.meta["n_candidates"] == 10
@@ -200,7 +200,7 @@ def test_no_valid_candidates_raises(model, monkeypatch):
     def always_invalid(*args):
         raise ValueError("lengths differ")
 
-    monkeypatch.setattr(_common, "_tokenize_pair", always_invalid)
+    monkeypatch.setattr(_common, "tokenize_pair", always_invalid)
     with pytest.raises(ValueError, match="only 0 of 3 pairs were valid"):
         tasks.gendered_pronouns(model, n=3)
 
@@ -218,7 +218,7 @@ def test_tasks_registry():
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
 def test_full_model_does_the_tasks(smollm2, task):
     """SmolLM2 itself prefers the right answers on (nearly) every clean prompt."""
-    from transformer_lens_mgp.objectives import task_metric
+    from transformer_lens_mgp.core.metrics import task_metric
 
     model = smollm2
     data = tasks.TASKS[task](model, n=64, seed=0)

@@ -1,23 +1,26 @@
-"""Circuit discovery by multi-granular node pruning for TransformerLens models."""
+"""Circuit discovery by multi-granular node pruning for TransformerLens models.
+
+The package is a stack of layers, each importing only from those below it:
+``core`` (what a circuit is) -> ``runtime`` (how a model is run masked) -> ``analysis``
+(what a circuit does) -> ``training`` (how masks are learned) -> ``models``, ``tasks``,
+``testing`` -> ``cli``. This module only names the public API.
+"""
 
 from . import tasks
-from .circuit import Circuit
-from .data import PairedDataset
-from .edges import edge_graph, edge_scores
-from .evaluation import (
-    Evaluation,
-    FaithfulnessCurve,
-    evaluate,
-    evaluate_many,
-    faithfulness_curve,
-    random_circuit,
-)
-from .granularity import GRANULARITIES, ModelDims
-from .masks import HardConcrete
+from .analysis.curves import FaithfulnessCurve, ParetoAreas, faithfulness_curve, pareto_areas
+from .analysis.edges import edge_graph, edge_scores
+from .analysis.evaluation import Evaluation, evaluate, evaluate_many
+from .analysis.subcircuits import random_circuit
+from .core.circuit import Circuit
+from .core.data import PairedDataset
+from .core.errors import TrainingDivergedError, UsageError
+from .core.gates import HardConcrete
+from .core.nodes import GRANULARITIES, ModelDims
 from .models import load_model
-from .pruner import CircuitPruner, TrainingDivergedError
-from .sparsity import DEFAULT_SPARSITY
-from .sweeps import ParetoAreas, pareto_areas, sweep
+from .training.config import PruningConfig
+from .training.pruner import CircuitPruner
+from .training.sparsity import DEFAULT_SPARSITY
+from .training.sweeps import sweep
 
 __all__ = [
     "DEFAULT_SPARSITY",
@@ -30,7 +33,9 @@ __all__ = [
     "ModelDims",
     "PairedDataset",
     "ParetoAreas",
+    "PruningConfig",
     "TrainingDivergedError",
+    "UsageError",
     "edge_graph",
     "edge_scores",
     "evaluate",

@@ -1,19 +1,39 @@
-"""``tl-mgp``: discover a task's circuit, sweep circuit sizes, or evaluate a saved circuit."""
+"""``tl-mgp``: parse arguments, build a PruningConfig, call the library, print what it found.
+
+Only the package's own errors (a wrong argument, file or setting) become a one-line
+``tl-mgp: error:`` and exit status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
 
-from .circuit import Circuit
-from .granularity import GRANULARITIES
-from .pruner import CircuitPruner
-from .sparsity import DEFAULT_SPARSITY
+import torch
+
+from . import models
+from .analysis.run_folder import (
+    check_out_dir,
+    measure_circuit,
+    peak_memory_mib,
+    point_name,
+    sweep_summary,
+    write_metrics,
+    write_run_folder,
+    write_sweep_folder,
+)
+from .core.circuit import Circuit
+from .core.errors import MissingFileError, TrainingDivergedError, UsageError
+from .core.hooks import ABLATIONS
+from .core.nodes import GRANULARITIES
+from .tasks import TASKS
+from .training.config import PruningConfig
+from .training.pruner import CircuitPruner
+from .training.sparsity import DEFAULT_SPARSITY
+from .training.sweeps import sweep
 
 
 def _per_granularity(text: str) -> tuple[str, float]:
@@ -39,8 +59,7 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
-    parser.add_argument("--ablation", choices=["corrupted", "mean", "zero"], default="corrupted")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--ablation", choices=ABLATIONS, default="corrupted")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--gradient-checkpointing",
@@ -52,18 +71,10 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _fit_kwargs(args) -> dict:
-    given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _memory_kwargs(args) -> dict:
-    return {"gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16}
-
-
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    from .tasks import TASKS
-
+def _add_data_args(parser: argparse.ArgumentParser, out_required: bool = True) -> None:
+    parser.add_argument(
+        "--out", type=Path, required=out_required, default=None, help="output folder"
+    )
     parser.add_argument(
         "--curve",
         action="store_true",
@@ -92,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    discover = sub.add_parser("discover", help="train masks on a task and write a report")
+    discover = sub.add_parser("discover", help="train masks on a task and write a run folder")
     _add_data_args(discover)
     _add_fit_args(discover)
     discover.add_argument(
@@ -125,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score the edges between the kept heads and MLPs (edges.json, in the report)",
     )
 
-    sweep = sub.add_parser(
+    sweep_parser = sub.add_parser(
         "sweep", help="one circuit per target size; faithfulness against size (Pareto)"
     )
-    _add_data_args(sweep)
-    _add_fit_args(sweep)
-    sweep.add_argument(
+    _add_data_args(sweep_parser)
+    _add_fit_args(sweep_parser)
+    sweep_parser.add_argument(
         "--targets",
         type=_target_point,
         nargs="+",
@@ -138,179 +149,160 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G=F[,G=F...]",
         help="one sweep point each, e.g. head=0.1,attn_neuron=0.1,mlp_neuron=0.05",
     )
-    sweep.add_argument(
+    sweep_parser.add_argument(
         "--workers", type=int, default=1, help="points trained at once, in processes (CPU)"
     )
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
-    _add_data_args(evaluate)
+    _add_data_args(evaluate, out_required=False)
     evaluate.add_argument("circuit", type=Path, help="a circuit file written by discover")
-    evaluate.add_argument("--out", type=Path, default=None, help="write metrics JSON here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = {"discover": _discover, "sweep": _sweep, "evaluate": _evaluate}[args.command]
     try:
-        command = {"discover": _discover, "sweep": _sweep, "evaluate": _evaluate}
-        return command[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+        return command(args)
+    except (UsageError, TrainingDivergedError) as err:
         print(f"tl-mgp: error: {err}", file=sys.stderr)
         return 2
 
 
-def _load(args):
-    from .models import load_model
-    from .tasks import TASKS
+def _config(args, **settings) -> PruningConfig:
+    given = dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        granularities=args.granularities,
+    )
+    return PruningConfig(
+        **{k: v for k, v in given.items() if v is not None},
+        ablation=args.ablation,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16,
+        **settings,
+    )
 
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device name (e.g. cpu, cuda)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+
+
+def _load(args):
+    """The model and the task's (train, test) pairs, after checking what can be checked
+    before the work starts: the device and the output folder."""
+    _check_device(args.device)
+    if args.out is not None:
+        check_out_dir(args.out)
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device)
+    model = models.load_model(args.model, device=args.device)
     print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     data = TASKS[args.task](model, n=args.n, seed=args.seed)
     train, test = data.split(args.test_fraction, seed=args.seed)
     return model, train, test
 
 
-def _discover(args) -> int:
-    from .evaluation import evaluate_many, faithfulness_curve, random_circuit
-
-    wall = time.perf_counter()
-    model, train, test = _load(args)
-    fit_kwargs = _fit_kwargs(args)
-    pruner = CircuitPruner(
-        model,
-        granularities=args.granularities,
-        sparsity=dict(args.sparsity),
-        target=dict(args.target),
-        ablation=args.ablation,
-        seed=args.seed,
-        max_kl=args.max_kl,
-        **_memory_kwargs(args),
-    )
-    circuit = pruner.fit(train, progress=not args.quiet, **fit_kwargs)
-    result, baseline = evaluate_many(
-        model, [circuit, random_circuit(circuit, seed=args.seed)], test
-    )
-    metrics = {
+def _facts(args, train) -> dict:
+    return {
         "task": args.task,
-        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
+        "model": args.model or f"{models.DEFAULT_MODEL_NAME} (embedded)",
         "n_train": len(train),
-        "n_test": len(test),
-        "circuit": result.to_dict(),
-        "random_circuit_same_size": baseline.to_dict(),
-        "fit_seconds": circuit.config.get("seconds"),
     }
-    circuit.metrics = {
-        "kl": result.kl,
-        "recovered": result.recovered,
-        "accuracy": result.accuracy_circuit,
-    }
-    if args.curve:
-        curve = faithfulness_curve(model, circuit, test).to_dict()
-        metrics["faithfulness_curve"] = circuit.metrics["faithfulness_curve"] = curve
-        print(_curve_line(curve))
-    if args.edges:
-        from .edges import edge_graph
 
-        graph = edge_graph(model, circuit, test)
-        edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in graph.edges(data=True)]
-        edges.sort(key=lambda e: -abs(e["score"]))
-        circuit.metrics["edges"] = edges
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "edges.json").write_text(json.dumps(edges, indent=2))
+
+def _discover(args) -> int:
+    wall = time.perf_counter()
+    config = _config(
+        args, sparsity=dict(args.sparsity), target=dict(args.target), max_kl=args.max_kl
+    )
+    model, train, test = _load(args)
+    circuit = CircuitPruner(model, config).fit(train, progress=not args.quiet)
+    run = measure_circuit(
+        model,
+        circuit,
+        test,
+        seed=args.seed,
+        curve=args.curve,
+        edges=args.edges,
+        facts=_facts(args, train),
+    )
+    run.metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    run.metrics["peak_rss_mib"] = peak_memory_mib()
+    write_run_folder(args.out, run, title=f"{args.task} circuit")
+    print(circuit.summary())
+    print(_metrics_table(run))
+    if args.curve:
+        print(_curve_line(run.metrics["faithfulness_curve"]))
+    if args.edges:
+        edges = run.metrics["edges"]
         print(
             f"{len(edges)} edges; strongest: "
             + ", ".join(f"{e['from']}->{e['to']} {e['score']:+.3f}" for e in edges[:5])
         )
-    metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    metrics["peak_rss_mib"] = round(_peak_rss_mib(), 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    circuit.save(args.out / "circuit.safetensors")
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    circuit.report(args.out / "report.html", title=f"{args.task} circuit")
-    print(circuit.summary())
-    print(_metrics_table(result, baseline))
-    print(f"wall time {metrics['wall_seconds']} s, peak memory {metrics['peak_rss_mib']} MiB")
+    memory = run.metrics["peak_rss_mib"]
+    print(
+        f"wall time {run.metrics['wall_seconds']} s"
+        + ("" if memory is None else f", peak memory {memory:.1f} MiB")
+    )
     print(f"wrote {args.out}/circuit.safetensors, metrics.json, report.html")
     return 0
 
 
 def _sweep(args) -> int:
-    from .plotting import plot_pareto
-    from .sweeps import pareto_areas, point_name, sweep
-
     wall = time.perf_counter()
+    config = _config(args)
     model, train, test = _load(args)
     circuits = sweep(
         model,
         train,
         args.targets,
+        config,
         validation=test,
         out_dir=args.out,
         workers=args.workers,
-        fit_kwargs=_fit_kwargs(args),
         progress=not args.quiet,
-        granularities=args.granularities,
-        ablation=args.ablation,
-        seed=args.seed,
-        **_memory_kwargs(args),
     )
-    areas = pareto_areas(circuits)
-    points = [
-        {
-            "target": target,
-            "folder": point_name(target),
-            "size": circuit.size(),
-            "kept": {g: circuit.n_kept(g) for g in circuit.granularities},
-            "fraction_kept": {g: circuit.fraction_kept(g) for g in circuit.granularities},
-            **circuit.metrics,
-        }
-        for target, circuit in zip(args.targets, circuits, strict=True)
-    ]
-    summary = {
-        "task": args.task,
-        "n_train": len(train),
-        "n_test": len(test),
-        "points": points,
-        "cpr": areas.cpr,
-        "cmd": areas.cmd,
-        "wall_seconds": round(time.perf_counter() - wall, 1),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.json").write_text(json.dumps(summary, indent=2))
-    plot_pareto(circuits).write_html(args.out / "pareto.html")
+    summary = sweep_summary(args.targets, circuits, {**_facts(args, train), "n_test": len(test)})
+    summary["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    write_sweep_folder(args.out, summary, circuits)
     print(f"{'target':<44} {'size':>8} {'KL':>8} {'recovered':>10}")
-    for point in points:
+    for point in summary["points"]:
         print(
-            f"{point['folder']:<44} {point['size']:>8.4f} {_fmt(point['kl']):>8} "
+            f"{point_name(point['target']):<44} {point['size']:>8.4f} {_fmt(point['kl']):>8} "
             f"{_fmt(point['recovered']):>10}"
         )
-    print(f"faithfulness vs size: CPR {areas.cpr:.3f}, CMD {areas.cmd:.3f}")
+    print(f"faithfulness vs size: CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}")
     print(f"wrote {args.out}/sweep.json, pareto.html and one folder per point")
     return 0
 
 
 def _evaluate(args) -> int:
-    from .evaluation import evaluate_many, faithfulness_curve, random_circuit
-
-    model, _, test = _load(args)
+    if not args.circuit.is_file():
+        raise MissingFileError(f"no circuit file at {args.circuit}")
+    model, train, test = _load(args)
     circuit = Circuit.load(args.circuit, model=model)
-    result, baseline = evaluate_many(
-        model, [circuit, random_circuit(circuit, seed=args.seed)], test
+    run = measure_circuit(
+        model, circuit, test, seed=args.seed, curve=args.curve, facts=_facts(args, train)
     )
     print(circuit.summary())
-    print(_metrics_table(result, baseline))
-    metrics = {"circuit": result.to_dict(), "random_circuit_same_size": baseline.to_dict()}
+    print(_metrics_table(run))
     if args.curve:
-        metrics["faithfulness_curve"] = faithfulness_curve(model, circuit, test).to_dict()
-        print(_curve_line(metrics["faithfulness_curve"]))
+        print(_curve_line(run.metrics["faithfulness_curve"]))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {write_metrics(args.out, run)}")
     return 0
 
 
-def _metrics_table(result, baseline) -> str:
+def _metrics_table(run) -> str:
     rows = [
         ("KL(full || circuit)", "kl"),
         ("metric recovered", "recovered"),
@@ -318,9 +310,9 @@ def _metrics_table(result, baseline) -> str:
     ]
     lines = [f"{'held-out':<22} {'circuit':>10} {'random':>10}"]
     for label, key in rows:
-        a, b = getattr(result, key), getattr(baseline, key)
+        a, b = getattr(run.result, key), getattr(run.baseline, key)
         lines.append(f"{label:<22} {_fmt(a):>10} {_fmt(b):>10}")
-    lines.append(f"{'full model accuracy':<22} {_fmt(result.accuracy_full):>10}")
+    lines.append(f"{'full model accuracy':<22} {_fmt(run.result.accuracy_full):>10}")
     return "\n".join(lines)
 
 
@@ -330,10 +322,6 @@ def _curve_line(curve: dict) -> str:
 
 def _fmt(x: float) -> str:
     return "n/a" if isinstance(x, float) and math.isnan(x) else f"{x:.4f}"
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """One training step of auto-circuit's subnetwork probing: learned Hard Concrete edge masks.
 
-    .peer-venv/bin/python benchmarks/peers/auto_circuit_sp.py gpt2-small 8 16 --steps 3
+    .peer-venv/bin/python -m benchmarks.peers.auto_circuit_sp gpt2-small 8 16 --steps 3
 
 Runs in the venv that ``perf.py`` creates (auto-circuit needs TransformerLens 2.x) on the same
 random-weight model and prompts as ``perf.py``. The model is made patchable as in
@@ -18,10 +18,8 @@ import json
 import sys
 import time
 from importlib.metadata import version
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import perf  # noqa: E402
+from benchmarks import perf
 
 
 def patchable(model, device: str):

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_llama import tiny_llama
 
 from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, evaluate
-from transformer_lens_mgp.bridge import bridge_from_hf
-from transformer_lens_mgp.models import default_model_path, is_default_model_available
+from transformer_lens_mgp.models import (
+    bridge_from_hf,
+    default_model_path,
+    is_default_model_available,
+)
+from transformer_lens_mgp.testing.tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def test_fit_evaluate_and_patch_on_a_bridge(bridge):
     weights = {k: v.clone() for k, v in bridge.state_dict().items()}
     flags = [p.requires_grad for p in bridge.parameters()]
 
-    circuit = CircuitPruner(bridge, seed=0).fit(data, steps=20, progress=False)
+    circuit = CircuitPruner(bridge, seed=0, steps=20).fit(data, progress=False)
 
     assert sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in bridge.hook_dict.values()) == 0
     assert [p.requires_grad for p in bridge.parameters()] == flags

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from ..data import PairedDataset, _tokenize_pair
+from ..core.data import PairedDataset, tokenize_pair
+from ..core.errors import UsageError
 
 MAX_ATTEMPTS_PER_PAIR = 20
 """Candidates tried per requested pair before a builder gives up."""
@@ -22,7 +23,7 @@ class Candidate(NamedTuple):
 
 def check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer (the number of pairs), got {n!r}")
+        raise UsageError(f"n must be a positive integer (the number of pairs), got {n!r}")
 
 
 def n_tokens(model, text: str) -> int:
@@ -65,14 +66,14 @@ def collect(
     max_attempts = MAX_ATTEMPTS_PER_PAIR * n + 100
     while len(kept) < n:
         if attempts >= max_attempts:
-            raise ValueError(
+            raise UsageError(
                 f"{name}: only {len(kept)} of {n} pairs were valid after {attempts} candidates "
                 f"for this model's tokenizer; first problems: {problems[:3]}"
             )
         attempts += 1
         candidate = make()
         try:
-            _tokenize_pair(model, *candidate, None)
+            tokenize_pair(model, *candidate, None)
         except ValueError as err:
             problems.append(str(err))
             continue

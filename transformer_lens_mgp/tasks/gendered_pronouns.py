@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 
-from ..data import PairedDataset
+from ..core.data import PairedDataset
+from ..core.errors import UsageError
 from ._common import Candidate, check_n, collect, single_token_words
 
 TEMPLATES: tuple[str, ...] = (
@@ -48,7 +49,7 @@ def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
     male = single_token_words(model, MALE_NAMES)
     female = single_token_words(model, FEMALE_NAMES)
     if not male or not female:
-        raise ValueError(
+        raise UsageError(
             f"this tokenizer leaves {len(male)} male and {len(female)} female single-token "
             "names; Gendered Pronouns needs at least one of each"
         )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 
-from ..data import PairedDataset
+from ..core.data import PairedDataset
+from ..core.errors import UsageError
 from ._common import Candidate, check_n, collect, n_tokens
 
 NOUNS: tuple[str, ...] = (
@@ -46,7 +47,7 @@ def greater_than(model, n: int = 256, seed: int = 0) -> PairedDataset:
         earlier = {yy: [pairs[y] for y in range(yy) if y in single] for yy in range(100)}
         starts = [yy for yy in range(2, 99) if yy in single and later[yy] and earlier[yy]]
         if not starts:
-            raise ValueError("no two-digit year is a single token in this tokenizer")
+            raise UsageError("no two-digit year is a single token in this tokenizer")
     rng = random.Random(seed)
 
     def make() -> Candidate:
@@ -73,7 +74,7 @@ def _year_tokenization(model) -> str:
     halves = [model.to_tokens(h, prepend_bos=False)[0].tolist() for h in ("17", "32")]
     if len(halves[0]) == len(halves[1]) == 1 and whole == halves[0] + halves[1]:
         return "pair"
-    raise ValueError(
+    raise UsageError(
         f"this tokenizer splits the year '1732' into {whole}, neither single digits nor two "
         "two-digit tokens; Greater-Than cannot score the end year with one next token"
     )

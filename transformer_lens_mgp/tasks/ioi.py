@@ -11,7 +11,8 @@ import random
 import string
 from collections.abc import Sequence
 
-from ..data import PairedDataset
+from ..core.data import PairedDataset
+from ..core.errors import UsageError
 from ._common import Candidate, check_n, collect, single_token_words
 
 _FRAMES = (
@@ -72,12 +73,12 @@ def ioi(
     check_n(n)
     templates = tuple(TEMPLATES if templates is None else templates)
     if not templates:
-        raise ValueError("templates is empty; give at least one IOI template")
+        raise UsageError("templates is empty; give at least one IOI template")
     for template in templates:
         _check_template(template)
     pool = single_token_words(model, NAMES if names is None else names)
     if len(pool) < 5:
-        raise ValueError(
+        raise UsageError(
             f"only {len(pool)} distinct names are a single token after a space in this "
             f"tokenizer ({pool}); IOI with the ABC corruption needs at least 5"
         )
@@ -104,12 +105,12 @@ def ioi(
 def _check_template(template: str) -> None:
     fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     if not _REQUIRED <= fields or not fields <= _ALLOWED:
-        raise ValueError(
+        raise UsageError(
             f"IOI template {template!r} has fields {sorted(fields)}; it needs {{IO}}, {{S1}} and "
             f"{{S2}} and may also use {{PLACE}} and {{OBJECT}}"
         )
     if template != template.rstrip():
-        raise ValueError(
+        raise UsageError(
             f"IOI template {template!r} ends with whitespace; end it on the word before the "
             "answer (the answer token carries its own leading space)"
         )

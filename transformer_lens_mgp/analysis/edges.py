@@ -1,0 +1,238 @@
+"""How the nodes of a circuit talk to each other: attribution scores of the edges between them.
+
+Node pruning says which heads and MLPs a behaviour needs, not which of them feed which. An
+edge ``u -> v`` carries what ``u`` writes to the residual stream into what ``v`` reads from
+it. Its score is attribution patching restricted to the circuit: with the model run as the
+circuit on the clean prompts,
+
+    score(u -> v) = mean over pairs, sum over positions of (out_u - out_u_ablated) . dm/d in_v
+
+where ``out_u`` is the node's write (``z @ W_O`` of a head, ``post @ W_out`` of an MLP, the
+embeddings for ``input``), ``out_u_ablated`` the same under the circuit's ablation (the
+corrupted prompt's, by default), ``in_v`` the residual stream as ``v`` reads it before its
+layer norm (per-head query, key and value inputs; the MLP input; the final stream for
+``logits``), and ``m`` the task metric of the circuit. A positive score means that the
+clean information along the edge pushes the metric up. Nodes the circuit drops write their
+ablated value, so they have no edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.errors import UsageError, UsageTypeError
+from ..core.hooks import AblationSource, mask_hooks
+from ..core.metrics import task_metric
+from ..core.model_api import (
+    check_hook_points,
+    check_vocabulary,
+    is_hooked_transformer,
+    model_device,
+)
+from ..core.nodes import NODE_NAMES, attn_hook_name, mlp_hook_name
+from ..runtime.guard import frozen
+
+INPUT, LOGITS = "input", "logits"
+
+
+def edge_scores(
+    model,
+    circuit: Circuit,
+    dataset: PairedDataset,
+    *,
+    batch_size: int = 16,
+    ablation: str | None = None,
+) -> dict[tuple[str, str], float]:
+    """``{(upstream, downstream): score}`` for every pair of kept nodes (heads, MLPs, plus
+    ``input`` and ``logits``) where the upstream node writes before the downstream one reads.
+    Needs a HookedTransformer: per-head inputs are switched on inside, and off again after."""
+    circuit.check_model(model)
+    if not is_hooked_transformer(model):
+        raise UsageTypeError(
+            "edge scores need per-head residual inputs, which a HookedTransformer provides; "
+            f"got {type(model).__name__}. Build one with transformer_lens_mgp.bridge."
+            "hooked_from_hf (same weights) and score the edges there"
+        )
+    check_hook_points(model, circuit.dims)
+    check_vocabulary(model, dataset)
+    device = model_device(model)
+    source = AblationSource.for_dataset(model, ablation or circuit.ablation, dataset, circuit.dims)
+    totals: dict[tuple[str, str], float] = {}
+    with frozen(model), per_head_inputs(model):
+        for batch in dataset.batches(batch_size):
+            batch = batch.to(device)
+            ablated = source.values(model, batch)
+            for edge, value in _batch_scores(model, circuit, batch, ablated).items():
+                totals[edge] = totals.get(edge, 0.0) + value
+    kept = {name for name, _, _ in _kept_nodes(circuit)} | {INPUT, LOGITS}
+    return {
+        (u, v): value / len(dataset) for (u, v), value in totals.items() if u in kept and v in kept
+    }
+
+
+def edge_graph(
+    model,
+    circuit: Circuit,
+    dataset: PairedDataset,
+    *,
+    batch_size: int = 16,
+    ablation: str | None = None,
+    min_share: float = 0.0,
+):
+    """The circuit as a ``networkx.DiGraph``: kept heads and MLPs plus ``input`` and
+    ``logits`` as nodes (attributes ``layer`` and ``kind``), edges weighted by
+    :func:`edge_scores` (attribute ``weight``, signed). Edges whose ``|weight|`` is below
+    ``min_share`` of the largest are left out."""
+    import networkx as nx
+
+    if not 0 <= min_share <= 1:
+        raise UsageError(f"min_share is a share of the largest |score|, in [0, 1]; got {min_share}")
+    scores = edge_scores(model, circuit, dataset, batch_size=batch_size, ablation=ablation)
+    largest = max((abs(v) for v in scores.values()), default=0.0)
+    graph = nx.DiGraph()
+    graph.add_node(INPUT, layer=-1, kind="input")
+    for name, layer, kind in _kept_nodes(circuit):
+        graph.add_node(name, layer=layer, kind=kind)
+    graph.add_node(LOGITS, layer=circuit.dims.n_layers, kind="logits")
+    for (u, v), weight in scores.items():
+        if weight != 0 and abs(weight) >= min_share * largest:
+            graph.add_edge(u, v, weight=weight)
+    return graph
+
+
+@contextmanager
+def per_head_inputs(model) -> Iterator[None]:
+    """Give every head its own copy of the residual stream (grouped-query attention
+    ungrouped) and the MLP input its hook, so a gradient there belongs to one node; the
+    model's settings come back on exit."""
+    names = ("use_split_qkv_input", "ungroup_grouped_query_attention", "use_hook_mlp_in")
+    saved = {name: getattr(model.cfg, name) for name in names}
+    try:
+        for name in names:
+            setattr(model.cfg, name, True)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(model.cfg, name, value)
+
+
+def _kept_nodes(circuit: Circuit) -> list[tuple[str, int, str]]:
+    """(name, layer, kind) of the kept heads and MLPs."""
+    nodes = [
+        (NODE_NAMES["head"].format(layer, head), layer, "head")
+        for layer, head in circuit.kept("head").nonzero().tolist()
+    ]
+    if circuit.dims.has_mlp:
+        nodes += [
+            (NODE_NAMES["mlp"].format(layer), layer, "mlp")
+            for (layer,) in circuit.kept("mlp").nonzero().tolist()
+        ]
+    return nodes
+
+
+@dataclass
+class _Stage:
+    """Nodes that write to (or read from) the residual stream at one point of the forward
+    pass: ``order`` is that point, ``values`` one vector per node and position."""
+
+    names: list[str]
+    order: int
+    values: Float[Tensor, "batch pos node d_model"]
+
+
+def _batch_scores(
+    model, circuit: Circuit, batch: PairedDataset, ablated: dict[str, Tensor]
+) -> dict[tuple[str, str], float]:
+    """Edge scores summed over one batch, for every node (kept or not)."""
+    dims, cfg = circuit.dims, model.cfg
+    device = model_device(model)
+    masks = mask_hooks(dims, circuit.site_masks().to(device), ablated)
+    last = f"blocks.{dims.n_layers - 1}.hook_resid_post"
+    layers = range(dims.n_layers)
+    read_names = [f"blocks.{i}.hook_{k}_input" for i in layers for k in "qkv"]
+    if dims.has_mlp:
+        read_names += [f"blocks.{i}.hook_mlp_in" for i in layers]
+    read_names.append(last)
+    written, read = {}, {}
+
+    def store_into(cache: dict):
+        def store(activation, *, hook):
+            cache[hook.name] = activation
+
+        return store
+
+    def grad_leaf(activation, *, hook):
+        """Gradients flow from the embeddings on: the weights are frozen."""
+        written[INPUT] = activation.detach()
+        return written[INPUT].clone().requires_grad_(True)
+
+    hooks = [("blocks.0.hook_resid_pre", grad_leaf)] + masks
+    hooks += [(name, store_into(written)) for name in dims.hook_names()]
+    hooks += [(name, store_into(read)) for name in read_names]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(batch.clean_tokens)
+        rows = torch.arange(len(batch), device=device)
+        metric = _metric(logits[rows, batch.answer_positions.to(device)], batch).sum()
+        grads = torch.autograd.grad(metric, [read[n] for n in read_names], allow_unused=True)
+    grad = {
+        n: torch.zeros_like(read[n]) if g is None else g
+        for n, g in zip(read_names, grads, strict=True)
+    }
+    with torch.no_grad():
+        corrupted_input = model(batch.corrupted_tokens, stop_at_layer=0)
+    writers = [_Stage([INPUT], -1, (written[INPUT] - corrupted_input)[:, :, None])]
+    readers = [_Stage([LOGITS], 2 * dims.n_layers, grad[last][:, :, None])]
+    mlp_order = 0 if cfg.parallel_attn_mlp else 1
+    for layer in range(dims.n_layers):
+        block = model.blocks[layer]
+        heads = [NODE_NAMES["head"].format(layer, h) for h in range(dims.n_heads)]
+        z = attn_hook_name(layer)
+        delta_z = written[z].detach() - ablated[z].to(written[z].dtype)
+        writers.append(
+            _Stage(
+                heads,
+                2 * layer,
+                einops.einsum(delta_z, block.attn.W_O, "b p h dh, h dh d -> b p h d"),
+            )
+        )
+        readers.append(
+            _Stage(heads, 2 * layer, sum(grad[f"blocks.{layer}.hook_{k}_input"] for k in "qkv"))
+        )
+        if dims.has_mlp:
+            mlp = [NODE_NAMES["mlp"].format(layer)]
+            post = mlp_hook_name(layer)
+            delta_post = written[post].detach() - ablated[post].to(written[post].dtype)
+            out = einops.einsum(delta_post, block.mlp.W_out, "b p n, n d -> b p d")
+            writers.append(_Stage(mlp, 2 * layer + 1, out[:, :, None]))
+            readers.append(
+                _Stage(mlp, 2 * layer + mlp_order, grad[f"blocks.{layer}.hook_mlp_in"][:, :, None])
+            )
+    scores = {}
+    for writer in writers:
+        for reader in readers:
+            if writer.order >= reader.order:
+                continue
+            pair = einops.einsum(writer.values, reader.values, "b p u d, b p v d -> u v")
+            for i, u in enumerate(writer.names):
+                for j, v in enumerate(reader.names):
+                    scores[(u, v)] = float(pair[i, j])
+    return scores
+
+
+def _metric(
+    logits: Float[Tensor, "batch d_vocab"], batch: PairedDataset
+) -> Float[Tensor, " batch"]:
+    """The task metric, or the answer's log-probability where the pairs have no wrong answer."""
+    if batch.wrong_answer_tokens is not None:
+        return task_metric(logits, batch)
+    answers = batch.answer_tokens.view(len(batch), -1)[:, :1]
+    return logits.log_softmax(-1).gather(-1, answers)[:, 0]

@@ -1,0 +1,229 @@
+"""Plotly figures of a Circuit, its training, its faithfulness curve, a sweep and its edges.
+
+Figures are returned, never shown, so they work the same in notebooks, scripts and files.
+Heatmaps are single traces (one cell per node), which keeps them responsive at tens of
+thousands of neurons.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from ..core.circuit import Circuit
+from .curves import FaithfulnessCurve, pareto_areas
+
+KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f77b4"]]
+
+
+def plot_neuron_map(circuit: Circuit, granularity: str = "mlp_neuron") -> go.Figure:
+    """Layers x MLP neurons (or x attention-neuron index): kept nodes coloured, with each
+    node's deterministic mask and ``log_alpha`` on hover."""
+    kept = circuit.kept(granularity).float()
+    mask = circuit.mask(granularity)
+    log_alpha = circuit.log_alpha.get(granularity, torch.full(kept.shape, float("nan")))
+    if granularity == "attn_neuron":
+        kept, mask, log_alpha = (t.flatten(1) for t in (kept, mask, log_alpha))
+        x_title = "head x d_head"
+    else:
+        x_title = "neuron"
+    custom = torch.stack([mask, log_alpha], dim=-1).numpy().round(3)
+    fig = go.Figure(
+        go.Heatmap(
+            z=kept.numpy(),
+            customdata=custom,
+            colorscale=KEPT_SCALE,
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate=(
+                "layer %{y}, " + x_title + " %{x}<br>mask %{customdata[0]}"
+                "<br>log_alpha %{customdata[1]}<extra></extra>"
+            ),
+        )
+    )
+    fig.update_layout(
+        title=f"{granularity}: {circuit.n_kept(granularity)} of "
+        f"{circuit.n_total(granularity)} kept",
+        xaxis_title=x_title,
+        yaxis_title="layer",
+        height=300 + 12 * circuit.dims.n_layers,
+    )
+    return fig
+
+
+def plot_head_map(circuit: Circuit) -> go.Figure:
+    """Layers x heads, coloured by how many of each head's dimensions are kept."""
+    counts = circuit.kept("attn_neuron").sum(-1)
+    fig = go.Figure(
+        go.Heatmap(
+            z=counts.numpy(),
+            text=counts.numpy(),
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=circuit.dims.d_head,
+            colorbar_title="kept dims",
+            hovertemplate="L%{y}.H%{x}: %{z} dims kept<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"heads: {circuit.n_kept('head')} of {circuit.n_total('head')} kept",
+        xaxis_title="head",
+        yaxis_title="layer",
+        height=300 + 12 * circuit.dims.n_layers,
+    )
+    return fig
+
+
+def plot_kept_per_layer(circuit: Circuit) -> go.Figure:
+    """Fraction of nodes kept in each layer, one bar group per granularity."""
+    fig = go.Figure()
+    layers = list(range(circuit.dims.n_layers))
+    for g in circuit.dims.available():
+        kept = circuit.kept(g).float()
+        per_layer = kept.flatten(1).mean(-1) if kept.ndim > 1 else kept
+        fig.add_bar(x=layers, y=per_layer.numpy(), name=g)
+    fig.update_layout(
+        title="kept fraction per layer", xaxis_title="layer", yaxis_title="fraction kept"
+    )
+    return fig
+
+
+def plot_training_curves(circuit: Circuit) -> go.Figure:
+    """Loss and KL (left) and the expected kept fraction per granularity (right)."""
+    history = circuit.history
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss and KL", "expected kept fraction"))
+    for key in ("loss", "kl"):
+        if history.get(key):
+            fig.add_scatter(y=history[key], name=key, row=1, col=1)
+    for key, values in history.items():
+        if key.startswith("l0/"):
+            fig.add_scatter(y=values, name=key[3:], row=1, col=2)
+        if key.startswith("target/"):
+            fig.add_scatter(y=values, name=key, line_dash="dash", row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    if all(v > 0 for key in ("loss", "kl") for v in history.get(key, [])):
+        fig.update_yaxes(type="log", row=1, col=1)
+    return fig
+
+
+def plot_faithfulness_curve(curve: FaithfulnessCurve | dict) -> go.Figure:
+    """Faithfulness (left axis) and KL against the kept fraction, CPR and CMD in the title."""
+    curve = curve if isinstance(curve, dict) else curve.to_dict()
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(
+        x=curve["fractions"], y=curve["faithfulness"], name="faithfulness", mode="lines+markers"
+    )
+    fig.add_scatter(
+        x=curve["fractions"],
+        y=curve["kl"],
+        name="KL",
+        mode="lines+markers",
+        line_dash="dot",
+        secondary_y=True,
+    )
+    fig.update_xaxes(type="log", title_text="kept fraction per granularity")
+    fig.update_yaxes(title_text="faithfulness", secondary_y=False)
+    fig.update_yaxes(title_text="KL(full || circuit)", secondary_y=True)
+    fig.update_layout(title=f"faithfulness vs size: CPR {curve['cpr']:.3f}, CMD {curve['cmd']:.3f}")
+    return fig
+
+
+def plot_pareto(circuits: list[Circuit]) -> go.Figure:
+    """Faithfulness of each sweep circuit against its kept fraction, one line per granularity
+    and one for the finest nodes (the size axis of CPR and CMD, given in the title)."""
+    areas = pareto_areas(circuits)
+    ordered = sorted(circuits, key=lambda c: c.size())
+    faithfulness = [c.metrics["recovered"] for c in ordered]
+    hover = [
+        f"KL {c.metrics.get('kl', float('nan')):.3f}<br>target {c.config.get('target')}"
+        for c in ordered
+    ]
+    fig = go.Figure()
+    fig.add_scatter(
+        x=areas.sizes[1:],  # the empty circuit has no place on a log axis
+        y=areas.faithfulness[1:],
+        name="finest nodes (CPR/CMD)",
+        mode="lines+markers",
+        line_width=3,
+    )
+    for g in ordered[0].granularities:
+        fig.add_scatter(
+            x=[c.fraction_kept(g) for c in ordered],
+            y=faithfulness,
+            name=g,
+            mode="lines+markers",
+            line_dash="dot",
+            text=hover,
+            hovertemplate="%{x:.4f} kept, faithfulness %{y:.3f}<br>%{text}",
+        )
+    fig.update_xaxes(type="log", title_text="kept fraction")
+    fig.update_yaxes(title_text="faithfulness (metric recovered)")
+    fig.update_layout(
+        title=f"faithfulness vs size over {len(circuits)} circuits: "
+        f"CPR {areas.cpr:.3f}, CMD {areas.cmd:.3f}"
+    )
+    return fig
+
+
+def plot_edge_graph(edges, max_edges: int = 150) -> go.Figure:
+    """The circuit's edges (a graph from :func:`~transformer_lens_mgp.analysis.edges.edge_graph`, or
+    its ``[{"from", "to", "score"}]`` list): nodes by layer from input to logits, the
+    ``max_edges`` strongest edges drawn with width by ``|score|``, blue positive, red
+    negative."""
+    if not isinstance(edges, list):
+        edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in edges.edges(data=True)]
+    edges = sorted(edges, key=lambda e: -abs(e["score"]))[:max_edges]
+    names = sorted({e[k] for e in edges for k in ("from", "to")}, key=_node_order)
+    column: dict[float, int] = {}
+    position = {}
+    finite = [_node_order(n)[0] for n in names if n != "logits"]
+    for name in names:
+        x = _node_order(name)[0] if name != "logits" else max(finite, default=0) + 1
+        position[name] = (x, column.get(x, 0))
+        column[x] = column.get(x, 0) + 1
+    largest = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
+    fig = go.Figure()
+    for e in reversed(edges):
+        (x0, y0), (x1, y1) = position[e["from"]], position[e["to"]]
+        fig.add_scatter(
+            x=[x0, x1],
+            y=[y0, y1],
+            mode="lines",
+            line_width=0.5 + 6 * abs(e["score"]) / largest,
+            line_color="#1f77b4" if e["score"] > 0 else "#d62728",
+            opacity=0.7,
+            hoverinfo="text",
+            text=f"{e['from']} -> {e['to']}: {e['score']:+.4f}",
+            showlegend=False,
+        )
+    fig.add_scatter(
+        x=[position[n][0] for n in names],
+        y=[position[n][1] for n in names],
+        mode="markers+text",
+        text=names,
+        textposition="top center",
+        marker=dict(size=12, color="#333", symbol=[_node_symbol(n) for n in names]),
+        hoverinfo="text",
+        showlegend=False,
+    )
+    fig.update_xaxes(title_text="layer (input left, logits right)")
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title=f"edges between kept nodes ({len(edges)} strongest)")
+    return fig
+
+
+def _node_order(name: str) -> tuple[float, str]:
+    """Left-to-right place of a node: input, then per layer its heads and its MLP, logits."""
+    if name == "input":
+        return (-1.0, name)
+    if name == "logits":
+        return (float("inf"), name)
+    layer = int(name.split(".")[0][1:])
+    return (layer + (0.5 if name.endswith(".mlp") else 0.0), name)
+
+
+def _node_symbol(name: str) -> str:
+    return "square" if name.endswith(".mlp") else "diamond" if "." not in name else "circle"

@@ -1,0 +1,172 @@
+"""Run folders: what a discovery, an evaluation or a sweep leaves on disk, and its schema.
+
+A discovery folder holds ``circuit.safetensors``, ``metrics.json`` (the held-out numbers of
+the circuit and of a random circuit of the same size, and the run's facts), ``report.html``
+and, when edges were scored, ``edges.json``. A sweep folder holds one subfolder per point,
+``sweep.json`` and ``pareto.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.errors import UsageError
+from .curves import faithfulness_curve, pareto_areas
+from .edges import edge_graph
+from .evaluation import Evaluation, evaluate_many
+from .subcircuits import random_circuit
+
+CIRCUIT_FILE = "circuit.safetensors"
+METRICS_FILE = "metrics.json"
+
+
+def point_name(target: Mapping[str, float]) -> str:
+    """A sweep point's folder name, stable across runs: ``head=0.1,mlp_neuron=0.05``."""
+    text = ",".join(f"{g}={target[g]:g}" for g in sorted(target)) or "default"
+    return re.sub(r"[^A-Za-z0-9_.,=-]", "_", text)
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """Say now, before any work and without creating anything, why ``path`` could not become
+    a folder of outputs: it is a file, lies under a file, or is not writable."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UsageError(f"the output folder {path} {where}; give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {existing}; give another --out")
+    return path
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """The folder ``path``, created if needed (checked first by :func:`check_out_dir`)."""
+    path = check_out_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class CircuitRun:
+    """A circuit measured on held-out pairs, as written to a run folder.
+
+    Args:
+        circuit: the circuit (its ``metrics`` hold the headline numbers).
+        result: the circuit's evaluation.
+        baseline: a random circuit of the same size, evaluated on the same pairs.
+        metrics: the ``metrics.json`` content.
+    """
+
+    circuit: Circuit
+    result: Evaluation
+    baseline: Evaluation
+    metrics: dict
+
+
+def measure_circuit(
+    model,
+    circuit: Circuit,
+    test: PairedDataset,
+    *,
+    seed: int = 0,
+    curve: bool = False,
+    edges: bool = False,
+    facts: Mapping | None = None,
+) -> CircuitRun:
+    """Evaluate ``circuit`` and a random circuit of its size on ``test`` (and, if asked, its
+    faithfulness curve and edge scores); the headline numbers go to ``circuit.metrics``."""
+    result, baseline = evaluate_many(model, [circuit, random_circuit(circuit, seed=seed)], test)
+    metrics = {
+        **dict(facts or {}),
+        "n_test": len(test),
+        "circuit": result.to_dict(),
+        "random_circuit_same_size": baseline.to_dict(),
+        "fit_seconds": circuit.fit_info.get("seconds"),
+    }
+    circuit.metrics = {
+        "kl": result.kl,
+        "recovered": result.recovered,
+        "accuracy": result.accuracy_circuit,
+    }
+    if curve:
+        points = faithfulness_curve(model, circuit, test).to_dict()
+        metrics["faithfulness_curve"] = circuit.metrics["faithfulness_curve"] = points
+    if edges:
+        graph = edge_graph(model, circuit, test)
+        scored = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in graph.edges(data=True)]
+        scored.sort(key=lambda e: -abs(e["score"]))
+        metrics["edges"] = circuit.metrics["edges"] = scored
+    return CircuitRun(circuit, result, baseline, metrics)
+
+
+def write_run_folder(out_dir: str | Path, run: CircuitRun, title: str = "Circuit") -> list[Path]:
+    """Write the circuit, ``metrics.json``, ``edges.json`` (if scored) and the report."""
+    from .report import write_report
+
+    out = prepare_out_dir(out_dir)
+    written = [run.circuit.save(out / CIRCUIT_FILE), _write_json(out / METRICS_FILE, run.metrics)]
+    if "edges" in run.metrics:
+        written.append(_write_json(out / "edges.json", run.metrics["edges"]))
+    written.append(write_report(run.circuit, out / "report.html", title=title))
+    return written
+
+
+def write_metrics(out_dir: str | Path, run: CircuitRun) -> Path:
+    """Only ``metrics.json``: the evaluation of a circuit that already has its file."""
+    return _write_json(prepare_out_dir(out_dir) / METRICS_FILE, run.metrics)
+
+
+def sweep_summary(
+    targets: Sequence[Mapping[str, float]], circuits: Sequence[Circuit], facts: Mapping
+) -> dict:
+    """``sweep.json``: per point its target, folder, size and held-out numbers; CPR and CMD."""
+    areas = pareto_areas(circuits)
+    points = [
+        {
+            "target": dict(target),
+            "folder": point_name(target),
+            "size": circuit.size(),
+            "kept": {g: circuit.n_kept(g) for g in circuit.granularities},
+            "fraction_kept": {g: circuit.fraction_kept(g) for g in circuit.granularities},
+            **circuit.metrics,
+        }
+        for target, circuit in zip(targets, circuits, strict=True)
+    ]
+    return {**dict(facts), "points": points, "cpr": areas.cpr, "cmd": areas.cmd}
+
+
+def write_sweep_folder(
+    out_dir: str | Path, summary: dict, circuits: Sequence[Circuit]
+) -> list[Path]:
+    """``sweep.json`` and the Pareto figure ``pareto.html`` beside the points' folders."""
+    from .plotting import plot_pareto
+
+    out = prepare_out_dir(out_dir)
+    figure = out / "pareto.html"
+    plot_pareto(circuits).write_html(figure)
+    return [_write_json(out / "sweep.json", summary), figure]
+
+
+def _write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def peak_memory_mib() -> float | None:
+    """This process's peak resident memory, where the platform reports it (not on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)

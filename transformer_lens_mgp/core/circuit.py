@@ -1,0 +1,378 @@
+"""The result of a fit: which nodes the behaviour needs, at every granularity.
+
+A Circuit holds the learned ``log_alpha`` of each trained granularity and derives the rest:
+binary keep decisions, counts, summaries and TransformerLens hooks that run a model as the
+circuit. It is data plus save/load: it knows nothing of the optimiser that produced it, and
+figures and reports (``transformer_lens_mgp.analysis``) take a Circuit rather than being
+drawn by it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .data import PairedDataset
+from .errors import MissingFileError, UsageError
+from .gates import HardConcrete
+from .hooks import (
+    check_ablation,
+    mask_hooks,
+    mean_activations,
+    site_activations,
+    summed_over_prompts,
+    zero_activations,
+)
+from .model_api import FwdHooks, check_hook_points, model_device
+from .nodes import (
+    GRANULARITIES,
+    NODE_NAMES,
+    PARENT,
+    ModelDims,
+    SiteMasks,
+    check_granularity,
+    finest,
+    site_masks,
+)
+
+SCHEMA_VERSION = 2
+"""Version 2 splits what a fit was asked (``config``) from what it measured (``fit_info``)."""
+_METADATA_KEY = "transformer_lens_mgp"
+SURELY_KEPT, SURELY_DROPPED = 10.0, -10.0
+"""``log_alpha`` of a node chosen rather than trained (deterministic mask 1 or 0)."""
+
+
+@dataclass
+class Circuit:
+    """Nodes kept by multi-granular pruning.
+
+    Args:
+        dims: sizes of the model the circuit belongs to.
+        log_alpha: learned Hard Concrete location per trained granularity (CPU tensors).
+        hard_concrete: the gate constants used in training.
+        config: the fit's settings (``PruningConfig.to_dict()``), for the record.
+        fit_info: what the fit measured and saw: dataset name and size, ``kl_empty``,
+            ``seconds``, and with a KL budget the chosen step and its validation KL.
+        history: per-step training curves: ``loss``, ``kl`` and ``l0/<granularity>``
+            (expected fraction of nodes kept).
+        metrics: free-form measurements a caller attaches (the command line and ``sweep``
+            store held-out KL and faithfulness here); nothing fills it by itself.
+    """
+
+    dims: ModelDims
+    log_alpha: dict[str, Tensor]
+    hard_concrete: HardConcrete = field(default_factory=HardConcrete)
+    config: dict = field(default_factory=dict)
+    fit_info: dict = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for g, t in self.log_alpha.items():
+            if tuple(t.shape) != self.dims.shape(g):
+                raise UsageError(
+                    f"log_alpha[{g!r}] has shape {tuple(t.shape)} but a model of {self.dims} "
+                    f"needs {self.dims.shape(g)}"
+                )
+
+    @classmethod
+    def from_kept(cls, dims: ModelDims, kept: Mapping[str, Tensor], **fields) -> Circuit:
+        """A circuit chosen rather than trained: ``kept[g]`` is a boolean mask per node of
+        granularity ``g`` (granularities left out are not pruned)."""
+        log_alpha = {
+            g: torch.where(torch.as_tensor(k, dtype=torch.bool), SURELY_KEPT, SURELY_DROPPED)
+            for g, k in kept.items()
+        }
+        return cls(dims=dims, log_alpha=log_alpha, **fields)
+
+    @property
+    def granularities(self) -> tuple[str, ...]:
+        """The granularities that were trained (the others are kept whole)."""
+        return tuple(g for g in GRANULARITIES if g in self.log_alpha)
+
+    @property
+    def ablation(self) -> str:
+        """What the nodes outside the circuit output, as trained (``"corrupted"`` by default)."""
+        return self.config.get("ablation", "corrupted")
+
+    def mask(self, granularity: str) -> Float[Tensor, "*nodes"]:
+        """Deterministic mask values in [0, 1] of one granularity, before hierarchy."""
+        shape = self.dims.shape(granularity)
+        if granularity not in self.log_alpha:
+            return torch.ones(shape)
+        return self.hard_concrete.deterministic(self.log_alpha[granularity])
+
+    def site_masks(self) -> SiteMasks:
+        """The circuit's binary masks at the two hook sites (a unit is 1 when it and every
+        ancestor are kept)."""
+        own = {g: (self.mask(g) > 0.5).float() for g in self.granularities}
+        return site_masks(own, self.dims)
+
+    def kept(self, granularity: str) -> Bool[Tensor, "*nodes"]:
+        """Which nodes survive: their own mask exceeds 0.5, every ancestor survives and, for a
+        parent, at least one of its descendants does."""
+        check_granularity(granularity)
+        self.dims.shape(granularity)
+        attn, mlp = self.site_masks()
+        attn = attn.bool()
+        if granularity == "attn_neuron":
+            return attn
+        if granularity == "head":
+            return attn.any(-1)
+        if granularity == "mlp_neuron":
+            return mlp.bool()
+        if granularity == "mlp":
+            return mlp.bool().any(-1)
+        layer_alive = attn.flatten(1).any(-1)
+        return layer_alive | mlp.bool().any(-1) if mlp is not None else layer_alive
+
+    def n_kept(self, granularity: str) -> int:
+        return int(self.kept(granularity).sum())
+
+    def n_total(self, granularity: str) -> int:
+        return self.dims.n_nodes(granularity)
+
+    def fraction_kept(self, granularity: str) -> float:
+        return self.n_kept(granularity) / self.n_total(granularity)
+
+    def size(self) -> float:
+        """Kept fraction of the finest trained nodes (attention and MLP neurons when both are
+        trained), the size axis of sweeps and budgets."""
+        leaves = finest(self.granularities)
+        return sum(self.n_kept(g) for g in leaves) / sum(self.n_total(g) for g in leaves)
+
+    def nodes(self, granularity: str) -> list[str]:
+        """Kept nodes by plain name: ``L5`` (block), ``L5.H3``, ``L5.H3.d12`` (attention
+        neuron), ``L5.mlp``, ``L5.mlp.1234`` (MLP neuron)."""
+        return [
+            NODE_NAMES[granularity].format(*i) for i in self.kept(granularity).nonzero().tolist()
+        ]
+
+    def to_networkx(self):
+        """The kept nodes as a ``networkx.DiGraph`` whose edges link each node to its kept
+        children (block -> head -> attention neuron, block -> MLP -> MLP neuron). Node
+        attributes: ``granularity``, ``index``, ``log_alpha`` (absent when not trained)."""
+        import networkx as nx
+
+        graph = nx.DiGraph(dims=self.dims.to_dict())
+        for g in self.dims.available():
+            for index in self.kept(g).nonzero().tolist():
+                name = NODE_NAMES[g].format(*index)
+                attrs = {"granularity": g, "index": tuple(index)}
+                if g in self.log_alpha:
+                    attrs["log_alpha"] = float(self.log_alpha[g][tuple(index)])
+                graph.add_node(name, **attrs)
+                parent = PARENT[g]
+                if parent is not None:
+                    above = index[: len(self.dims.shape(parent))]
+                    graph.add_edge(NODE_NAMES[parent].format(*above), name)
+        return graph
+
+    def summary(self) -> str:
+        """A plain-text table of kept nodes per granularity and the measured numbers."""
+        lines = [f"{'granularity':<12} {'kept':>8} {'total':>8} {'kept %':>8}"]
+        for g in self.dims.available():
+            mark = "" if g in self.granularities else "  (not pruned)"
+            lines.append(
+                f"{g:<12} {self.n_kept(g):>8} {self.n_total(g):>8} "
+                f"{100 * self.fraction_kept(g):>7.2f}%{mark}"
+            )
+        if self.history.get("kl"):
+            lines.append(f"final training KL: {self.history['kl'][-1]:.4f}")
+        for key, value in self.metrics.items():
+            if isinstance(value, float) and value == value:  # not NaN
+                lines.append(f"{key}: {value:.4f}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        kept = ", ".join(f"{g}={self.n_kept(g)}/{self.n_total(g)}" for g in self.granularities)
+        return f"Circuit({kept})"
+
+    # --- running a model as the circuit -------------------------------------------------
+
+    def check_model(self, model) -> None:
+        """Raise if ``model`` is not the size of the model this circuit was found on."""
+        dims = ModelDims.from_cfg(model.cfg)
+        if dims != self.dims:
+            raise UsageError(
+                f"this circuit was found on a model with {self.dims}, but the given model has "
+                f"{dims}; use the model the circuit was discovered on"
+            )
+
+    def fwd_hooks(
+        self,
+        source: PairedDataset | Tensor | dict[str, Tensor] | None = None,
+        *,
+        model=None,
+        ablation: str | None = None,
+        knockout: bool = False,
+        answer_positions: Tensor | None = None,
+    ) -> FwdHooks:
+        """TransformerLens ``fwd_hooks`` that run a model as this circuit.
+
+        Nodes outside the circuit get their ablated value, by default the circuit's own
+        ablation (as in :func:`~transformer_lens_mgp.evaluate`): for ``"corrupted"`` the
+        activation on the corrupted prompts (pass a :class:`PairedDataset`, a tensor of
+        corrupted tokens with ``model=``, or a ``run_with_cache`` cache of the corrupted run);
+        for ``"mean"`` the mean over the corrupted prompts' positions up to each answer (a
+        dataset knows them; with tokens or a cache give ``answer_positions=``, else every
+        position counts); for ``"zero"`` nothing is needed.
+        With ``knockout=True`` it is the other way round: exactly the circuit's units
+        (attention dimensions, MLP neurons) get the ablated value, i.e. activation patching
+        restricted to the circuit, and everything else runs clean.
+        """
+        ablation = ablation or self.ablation
+        check_ablation(ablation)
+        masks = self.site_masks()
+        if knockout:
+            masks = masks.complement()
+        ablated = self._ablated_activations(source, model, ablation, answer_positions)
+        return mask_hooks(self.dims, masks.to(next(iter(ablated.values())).device), ablated)
+
+    @contextmanager
+    def applied(
+        self, model, source=None, *, ablation: str | None = None, knockout: bool = False
+    ) -> Iterator:
+        """Inside the block, ``model`` runs as the circuit (or, with ``knockout=True``, with
+        the circuit ablated); on exit its hooks are gone."""
+        self.check_model(model)
+        hooks = self.fwd_hooks(source, model=model, ablation=ablation, knockout=knockout)
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+
+    def _ablated_activations(self, source, model, ablation, answer_positions) -> dict:
+        names = self.dims.hook_names()
+        if ablation == "zero":
+            return zero_activations(self.dims, model_device(model) if model is not None else "cpu")
+        if isinstance(source, dict) or hasattr(source, "cache_dict"):
+            cache = getattr(source, "cache_dict", source)
+            missing = [n for n in names if n not in cache]
+            if missing:
+                raise UsageError(
+                    f"the activation cache lacks {missing[:3]}; cache every hook_z "
+                    "and mlp.hook_post of the corrupted run"
+                )
+            acts = {n: cache[n] for n in names}
+            if ablation != "mean":
+                return acts
+            first = acts[names[0]]
+            sums, count = summed_over_prompts(acts, _positions(answer_positions, first))
+            return {n: (total / count).to(acts[n].dtype) for n, total in sums.items()}
+        if model is None:
+            raise UsageError(
+                "pass model= to compute the ablated activations from corrupted tokens "
+                "(or pass an activation cache of the corrupted run)"
+            )
+        if source is None:
+            raise UsageError(
+                f"ablation={ablation!r} needs the corrupted prompts: pass a "
+                "PairedDataset or a tensor of corrupted tokens"
+            )
+        self.check_model(model)
+        check_hook_points(model, self.dims)
+        if isinstance(source, PairedDataset):
+            tokens, answer_positions = source.corrupted_tokens, source.answer_positions
+        else:
+            tokens = source
+        if ablation == "corrupted":
+            return site_activations(model, tokens, self.dims)
+        return mean_activations(model, tokens, self.dims, _positions(answer_positions, tokens))
+
+    # --- files --------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: the ``log_alpha`` tensors plus JSON metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "dims": self.dims.to_dict(),
+            "hard_concrete": self.hard_concrete.to_dict(),
+            "config": self.config,
+            "fit_info": self.fit_info,
+            "history": self.history,
+            "metrics": self.metrics,
+        }
+        tensors = {g: t.detach().cpu().float().contiguous() for g, t in self.log_alpha.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> Circuit:
+        """Read a file written by :meth:`save`; with ``model``, check it fits that model."""
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"no circuit file at {path}")
+        try:
+            tensors = load_file(str(path))
+
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get(_METADATA_KEY)
+            meta = json.loads(raw) if raw is not None else None
+        except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
+            raise UsageError(f"{path} is not a readable circuit file ({err})") from None
+        if not isinstance(meta, dict) or "dims" not in meta:
+            raise UsageError(f"{path} is a safetensors file but not a circuit (no metadata)")
+        if meta.get("schema_version") == 1:
+            meta = _from_schema_1(meta)
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise UsageError(
+                f"{path} has circuit schema {meta.get('schema_version')}, this version reads "
+                f"{SCHEMA_VERSION}; upgrade transformer-lens-mgp"
+            )
+        unknown = set(tensors) - set(GRANULARITIES)
+        if unknown:
+            raise UsageError(
+                f"{path} holds unknown granularities {sorted(unknown)}; it was changed or "
+                "written by another tool: save the circuit again with Circuit.save"
+            )
+        circuit = cls(
+            dims=ModelDims(**meta["dims"]),
+            log_alpha={g: tensors[g] for g in GRANULARITIES if g in tensors},
+            hard_concrete=HardConcrete(**meta["hard_concrete"]),
+            config=meta.get("config", {}),
+            fit_info=meta.get("fit_info", {}),
+            history=meta.get("history", {}),
+            metrics=meta.get("metrics", {}),
+        )
+        if model is not None:
+            circuit.check_model(model)
+        return circuit
+
+
+_MEASURED_IN_SCHEMA_1 = (
+    "dataset",
+    "n_pairs",
+    "n_validation",
+    "kl_empty",
+    "seconds",
+    "chosen_step",
+    "validation_kl",
+    "dims",
+)
+
+
+def _positions(answer_positions: Tensor | None, acts: Tensor) -> Tensor:
+    """Each sequence's answer position; without them, every position counts."""
+    if answer_positions is not None:
+        return answer_positions
+    return torch.full((acts.shape[0],), acts.shape[1] - 1)
+
+
+def _from_schema_1(meta: dict) -> dict:
+    """Schema 1 kept what the fit measured inside ``config``; move it to ``fit_info``."""
+    config = dict(meta.get("config", {}))
+    fit_info = {k: config.pop(k) for k in _MEASURED_IN_SCHEMA_1 if k in config}
+    fit_info.pop("dims", None)
+    return {**meta, "schema_version": SCHEMA_VERSION, "config": config, "fit_info": fit_info}

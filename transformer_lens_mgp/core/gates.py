@@ -1,0 +1,73 @@
+"""Hard Concrete gates (Louizos, Welling & Kingma 2018): one learnable ``log_alpha`` per node.
+
+The stretched-and-clamped distribution puts real probability mass on exactly 0 and exactly
+1, so training explores discrete on/off choices while staying differentiable, and the
+expected number of non-zero gates has a closed form used as the L0 penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class HardConcrete:
+    """Constants of the distribution (the values every peer uses).
+
+    Args:
+        beta: temperature; lower is closer to a Bernoulli.
+        gamma: left end of the stretch interval (< 0).
+        zeta: right end of the stretch interval (> 1).
+    """
+
+    beta: float = 2 / 3
+    gamma: float = -0.1
+    zeta: float = 1.1
+
+    def __post_init__(self):
+        if not (self.beta > 0 and self.gamma < 0 and self.zeta > 1):
+            raise UsageError(f"Hard Concrete needs beta > 0, gamma < 0 < 1 < zeta; got {self}")
+
+    def sample(
+        self, log_alpha: Float[Tensor, "*nodes"], generator: torch.Generator | None = None
+    ) -> Float[Tensor, "*nodes"]:
+        """A reparameterised training-time sample in [0, 1], differentiable in ``log_alpha``."""
+        eps = torch.finfo(log_alpha.dtype).eps
+        u = torch.rand(
+            log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype
+        ).clamp(eps, 1 - eps)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / self.beta)
+        return self._stretch(s)
+
+    def deterministic(self, log_alpha: Float[Tensor, "*nodes"]) -> Float[Tensor, "*nodes"]:
+        """The evaluation-time mask: the stretched median of the distribution."""
+        return self._stretch(torch.sigmoid(log_alpha))
+
+    def expected_l0(self, log_alpha: Float[Tensor, "*nodes"]) -> Float[Tensor, "*nodes"]:
+        """P(gate != 0) per node; its sum is the expected number of kept nodes."""
+        return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+    def keep_probability(self, log_alpha: Float[Tensor, "*nodes"]) -> Float[Tensor, "*nodes"]:
+        """P(sampled gate > 0.5): the chance a node is on by the rule that extracts circuits
+        (which keeps it when ``log_alpha > keep_threshold``). Smaller than ``expected_l0``,
+        which also counts gates that are only slightly open."""
+        s = (0.5 - self.gamma) / (self.zeta - self.gamma)
+        return torch.sigmoid(log_alpha - self.beta * math.log(s / (1 - s)))
+
+    @property
+    def keep_threshold(self) -> float:
+        """``log_alpha`` above which the deterministic mask exceeds 0.5."""
+        return math.log((0.5 - self.gamma) / (self.zeta - 0.5))
+
+    def _stretch(self, s: Tensor) -> Tensor:
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,160 @@
+"""TransformerLens hooks that run a model as a circuit, and what pruned nodes output.
+
+A masked site keeps the clean activation where the mask is 1 and the ablated one where it
+is 0. The ablated values come from an :class:`AblationSource`: the corrupted prompts' own
+activations (``"corrupted"``), their mean (``"mean"``) or zero (``"zero"``). Hooks are
+returned as ``fwd_hooks`` lists and attached only inside ``model.hooks(...)``, so the model
+is unchanged once a call returns or raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from einops import reduce
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .errors import UsageError
+from .model_api import FwdHooks, is_hooked_transformer, model_device
+from .nodes import ModelDims, SiteMasks, attn_hook_name, mlp_hook_name
+
+ABLATIONS = ("corrupted", "mean", "zero")
+
+
+def check_ablation(ablation: str) -> None:
+    if ablation not in ABLATIONS:
+        raise UsageError(f"unknown ablation {ablation!r}; choose from {ABLATIONS}")
+
+
+def interpolate_hook(
+    activation: Float[Tensor, "batch pos *node"],
+    *,
+    hook,
+    mask: Float[Tensor, "*node"],
+    ablated: Float[Tensor, "batch pos *node"] | Float[Tensor, "*node"],
+) -> Float[Tensor, "batch pos *node"]:
+    """Keep the clean activation where the mask is 1, the ablated one where it is 0, in the
+    activation's own dtype and device."""
+    mask = mask.to(activation)
+    return mask * activation + (1 - mask) * ablated.to(activation)
+
+
+def mask_hooks(dims: ModelDims, masks: SiteMasks, ablated: dict[str, Tensor]) -> FwdHooks:
+    """TransformerLens ``fwd_hooks`` that apply site masks layer by layer."""
+    sites = [(attn_hook_name, masks.attn)]
+    if masks.mlp is not None:
+        sites.append((mlp_hook_name, masks.mlp))
+    hooks = []
+    for hook_name, mask in sites:
+        for layer in range(dims.n_layers):
+            name = hook_name(layer)
+            hooks.append((name, partial(interpolate_hook, mask=mask[layer], ablated=ablated[name])))
+    return hooks
+
+
+def storing_hooks(names: list[str], cache: dict, rows: slice = slice(None)) -> FwdHooks:
+    """Hooks that put each named site's activation (the given batch rows, detached) into
+    ``cache`` under the name asked for: a TransformerBridge may report an aliased name."""
+
+    def store_as(key: str):
+        def store(activation, *, hook):
+            cache[key] = activation[rows].detach()
+
+        return store
+
+    return [(name, store_as(name)) for name in names]
+
+
+@torch.no_grad()
+def site_activations(model, tokens: Int[Tensor, "batch pos"], dims: ModelDims) -> dict[str, Tensor]:
+    """Every masked site's activation on ``tokens`` (no gradient)."""
+    cache: dict[str, Tensor] = {}
+    stop = {"stop_at_layer": dims.n_layers} if is_hooked_transformer(model) else {}
+    with model.hooks(fwd_hooks=storing_hooks(dims.hook_names(), cache)):
+        model(tokens.to(model_device(model)), **stop)
+    return cache
+
+
+def answer_prefix_weights(
+    last_positions: Int[Tensor, " batch"], seq_len: int
+) -> Float[Tensor, "batch pos"]:
+    """1 at every position up to each sequence's answer position, 0 after (padding)."""
+    positions = torch.arange(seq_len, device=last_positions.device)
+    return (positions[None] <= last_positions[:, None]).float()
+
+
+def mean_activations(
+    model,
+    tokens: Int[Tensor, "n pos"],
+    dims: ModelDims,
+    last_positions: Int[Tensor, " n"],
+    batch_size: int = 32,
+) -> dict[str, Tensor]:
+    """Per-site mean activation over the prompts' positions up to their answer position (the
+    one definition of mean ablation: padding after the answer never counts)."""
+    sums: dict[str, Tensor] = {}
+    count = 0.0
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start : start + batch_size]
+        last = last_positions[start : start + batch_size]
+        acts = site_activations(model, chunk, dims)
+        part, n = summed_over_prompts(acts, last)
+        count += n
+        for name, total in part.items():
+            sums[name] = sums.get(name, 0) + total
+    return {name: (total / count).float() for name, total in sums.items()}
+
+
+def summed_over_prompts(
+    acts: dict[str, Tensor], last_positions: Int[Tensor, " batch"]
+) -> tuple[dict[str, Tensor], float]:
+    """Sums of ``acts`` over sequences and their positions up to the answer, and the count."""
+    sums, count = {}, 0.0
+    for name, act in acts.items():
+        valid = answer_prefix_weights(last_positions.to(act.device), act.shape[1])
+        count = float(valid.sum())
+        weights = valid.view(*valid.shape, *[1] * (act.ndim - 2))
+        sums[name] = reduce(act.double() * weights, "batch pos ... -> ...", "sum")
+    return sums, count
+
+
+def zero_activations(dims: ModelDims, device) -> dict[str, Tensor]:
+    zero = torch.zeros((), device=device)
+    return {name: zero for name in dims.hook_names()}
+
+
+@dataclass(frozen=True)
+class AblationSource:
+    """What the pruned nodes of one dataset's pairs output.
+
+    Args:
+        kind: ``"corrupted"``, ``"mean"`` or ``"zero"``.
+        dims: sizes of the model.
+        fixed: the values shared by every batch (mean or zero); None for ``"corrupted"``,
+            where each batch brings its own corrupted prompts.
+    """
+
+    kind: str
+    dims: ModelDims
+    fixed: dict[str, Tensor] | None = None
+
+    @classmethod
+    def for_dataset(cls, model, kind: str, dataset, dims: ModelDims) -> AblationSource:
+        check_ablation(kind)
+        fixed = None
+        if kind == "mean":
+            fixed = mean_activations(
+                model, dataset.corrupted_tokens, dims, dataset.answer_positions
+            )
+        elif kind == "zero":
+            fixed = zero_activations(dims, model_device(model))
+        return cls(kind, dims, fixed)
+
+    def values(self, model, batch) -> dict[str, Tensor]:
+        """The ablated activation of every site for ``batch``."""
+        if self.fixed is not None:
+            return self.fixed
+        return site_activations(model, batch.corrupted_tokens, self.dims)

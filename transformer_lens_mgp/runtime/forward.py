@@ -1,0 +1,121 @@
+"""Forward passes at the answer positions: plain, masked, and the masked KL over a dataset.
+
+Only the answer position of each prompt is unembedded (on a HookedTransformer), and
+``masked_answer_batches`` is the one loop that runs circuits over a dataset: the pruner's
+empty-circuit KL, the KL budget's snapshots and ``evaluate`` all go through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..core.data import PairedDataset
+from ..core.errors import TrainingDivergedError
+from ..core.hooks import AblationSource, mask_hooks
+from ..core.metrics import kl_divergence
+from ..core.model_api import is_hooked_transformer, model_device
+from ..core.nodes import ModelDims, SiteMasks
+
+
+def answer_logits(
+    model, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at one position per sequence, unembedding only those positions (on a
+    HookedTransformer; other models, e.g. a TransformerBridge, run their full forward)."""
+    if not is_hooked_transformer(model):
+        logits = model(tokens)
+        return logits[
+            torch.arange(tokens.shape[0], device=logits.device), positions.to(logits.device)
+        ]
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    picked = resid[torch.arange(tokens.shape[0], device=resid.device), positions.to(resid.device)]
+    picked = picked[:, None]
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)
+    logits = _unembed(model.unembed, picked)[:, 0]
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+def _unembed(
+    unembed, resid: Float[Tensor, "batch pos d_model"]
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """The unembedding with its hook points, without the copy of ``W_U`` that the module makes
+    on every call (as large as the weight: 150 MiB for GPT-2 small)."""
+    return unembed.hook_out(unembed.hook_in(resid) @ unembed.W_U + unembed.b_U)
+
+
+def masked_answer_logits(
+    model,
+    batch: PairedDataset,
+    dims: ModelDims,
+    masks: SiteMasks,
+    ablated: dict[str, Tensor],
+) -> Float[Tensor, "batch d_vocab"]:
+    """Answer-position logits of the clean prompts with every site interpolated by its mask."""
+    with model.hooks(fwd_hooks=mask_hooks(dims, masks, ablated)):
+        return answer_logits(model, batch.clean_tokens, batch.answer_positions)
+
+
+@torch.no_grad()
+def reference_logits(model, dataset: PairedDataset, batch_size: int) -> Float[Tensor, "n d_vocab"]:
+    """The full model's answer logits for every pair (they never change during a fit)."""
+    device = model_device(model)
+    chunks = []
+    for batch in dataset.batches(batch_size):
+        batch = batch.to(device)
+        chunks.append(answer_logits(model, batch.clean_tokens, batch.answer_positions))
+    reference = torch.cat(chunks)
+    if not torch.isfinite(reference).all():
+        raise TrainingDivergedError(
+            "the unmasked model produced non-finite logits on this dataset; check the "
+            "model's weights and that token ids are valid for its vocabulary"
+        )
+    return reference
+
+
+@torch.no_grad()
+def masked_answer_batches(
+    model,
+    dataset: PairedDataset,
+    circuits: Sequence[SiteMasks],
+    ablation: AblationSource,
+    batch_size: int,
+) -> Iterator[tuple[PairedDataset, slice, list[Tensor]]]:
+    """Per batch: the batch (on the model's device), its rows in ``dataset``, and the answer
+    logits of the model run as each of ``circuits``."""
+    device = model_device(model)
+    circuits = [masks.to(device) for masks in circuits]
+    start = 0
+    for batch in dataset.batches(batch_size):
+        batch = batch.to(device)
+        ablated = ablation.values(model, batch)
+        logits = [
+            masked_answer_logits(model, batch, ablation.dims, masks, ablated) for masks in circuits
+        ]
+        yield batch, slice(start, start + len(batch)), logits
+        start += len(batch)
+
+
+def masked_kl(
+    model,
+    dataset: PairedDataset,
+    reference: Float[Tensor, "n d_vocab"],
+    masks: SiteMasks,
+    ablation: AblationSource,
+    batch_size: int,
+) -> float:
+    """Mean KL(full || model run with ``masks``) over ``dataset``, whose full-model answer
+    logits are ``reference``."""
+    total = 0.0
+    for batch, rows, (logits,) in masked_answer_batches(
+        model, dataset, [masks], ablation, batch_size
+    ):
+        total += kl_divergence(reference[rows].to(logits.device), logits).item() * len(batch)
+    return total / len(dataset)

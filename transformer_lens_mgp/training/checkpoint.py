@@ -1,0 +1,93 @@
+"""Atomic training checkpoints: a killed process loses at most the steps since the last one.
+
+A checkpoint holds a run's whole state and the identity of the fit it belongs to: the
+config, the model's sizes and a fingerprint of the training and validation pairs. Resuming
+with anything different is refused, naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from ..core.data import PairedDataset
+from ..core.errors import UsageError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 2
+
+
+def dataset_fingerprint(dataset: PairedDataset | None) -> str | None:
+    """A digest of the pairs' tensors and metric: equal only for the same pairs."""
+    if dataset is None:
+        return None
+    digest = hashlib.sha256(dataset.metric.encode())
+    for name, tensor in sorted(dataset._tensors().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().long().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fit_identity(config, dims, train: PairedDataset, validation: PairedDataset | None) -> dict:
+    """What makes two fits the same fit: a checkpoint of one resumes only the other. Every
+    setting counts but ``checkpoint_every``, which changes how often the run is saved, not
+    what it computes."""
+    settings = config.to_dict()
+    settings.pop("checkpoint_every")
+    return {
+        "config": settings,
+        "dims": dims.to_dict(),
+        "train": dataset_fingerprint(train),
+        "validation": dataset_fingerprint(validation),
+    }
+
+
+def save_checkpoint(path: Path, identity: dict, state: dict) -> None:
+    """Write to a temporary file, flush it to disk, then rename over the old checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "identity": identity, "state": state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, identity: dict) -> dict | None:
+    """The saved run state, or None if there is none; refuses one made by a different fit."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file: say which and how to recover
+        raise UsageError(
+            f"cannot read checkpoint {path} ({err}); delete it to start over"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise UsageError(
+            f"checkpoint {path} was written by another version of transformer-lens-mgp; "
+            "delete it to start over, or use another checkpoint_dir"
+        )
+    differs = _differences(saved["identity"], identity)
+    if differs:
+        raise UsageError(
+            f"checkpoint {path} belongs to a different fit ({'; '.join(differs)}); "
+            "use another checkpoint_dir or resume=False"
+        )
+    return saved["state"]
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> wanted`` for every leaf that differs."""
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

@@ -1,0 +1,192 @@
+"""PruningConfig: every setting of one fit, checked once, recorded with the circuit."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..core.errors import UsageError, UsageTypeError
+from ..core.gates import HardConcrete
+from ..core.hooks import check_ablation
+from ..core.nodes import GRANULARITIES, ModelDims, check_granularity, resolve_granularities
+from .sparsity import DEFAULT_SPARSITY, check_sparsity
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """How to train the masks of one circuit.
+
+    Args:
+        granularities: which of ``block, head, attn_neuron, mlp, mlp_neuron`` to prune;
+            default (None): every one the model has.
+        sparsity: ``{granularity: lambda}``; the penalty is ``lambda`` times the expected
+            fraction of that granularity's nodes kept, in units of the empty circuit's KL.
+            Granularities in neither ``sparsity`` nor ``target`` take :data:`DEFAULT_SPARSITY`.
+        target: ``{granularity: kept fraction}``, e.g. ``{"mlp_neuron": 0.05}``: instead of a
+            fixed ``lambda``, a Lagrangian whose multipliers grow until the expected kept
+            fraction meets the target (reached by the end of the warm-up).
+        target_warmup: share of the steps over which each target moves from 1 to its value.
+        max_kl: instead of a size, a budget in nats: one scale on every ``lambda`` rises while
+            the training KL is under ``max_kl`` and falls while it is over, and the fit
+            returns the smallest circuit seen whose KL on held-out pairs is within it.
+        eval_every: with ``max_kl``, steps between held-out measurements (default: a tenth
+            of the steps).
+        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the corrupted
+            prompt, the default), ``"mean"`` (its mean over corrupted prompts) or ``"zero"``.
+        steps: optimiser steps.
+        batch_size: pairs per step.
+        lr: Adam's learning rate on ``log_alpha``.
+        seed: seeds the mask noise, the initialisation and the batch order.
+        init_log_alpha: initial ``log_alpha`` of every node. At 1 every mask starts on (its
+            deterministic value is 0.78) while the penalty's gradient is not yet saturated.
+        hard_concrete: the gate constants.
+        gradient_checkpointing: keep only each block's input during the masked forward and
+            rerun the block in the backward pass: much less memory for about one more
+            forward of time. The circuit is the same.
+        bf16: run the model's forward passes under ``torch.autocast`` in bfloat16 (masks,
+            KL and optimiser stay float32). It pays where there are bf16 units (GPUs, CPUs
+            with AVX-512 BF16 or AMX) and can be slower elsewhere; the circuit can differ
+            slightly from a float32 fit.
+        checkpoint_every: with a checkpoint folder, steps between checkpoints.
+    """
+
+    granularities: tuple[str, ...] | None = None
+    sparsity: Mapping[str, float] = field(default_factory=dict)
+    target: Mapping[str, float] = field(default_factory=dict)
+    target_warmup: float = 0.5
+    max_kl: float | None = None
+    eval_every: int | None = None
+    ablation: str = "corrupted"
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 0.1
+    seed: int = 0
+    init_log_alpha: float = 1.0
+    hard_concrete: HardConcrete = field(default_factory=HardConcrete)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        if self.granularities is not None:
+            names = self.granularities
+            names = (names,) if isinstance(names, str) else tuple(names)
+            if not names:
+                raise UsageError(f"choose at least one granularity from {GRANULARITIES}")
+            for name in names:
+                check_granularity(name)
+            self._set("granularities", tuple(g for g in GRANULARITIES if g in names))
+        for name in ("sparsity", "target"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise UsageTypeError(
+                    f"{name} is a {{granularity: number}} mapping, e.g. {{'mlp_neuron': 0.05}}; "
+                    f"got {value!r}"
+                )
+            self._set(name, dict(value))
+        check_sparsity(self.sparsity, self.target)
+        if isinstance(self.hard_concrete, Mapping):
+            self._set("hard_concrete", HardConcrete(**self.hard_concrete))
+        if not isinstance(self.hard_concrete, HardConcrete):
+            raise UsageTypeError(
+                f"hard_concrete must be a HardConcrete, got {self.hard_concrete!r}"
+            )
+        check_ablation(self.ablation)
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            _check_positive_int(name, getattr(self, name))
+        if not _is_number(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise UsageError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if not _is_number(self.init_log_alpha) or not math.isfinite(self.init_log_alpha):
+            raise UsageError(f"init_log_alpha must be finite, got {self.init_log_alpha!r}")
+        if not _is_number(self.target_warmup) or not 0 <= self.target_warmup <= 1:
+            raise UsageError(
+                f"target_warmup is a share of the steps, in [0, 1]; got {self.target_warmup!r}"
+            )
+        for name in ("gradient_checkpointing", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageTypeError(f"{name} is True or False, got {getattr(self, name)!r}")
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        if self.max_kl is None:
+            if self.eval_every is not None:
+                raise UsageError(
+                    "eval_every spaces the held-out measurements of a KL budget; set max_kl too"
+                )
+            return
+        if not _is_number(self.max_kl) or not math.isfinite(self.max_kl) or self.max_kl <= 0:
+            raise UsageError(f"max_kl must be a finite number > 0 (nats), got {self.max_kl!r}")
+        if self.target:
+            raise UsageError(
+                f"max_kl chooses the circuit's size, target fixes it ({sorted(self.target)}); "
+                "give one of them"
+            )
+        if self.eval_every is not None:
+            _check_positive_int("eval_every", self.eval_every)
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+
+    def replace(self, **overrides) -> PruningConfig:
+        """A copy with some settings changed (checked like the original)."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise UsageTypeError(
+                f"unknown setting(s) {unknown}; PruningConfig has "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def resolved(self, dims: ModelDims) -> PruningConfig:
+        """The settings made explicit for one model: its granularities, a lambda for every
+        untargeted one, and ``eval_every`` under a budget."""
+        granularities = resolve_granularities(
+            self.granularities if self.granularities is not None else dims.available(), dims
+        )
+        untrained = sorted(set(self.target) - set(granularities))
+        if untrained:
+            raise UsageError(
+                f"target names {untrained}, which this fit does not prune (granularities "
+                f"{list(granularities)}); add them to granularities or drop their targets"
+            )
+        sparsity = {
+            g: self.sparsity.get(g, DEFAULT_SPARSITY[g])
+            for g in granularities
+            if g not in self.target
+        }
+        eval_every = self.eval_every
+        if self.max_kl is not None and eval_every is None:
+            eval_every = max(1, self.steps // 10)
+        return dataclasses.replace(
+            self, granularities=granularities, sparsity=sparsity, eval_every=eval_every
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-able settings; ``from_dict`` reads them back."""
+        out = dataclasses.asdict(self)
+        out["granularities"] = None if self.granularities is None else list(self.granularities)
+        out["hard_concrete"] = self.hard_concrete.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> PruningConfig:
+        return cls().replace(**dict(values))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not _is_int(value) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,176 @@
+"""CircuitPruner: learn Hard Concrete masks on five granularities at once, return a Circuit.
+
+A fit, in phases:
+
+1. check the model, the pairs and the config (resolved for this model) before any work;
+2. freeze the model's weights and lay them out for its forward pass (both undone on exit,
+   however the fit ends);
+3. run the full model once over the pairs: its answer logits, the ablation values and the
+   empty circuit's KL, the unit of the sparsity price;
+4. step: one masked forward + backward over a batch of clean prompts per step, masks only
+   receiving gradients; checkpoint the run every ``checkpoint_every`` steps;
+5. extract the Circuit (under a KL budget: the smallest held-out snapshot within it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.errors import UsageError, UsageTypeError
+from ..core.model_api import check_hook_points, check_vocabulary, model_device, model_dims
+from ..runtime.guard import frozen
+from ..runtime.layout import forward_layout
+from ..runtime.recompute import checkpointable_blocks, recomputed_blocks
+from .budget import split_validation
+from .checkpoint import CHECKPOINT_NAME, fit_identity, load_checkpoint, save_checkpoint
+from .config import PruningConfig
+from .run import PruningRun
+
+
+class CircuitPruner:
+    """Finds the nodes a behaviour needs by training masks on clean/corrupted pairs.
+
+    Args:
+        model: a TransformerLens model (HookedTransformer or TransformerBridge). It is never
+            modified: after ``fit`` returns or raises it has no hooks, the same weights and
+            its own ``requires_grad`` flags.
+        config: a :class:`PruningConfig` (default: the defaults).
+        **overrides: settings of :class:`PruningConfig` to change, e.g. ``steps=300``.
+    """
+
+    def __init__(self, model, config: PruningConfig | None = None, **overrides):
+        if config is not None and not isinstance(config, PruningConfig):
+            raise UsageTypeError(f"config must be a PruningConfig, got {type(config).__name__}")
+        self.model = model
+        self.config = (config or PruningConfig()).replace(**overrides)
+
+    def fit(
+        self,
+        train: PairedDataset,
+        validation: PairedDataset | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> Circuit:
+        """Train the masks and return the extracted Circuit.
+
+        With ``checkpoint_dir`` the run is saved atomically every ``checkpoint_every`` steps;
+        ``resume=True`` continues from there (only the same fit: same config, model sizes
+        and pairs) and ends with the same circuit as an uninterrupted fit. If training stops
+        early (an error, a NaN, Ctrl-C) the masks learned so far are left in
+        ``self.circuit_`` before the exception propagates.
+
+        ``validation`` is used with a KL budget (``max_kl``): the circuit so far is measured
+        on it every ``eval_every`` steps; without it, a fifth of ``train`` is held out.
+        """
+        config, dims, train, validation = self._checked(train, validation)
+        if resume and checkpoint_dir is None:
+            raise UsageError("resume=True needs the checkpoint_dir of the fit to continue")
+        checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+        identity = fit_identity(config, dims, train, validation)
+        self.circuit_ = run = None
+        start = time.perf_counter()
+        try:
+            with self.execution():  # the run's tensors are made in it: never inference tensors
+                run = PruningRun(self.model, config, dims, train, validation)
+                run.prepare()
+                state = load_checkpoint(checkpoint, identity) if resume else None
+                if state is not None:
+                    run.load_state_dict(state)
+                _train(run, checkpoint, identity, progress)
+        except BaseException:
+            self.circuit_ = None if run is None else run.circuit()
+            raise
+        self.circuit_ = run.result(
+            {
+                "dataset": train.name,
+                "n_pairs": len(train),
+                "fingerprint": identity["train"],
+                "n_validation": None if validation is None else len(validation),
+                "kl_empty": round(run.kl_empty, 6),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+        return self.circuit_
+
+    @contextmanager
+    def execution(self) -> Iterator[None]:
+        """How the model runs during a fit (and a benchmark of its steps): weights frozen and
+        laid out for the forward pass (see ``runtime.layout``), gradients on even inside a
+        caller's ``no_grad`` or ``inference_mode``, bf16 autocast and block recomputation if
+        asked. Everything is undone on exit."""
+        with ExitStack() as stack:
+            stack.enter_context(frozen(self.model))
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(forward_layout(self.model))
+            if self.config.bf16:
+                device_type = model_device(self.model).type
+                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+            if self.config.gradient_checkpointing:
+                stack.enter_context(recomputed_blocks(self.model))
+            yield
+
+    def _checked(self, train, validation):
+        """(config resolved for the model, dims, training pairs, validation pairs)."""
+        if not isinstance(train, PairedDataset):
+            raise UsageTypeError(
+                f"fit expects a PairedDataset, got {type(train).__name__}; build one with "
+                "PairedDataset(clean_tokens=..., corrupted_tokens=..., answer_tokens=...) or a "
+                "task builder such as tasks.ioi(model)"
+            )
+        dims = model_dims(self.model)
+        config = self.config.resolved(dims)
+        check_hook_points(self.model, dims)
+        if config.gradient_checkpointing:
+            checkpointable_blocks(self.model)
+        check_vocabulary(self.model, train)
+        if config.max_kl is None:
+            if validation is not None:
+                raise UsageError(
+                    "validation chooses the circuit within a KL budget; set max_kl=... to use it"
+                )
+            return config, dims, train, None
+        if validation is None:
+            kept, held_out = split_validation(len(train), config.seed)
+            return config, dims, train[kept], train[held_out]
+        if not isinstance(validation, PairedDataset):
+            raise UsageTypeError(
+                f"validation must be a PairedDataset, got {type(validation).__name__}"
+            )
+        check_vocabulary(self.model, validation, "validation pairs")
+        return config, dims, train, validation
+
+
+def _train(run: PruningRun, checkpoint: Path | None, identity: dict, progress: bool) -> None:
+    """Step the run to its end, with a progress bar and checkpoints."""
+    config = run.config
+    bar = tqdm(
+        total=config.steps,
+        initial=run.step_index,
+        desc="pruning",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        while not run.done:
+            record = run.step()
+            bar.update()
+            if progress and (record.step % 5 == 0 or run.done):
+                bar.set_postfix_str(_progress_text(record, run.kept_counts()))
+            if checkpoint and (run.step_index % config.checkpoint_every == 0 or run.done):
+                save_checkpoint(checkpoint, identity, run.state_dict())
+
+
+def _progress_text(record, kept: dict[str, int]) -> str:
+    counts = " ".join(f"{g}={n}" for g, n in kept.items())
+    return f"loss={record.loss:.3f} kl={record.kl:.3f} kept: {counts}"

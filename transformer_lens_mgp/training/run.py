@@ -1,0 +1,281 @@
+"""One fit in progress: the masks, their optimiser, the sparsity price and the KL budget.
+
+``PruningRun.step()`` is one optimiser step; every stateful part has ``state_dict`` /
+``load_state_dict`` and the run saves them as one unit, so a checkpoint is "save the run" and
+a resumed run replays exactly what an uninterrupted one would have done (the batches and the
+gate noise of a step are functions of the seed and the step alone).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.errors import TrainingDivergedError
+from ..core.hooks import AblationSource, mask_hooks
+from ..core.metrics import kl_divergence
+from ..core.model_api import model_device
+from ..core.nodes import ModelDims, site_masks
+from ..runtime.forward import answer_logits, masked_kl, reference_logits
+from .budget import HOLD_SHARE, KLBudget, Snapshot
+from .config import PruningConfig
+from .sparsity import SparsityControl
+
+EMPTY_KL_PAIRS = 64
+"""Pairs on which the fully ablated model's KL is measured, once per fit."""
+MIN_KL_EMPTY = 1e-3
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step measured, as the flat ``name: value`` pairs of the training history
+    (``loss``, ``kl``, ``l0/<g>``, ``kept/<g>``, ``target/<g>``, ``multiplier/<g>``,
+    ``budget_scale``) and, on a budget's measuring steps, the held-out snapshot."""
+
+    step: int
+    values: dict[str, float]
+    snapshot: Snapshot | None = field(default=None, repr=False)
+
+    @property
+    def loss(self) -> float:
+        return self.values["loss"]
+
+    @property
+    def kl(self) -> float:
+        return self.values["kl"]
+
+
+class PruningRun:
+    """The state of one fit of ``config`` on ``train`` (and ``validation``, for a budget).
+
+    :meth:`prepare` runs the model once for what every step reuses (the full model's answers,
+    the ablation values, the empty circuit's KL); then each :meth:`step` trains the masks.
+    """
+
+    def __init__(
+        self,
+        model,
+        config: PruningConfig,
+        dims: ModelDims,
+        train: PairedDataset,
+        validation: PairedDataset | None = None,
+    ):
+        self.model, self.config, self.dims = model, config, dims
+        self.train, self.validation = train, validation
+        self.gates = config.hard_concrete
+        device = model_device(model)
+        generator = torch.Generator().manual_seed(config.seed)
+        self.log_alpha = {
+            g: torch.nn.Parameter(
+                config.init_log_alpha
+                + 0.01 * torch.randn(dims.shape(g), generator=generator).to(device)
+            )
+            for g in config.granularities
+        }
+        self.optimizer = torch.optim.Adam(self.log_alpha.values(), lr=config.lr)
+        self.sparsity = SparsityControl(
+            lambdas=dict(config.sparsity),
+            targets=dict(config.target),
+            warmup_steps=round(config.target_warmup * config.steps),
+            device=device,
+        )
+        self.budget = None
+        if config.max_kl is not None:
+            self.budget = KLBudget(config.max_kl, round(HOLD_SHARE * config.steps))
+        self.noise = torch.Generator(device=device)
+        self.history: dict[str, list[float]] = {}
+        self.step_index = 0
+        # Made by prepare(): what every step reuses.
+        self.reference: torch.Tensor | None = None
+        self.validation_reference: torch.Tensor | None = None
+        self.ablation: AblationSource | None = None
+        self.kl_empty: float | None = None
+
+    # --- before the first step ----------------------------------------------------------
+
+    def prepare(self) -> None:
+        """The full model's answer logits, the ablation values shared by every batch and the
+        empty circuit's KL (the unit of every lambda)."""
+        batch_size = self.config.batch_size
+        self.reference = reference_logits(self.model, self.train, batch_size)
+        self.ablation = AblationSource.for_dataset(
+            self.model, self.config.ablation, self.train, self.dims
+        )
+        if self.validation is not None:
+            self.validation_reference = reference_logits(self.model, self.validation, batch_size)
+        self.kl_empty = self._empty_circuit_kl()
+        self.sparsity.kl_scale = self.kl_empty
+
+    def _empty_circuit_kl(self) -> float:
+        """KL(full || every pruned granularity ablated) on up to 64 pairs: the size of the
+        behaviour, the unit in which each ``lambda`` prices a granularity."""
+        zeros = {g: torch.zeros(p.shape, device=p.device) for g, p in self.log_alpha.items()}
+        n = min(len(self.train), EMPTY_KL_PAIRS)
+        kl_empty = masked_kl(
+            self.model,
+            self.train[torch.arange(n)],
+            self.reference[:n],
+            site_masks(zeros, self.dims),
+            self.ablation,
+            self.config.batch_size,
+        )
+        if not kl_empty > MIN_KL_EMPTY:
+            warnings.warn(
+                f"the circuit with every node ablated predicts like the full model (KL "
+                f"{kl_empty:.2g} nats): the corruption hardly changes the behaviour, so there is "
+                f"little to explain; sparsity is priced against {MIN_KL_EMPTY} nats instead",
+                stacklevel=4,
+            )
+            kl_empty = MIN_KL_EMPTY
+        return kl_empty
+
+    # --- one step -----------------------------------------------------------------------
+
+    def step(self) -> StepRecord:
+        """One optimiser step on a batch of pairs; on a budget's measuring steps, also the
+        held-out KL of the circuit as extracted so far."""
+        step, config = self.step_index, self.config
+        indices = self.batch_indices(step)
+        device = self.reference.device
+        batch = self.train[indices].trimmed().to(device)
+        ablated = self.ablation.values(self.model, batch)
+        self.noise.manual_seed(step_seed(config.seed, step))
+        sampled = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
+        l0 = {g: self.gates.expected_l0(p).mean() for g, p in self.log_alpha.items()}
+        kept = {
+            g: self.gates.keep_probability(p).mean()
+            for g, p in self.log_alpha.items()
+            if g in self.sparsity.targets
+        }
+        penalty = self.sparsity.penalty(l0, kept, step)
+        if self.budget is not None:
+            penalty = self.budget.scale * penalty
+        hooks = mask_hooks(self.dims, site_masks(sampled, self.dims), ablated)
+        # The masks stay attached through the backward pass: recomputed blocks rerun them.
+        with self.model.hooks(fwd_hooks=hooks):
+            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
+            kl = kl_divergence(self.reference[indices.to(device)], logits)
+            loss = kl + penalty
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr "
+                    "or check the model's logits for NaN/inf on this dataset"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        self.sparsity.ascend()
+        values = {"loss": loss.item(), "kl": kl.item()}
+        values.update({f"l0/{g}": v.item() for g, v in l0.items()})
+        values.update({f"kept/{g}": v.item() for g, v in kept.items()})
+        values.update(self.sparsity.record(step))
+        snapshot = None
+        if self.budget is not None:
+            self.budget.update(values["kl"], step)
+            values["budget_scale"] = self.budget.scale
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                snapshot = self._measure(step + 1)
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
+        self.step_index += 1
+        return StepRecord(step, values, snapshot)
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """The pairs of a step: a function of (seed, step) alone."""
+        n = len(self.train)
+        batch_size = min(self.config.batch_size, n)
+        per_epoch = math.ceil(n / batch_size)
+        epoch, index = divmod(step, per_epoch)
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(step_seed(self.config.seed, epoch))
+        )
+        return order[index * batch_size : (index + 1) * batch_size]
+
+    def _measure(self, step: int) -> Snapshot:
+        """The held-out KL and size of the circuit extracted after ``step`` steps."""
+        circuit = self.circuit()
+        kl = masked_kl(
+            self.model,
+            self.validation,
+            self.validation_reference,
+            circuit.site_masks(),
+            self.ablation,
+            self.config.batch_size,
+        )
+        snapshot = Snapshot(step, kl, circuit.size(), circuit.log_alpha)
+        self.budget.record(snapshot)
+        for key, value in (("val_step", step), ("val_kl", kl), ("val_size", snapshot.size)):
+            self.history.setdefault(key, []).append(value)
+        return snapshot
+
+    # --- results ------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.config.steps
+
+    def kept_counts(self) -> dict[str, int]:
+        threshold = self.gates.keep_threshold
+        return {g: int((p > threshold).sum()) for g, p in self.log_alpha.items()}
+
+    def circuit(self, fit_info: dict | None = None) -> Circuit:
+        """The circuit the masks describe now."""
+        return Circuit(
+            dims=self.dims,
+            log_alpha={g: p.detach().cpu().clone() for g, p in self.log_alpha.items()},
+            hard_concrete=self.gates,
+            config=self.config.to_dict(),
+            fit_info=dict(fit_info or {}),
+            history={k: list(v) for k, v in self.history.items()},
+        )
+
+    def result(self, fit_info: dict) -> Circuit:
+        """The fit's circuit: the masks now, or under a budget the smallest snapshot within
+        it (the most faithful one, with a warning, if none is)."""
+        circuit = self.circuit(fit_info)
+        if self.budget is None:
+            return circuit
+        best = self.budget.best()
+        if best is None:
+            best = self.budget.most_faithful()
+            warnings.warn(
+                f"no circuit met max_kl={self.budget.max_kl}: the most faithful one seen has "
+                f"held-out KL {best.kl:.3g} (step {best.step}); it is returned. Raise max_kl, "
+                "lower the lambdas, or train longer",
+                stacklevel=3,
+            )
+        circuit.log_alpha = {g: t.clone() for g, t in best.log_alpha.items()}
+        circuit.fit_info.update(chosen_step=best.step, validation_kl=round(best.kl, 6))
+        return circuit
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_index,
+            "log_alpha": {g: p.detach().cpu() for g, p in self.log_alpha.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "sparsity": self.sparsity.state_dict(),
+            "budget": None if self.budget is None else self.budget.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for g, p in self.log_alpha.items():
+                p.copy_(state["log_alpha"][g])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sparsity.load_state_dict(state["sparsity"])
+        if self.budget is not None:
+            self.budget.load_state_dict(state["budget"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.step_index = int(state["step"])

@@ -1,0 +1,135 @@
+"""What a granularity's expected size costs in the loss: a fixed ``lambda``, or a target.
+
+A fixed ``lambda_g`` prices the expected kept fraction of granularity ``g`` in units of the
+behaviour's size, the KL of the fully ablated model (``kl_empty``): ``lambda_g = 0.5`` says
+that dropping every node of ``g`` is worth half the KL the whole circuit can lose. The unit
+makes one default serve tasks and models whose KL scales differ by orders of magnitude.
+
+A target kept fraction ``t_g`` instead adds the Lagrangian term
+``phi1 * (s - t) + phi2 * (s - t) ** 2`` (``s`` the mean probability that a node's gate exceeds
+0.5, the rule that extracts the circuit), whose multipliers
+rise by gradient *ascent* while the circuit is larger than the target, so the pressure grows
+until the target is met (as in CoFi and Edge Pruning). The target starts at 1 (everything
+kept) and moves linearly to ``t_g`` over the warm-up, which lets the KL pick the important
+nodes before the pressure peaks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..core.errors import UsageError
+from ..core.nodes import GRANULARITIES
+
+DEFAULT_SPARSITY: dict[str, float] = {
+    "block": 0.01,
+    "head": 0.25,
+    "attn_neuron": 0.5,
+    "mlp": 0.01,
+    "mlp_neuron": 1.0,
+}
+"""Default ``lambda_g``: the share of the behaviour (``kl_empty``) worth dropping every node of
+a granularity."""
+
+
+MULTIPLIER_LR = 1.0
+"""Gain of the multipliers' ascent per unit of gap; multipliers price in units of kl_empty."""
+
+
+def check_sparsity(sparsity: Mapping[str, float], target: Mapping[str, float]) -> None:
+    """Clear errors for lambdas and targets, before any work is done."""
+    for name, values in (("sparsity", sparsity), ("target", target)):
+        for g, value in values.items():
+            if g not in GRANULARITIES:
+                raise UsageError(f"{name} names unknown granularity {g!r}; use {GRANULARITIES}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"{name}[{g!r}] must be a number, got {value!r}")
+    for g, lam in sparsity.items():
+        if not math.isfinite(lam) or lam < 0:
+            raise UsageError(f"sparsity[{g!r}] must be a finite number >= 0, got {lam!r}")
+    for g, t in target.items():
+        if not 0 <= t <= 1:
+            raise UsageError(
+                f"target[{g!r}] is a kept fraction and must be in [0, 1], got {t!r} "
+                "(e.g. 0.05 keeps 5 % of the nodes)"
+            )
+    both = sorted(set(sparsity) & set(target))
+    if both:
+        raise UsageError(
+            f"{both} have both a sparsity lambda and a target; give each granularity one of them"
+        )
+
+
+class SparsityControl:
+    """The sparsity term of the loss for one fit.
+
+    Args:
+        lambdas: fixed ``lambda_g`` for the granularities without a target, in units of
+            ``kl_scale`` (set it to the fit's ``kl_empty``).
+        targets: kept-fraction targets ``t_g``.
+        warmup_steps: steps over which each target moves from 1 to ``t_g``.
+    """
+
+    def __init__(
+        self,
+        lambdas: dict[str, float],
+        targets: dict[str, float],
+        warmup_steps: int,
+        device: torch.device | str = "cpu",
+    ):
+        self.lambdas = dict(lambdas)
+        self.targets = dict(targets)
+        self.kl_scale = 1.0
+        self.warmup_steps = max(1, warmup_steps)
+        self.multipliers = {g: torch.zeros(2, device=device) for g in targets}
+        self._gaps: dict[str, Tensor] = {}
+
+    def target_at(self, granularity: str, step: int) -> float:
+        progress = min(1.0, (step + 1) / self.warmup_steps)
+        return 1.0 - (1.0 - self.targets[granularity]) * progress
+
+    def penalty(
+        self, expected_l0: dict[str, Tensor], keep_probability: dict[str, Tensor], step: int
+    ) -> Tensor:
+        """Sum over granularities of the cost of their size: ``lambda`` times the mean
+        expected L0, or, for a target, the Lagrangian on the mean probability of being kept
+        (the quantity that matches the kept fraction of the extracted circuit)."""
+        terms = []
+        for g, fraction in expected_l0.items():
+            if g in self.targets:
+                gap = keep_probability[g] - self.target_at(g, step)
+                self._gaps[g] = gap.detach()
+                phi = self.multipliers[g]
+                terms.append(self.kl_scale * (phi[0] * gap + phi[1] * gap**2))
+            else:
+                terms.append(self.kl_scale * self.lambdas[g] * fraction)
+        return torch.stack(terms).sum()
+
+    def ascend(self) -> None:
+        """One gradient-ascent step on the multipliers after each optimiser step: their
+        gradients are the gap and its square, so a small gap moves them a little. Both are
+        kept >= 0, so below its target the linear multiplier decays to 0 and only the
+        quadratic term (which never shrinks) pulls the size back up towards the target."""
+        for g, gap in self._gaps.items():
+            step = MULTIPLIER_LR * torch.stack([gap, gap**2])
+            self.multipliers[g] = (self.multipliers[g] + step).clamp(min=0.0)
+        self._gaps.clear()
+
+    def state_dict(self) -> dict:
+        return {g: phi.detach().cpu().clone() for g, phi in self.multipliers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, phi in self.multipliers.items():
+            phi.copy_(state[g])
+
+    def record(self, step: int) -> dict[str, float]:
+        """Targets and multipliers now, for the training history."""
+        out = {}
+        for g in self.targets:
+            out[f"target/{g}"] = self.target_at(g, step)
+            out[f"multiplier/{g}"] = self.multipliers[g][0].item()
+        return out

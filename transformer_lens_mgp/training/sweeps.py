@@ -1,0 +1,164 @@
+"""Faithfulness against size: one fit per target, in worker processes, resumable on disk.
+
+Each sweep point is a :class:`CircuitPruner` fit of the sweep's config with one ``target``.
+With ``out_dir``, a point checkpoints into its own folder and leaves ``circuit.safetensors``
+there when done, so a sweep that is stopped and started again skips finished points and
+resumes unfinished ones.
+With ``validation``, every circuit is measured on it and the numbers go to ``circuit.metrics``,
+which :func:`~transformer_lens_mgp.analysis.curves.pareto_areas` and
+:func:`~transformer_lens_mgp.analysis.plotting.plot_pareto` read. A finished point is reused
+only if it was fitted with the same config on the same pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..analysis.evaluation import evaluate
+from ..analysis.run_folder import CIRCUIT_FILE, point_name
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.errors import UsageError
+from ..core.model_api import model_device, model_dims
+from ..runtime.layout import forward_layout
+from .checkpoint import dataset_fingerprint
+from .config import PruningConfig
+from .pruner import CircuitPruner
+
+
+def sweep(
+    model,
+    dataset: PairedDataset,
+    targets: Sequence[Mapping[str, float]],
+    config: PruningConfig | None = None,
+    *,
+    validation: PairedDataset | None = None,
+    out_dir: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[Circuit]:
+    """One circuit per target, in the order given.
+
+    Args:
+        model: the TransformerLens model; never modified.
+        dataset: the pairs every fit trains on.
+        targets: one ``{granularity: kept fraction}`` per sweep point.
+        config: the settings every point shares (steps, seed, ablation, ...); each point
+            sets its own ``target``.
+        validation: held-out pairs; each circuit's KL, faithfulness and accuracy on them go to
+            ``circuit.metrics``.
+        out_dir: where each point checkpoints and leaves its circuit; a second call with the
+            same folder and the same settings skips finished points and resumes the others.
+        workers: points trained at once, each in its own process (CPU only; the cores are
+            shared among them). On a GPU, points run one after another.
+    """
+    config = config or PruningConfig()
+    if not isinstance(config, PruningConfig):
+        raise UsageError(f"config must be a PruningConfig, got {type(config).__name__}")
+    if config.target or config.max_kl is not None:
+        raise UsageError("the sweep sets each point's target; leave target and max_kl unset")
+    targets = [dict(t) for t in targets]
+    if not targets:
+        raise UsageError("give at least one target, e.g. targets=[{'mlp_neuron': 0.05}]")
+    # Errors in a point's settings now, not inside a worker.
+    configs = [config.replace(target=t).resolved(model_dims(model)) for t in targets]
+    names = [point_name(t) for t in targets]
+    if len(set(names)) < len(names):
+        raise UsageError(f"targets repeat: {names}; give each sweep point once")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
+    if workers > 1 and model_device(model).type != "cpu":
+        raise UsageError(
+            f"workers={workers} trains points in parallel CPU processes, but the model is on "
+            f"{model_device(model)}; use workers=1 to run the points one after another there"
+        )
+    folders = [Path(out_dir) / name if out_dir else None for name in names]
+    jobs = [_Job(c, folder) for c, folder in zip(configs, folders, strict=True)]
+    fingerprint = dataset_fingerprint(dataset)
+    done = [_finished(job, model, fingerprint) for job in jobs]
+    todo = [i for i, c in enumerate(done) if c is None]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", disable=not progress)
+    with bar:
+        for i, circuit in _run(jobs, todo, model, dataset, validation, workers):
+            done[i] = circuit
+            bar.update()
+    return done
+
+
+@dataclass(frozen=True)
+class _Job:
+    config: PruningConfig
+    folder: Path | None
+
+
+def _finished(job: _Job, model, fingerprint: str) -> Circuit | None:
+    """The point's saved circuit, if it was fitted with the same settings on the same pairs."""
+    path = job.folder / CIRCUIT_FILE if job.folder else None
+    if not (path and path.is_file()):
+        return None
+    circuit = Circuit.load(path, model=model)
+    if circuit.config != job.config.to_dict() or circuit.fit_info.get("fingerprint") != fingerprint:
+        raise UsageError(
+            f"{path} was fitted with other settings or pairs than this sweep asks for; use "
+            "another out_dir, or delete the folder to fit the point again"
+        )
+    return circuit
+
+
+def _fit(job: _Job, model, dataset, validation) -> Circuit:
+    """One sweep point: fit (resuming from its folder), measure, save."""
+    pruner = CircuitPruner(model, job.config)
+    checkpoint = dict(checkpoint_dir=job.folder, resume=True) if job.folder else {}
+    circuit = pruner.fit(dataset, progress=False, **checkpoint)
+    if validation is not None:
+        result = evaluate(model, circuit, validation)
+        circuit.metrics = {
+            "kl": result.kl,
+            "recovered": result.recovered,
+            "accuracy": result.accuracy_circuit,
+            "n_validation": result.n_pairs,
+        }
+    if job.folder:
+        circuit.save(job.folder / CIRCUIT_FILE)
+    return circuit
+
+
+_SHARED: dict = {}
+"""A worker's model and pairs, received once when the worker starts."""
+
+
+def _start_worker(model, dataset, validation, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _SHARED.update(model=model, dataset=dataset, validation=validation)
+
+
+def _worker(args: tuple[int, _Job]) -> tuple[int, Circuit]:
+    index, job = args
+    return index, _fit(job, _SHARED["model"], _SHARED["dataset"], _SHARED["validation"])
+
+
+def _run(jobs, todo, model, dataset, validation, workers):
+    """Yield ``(index, circuit)`` as points finish. Workers are spawned, not forked (a fork
+    of a process that has run OpenMP threads can hang), and get the model's tensors through
+    shared memory, already in the layout the forward pass reads: a worker must not re-lay
+    weights that the others are reading."""
+    if workers == 1 or len(todo) <= 1:
+        for i in todo:
+            yield i, _fit(jobs[i], model, dataset, validation)
+        return
+    workers = min(workers, len(todo))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = torch.multiprocessing.get_context("spawn")
+    start = (model, dataset, validation, threads)
+    with (
+        forward_layout(model, include_shared=True),
+        context.Pool(workers, initializer=_start_worker, initargs=start) as pool,
+    ):
+        yield from pool.imap_unordered(_worker, [(i, jobs[i]) for i in todo])
+        pool.close()  # let the workers exit on their own: terminating them leaks semaphores
+        pool.join()
