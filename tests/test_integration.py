@@ -14,6 +14,7 @@ from conftest import assert_untouched, model_state
 
 from transformer_lens_mgp import (
     CircuitPruner,
+    PruningConfig,
     edge_graph,
     evaluate,
     evaluate_many,
@@ -106,10 +107,12 @@ def test_memory_options_on_smollm2(smollm2):
     """gradient_checkpointing reproduces a plain fit on SmolLM2; bf16 trains to a similar KL."""
     train = tasks.ioi(smollm2, n=24, seed=2)
     before = model_state(smollm2)
-    kwargs = dict(steps=4, batch_size=6, lr=0.3, progress=False)
-    plain = CircuitPruner(smollm2, seed=2).fit(train, **kwargs)
-    recomputed = CircuitPruner(smollm2, seed=2, gradient_checkpointing=True).fit(train, **kwargs)
-    bf16 = CircuitPruner(smollm2, seed=2, bf16=True).fit(train, **kwargs)
+    config = PruningConfig(steps=4, batch_size=6, lr=0.3, seed=2)
+    plain = CircuitPruner(smollm2, config).fit(train, progress=False)
+    recomputed = CircuitPruner(smollm2, config, gradient_checkpointing=True).fit(
+        train, progress=False
+    )
+    bf16 = CircuitPruner(smollm2, config, bf16=True).fit(train, progress=False)
     assert_untouched(smollm2, before)
     for g in plain.granularities:
         torch.testing.assert_close(recomputed.log_alpha[g], plain.log_alpha[g])

@@ -77,13 +77,13 @@ class CircuitPruner:
             raise UsageError("resume=True needs the checkpoint_dir of the fit to continue")
         checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
         identity = fit_identity(config, dims, train, validation)
+        state = load_checkpoint(checkpoint, identity) if resume else None  # refused early
         self.circuit_ = run = None
         start = time.perf_counter()
         try:
             with self.execution():  # the run's tensors are made in it: never inference tensors
                 run = PruningRun(self.model, config, dims, train, validation)
                 run.prepare()
-                state = load_checkpoint(checkpoint, identity) if resume else None
                 if state is not None:
                     run.load_state_dict(state)
                 _train(run, checkpoint, identity, progress)
