@@ -31,11 +31,15 @@ VARIANTS = {
 
 
 def model_state(model) -> dict:
-    """What must be unchanged after fit: weights (values, storage and strides), requires_grad
-    flags, attached hooks, and modules' own methods (no forward shadowed on an instance)."""
+    """What must be unchanged after fit: weights (values, storage, strides and autograd
+    versions), gradients, requires_grad flags, train/eval modes, attached hooks, and modules'
+    own methods (no forward shadowed on an instance)."""
     return {
         "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "layout": {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()},
+        "versions": [p._version for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "modes": [m.training for m in model.modules()],
         "flags": [p.requires_grad for p in model.parameters()],
         "hooks": sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in model.hook_dict.values()),
         "shadowed": [name for name, m in model.named_modules() if "forward" in vars(m)],
@@ -48,6 +52,12 @@ def assert_untouched(model, before: dict) -> None:
     assert after["shadowed"] == before["shadowed"] == []
     assert after["flags"] == before["flags"]
     assert after["layout"] == before["layout"]
+    assert after["versions"] == before["versions"], "autograd version counters changed"
+    assert after["modes"] == before["modes"], "train/eval mode changed"
+    for grad, expected in zip(after["grads"], before["grads"], strict=True):
+        assert (grad is None) == (expected is None) and (
+            grad is None or torch.equal(grad, expected)
+        )
     weights, expected = after["weights"], before["weights"]
     assert weights.keys() == expected.keys()
     for k in weights:

@@ -186,7 +186,7 @@ def test_an_unwritable_out_is_refused_before_the_model_loads(where, monkeypatch,
     blocker.write_text("")
     out = blocker if where == "file" else blocker / "run"
     assert main(["discover", *FAST, "--out", str(out)]) == 2
-    assert "give another --out" in capsys.readouterr().err
+    assert "the output folder (--out)" in capsys.readouterr().err
 
 
 def test_a_missing_cuda_is_refused_before_the_model_loads(monkeypatch, tmp_path, capsys):

@@ -9,6 +9,7 @@ interruption and resume in test_checkpoint.py, the command line in test_cli.py.
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 from conftest import VARIANTS, assert_untouched, model_state
 from safetensors.torch import save_file
 
-from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, evaluate, tasks
+from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, edge_graph, evaluate, tasks
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
@@ -341,7 +342,154 @@ CASES = [
         ValueError,
         "model=",
     ),
+    (
+        "prompts longer than the model's context",
+        lambda m, p: fit(m, data=dataset(m, clean_tokens=long_ids(), corrupted_tokens=long_ids())),
+        ValueError,
+        "longer than the model's context of 16",
+    ),
+    (
+        "token ids beyond the vocabulary in evaluate",
+        lambda m, p: evaluate(m, fit(m, steps=1), dataset(m, clean_tokens=ids(m) + 1000)),
+        ValueError,
+        "outside the model's vocabulary",
+    ),
+    (
+        "answer ids beyond the vocabulary in edge scores",
+        lambda m, p: edge_graph(
+            m, fit(m, steps=1), dataset(m, answer_tokens=torch.full((6,), 1000))
+        ),
+        ValueError,
+        "output vocabulary",
+    ),
+    (
+        "a seed that is not an integer",
+        lambda m, p: fit(m, dict(seed=1.5)),
+        ValueError,
+        "seed must be an integer",
+    ),
+    (
+        "a seed beyond 64 bits",
+        lambda m, p: fit(m, dict(seed=2**70)),
+        ValueError,
+        "seed must be an integer",
+    ),
+    ("no seed", lambda m, p: fit(m, dict(seed=None)), ValueError, "seed must be an integer"),
+    (
+        "a fractional batch size",
+        lambda m, p: fit(m, dict(batch_size=2.5)),
+        ValueError,
+        "batch_size must be a positive integer",
+    ),
+    ("steps=True", lambda m, p: fit(m, dict(steps=True)), ValueError, "steps must be a positive"),
+    (
+        "targets as a string",
+        lambda m, p: fit(m, dict(target="mlp_neuron=0.05")),
+        TypeError,
+        "mapping",
+    ),
+    (
+        "a target for a granularity that is not trained",
+        lambda m, p: fit(m, dict(granularities=["head"], target={"mlp_neuron": 0.1})),
+        ValueError,
+        "does not prune",
+    ),
+    (
+        "answers of shape [N, 0]",
+        lambda m, p: dataset(m, answer_tokens=torch.zeros(6, 0, dtype=torch.long)),
+        ValueError,
+        r"\[6, K\]",
+    ),
+    (
+        "a checkpoint_dir that is a file",
+        lambda m, p: fit(m, steps=1, checkpoint_dir=touch(p / "file")),
+        ValueError,
+        "checkpoint_dir .* is a file",
+    ),
+    (
+        "saving a circuit onto a folder",
+        lambda m, p: fit(m, steps=1).save(p),
+        ValueError,
+        "is a folder",
+    ),
+    (
+        "a circuit file whose metadata lacks a field",
+        lambda m, p: Circuit.load(
+            tamper(
+                saved_circuit(m, p),
+                lambda t, meta: (t, {k: v for k, v in meta.items() if k != "hard_concrete"}),
+            )
+        ),
+        ValueError,
+        "damaged circuit metadata",
+    ),
+    (
+        "a circuit file with NaN masks",
+        lambda m, p: Circuit.load(
+            tamper(
+                saved_circuit(m, p),
+                lambda t, meta: ({**t, "head": torch.full_like(t["head"], float("nan"))}, meta),
+            )
+        ),
+        ValueError,
+        "NaN or infinite",
+    ),
+    (
+        "evaluate on a model with a NaN weight",
+        lambda m, p: evaluate(nan_weight(build_model()), fit(m, steps=1), dataset(m)),
+        ValueError,
+        "NaN or infinite logits",
+    ),
+    (
+        "hooks of one batch used on another",
+        lambda m, p: m.run_with_hooks(
+            dataset(m).clean_tokens[:5],
+            fwd_hooks=fit(m, steps=1).fwd_hooks(dataset(m), model=m),
+        ),
+        ValueError,
+        "the same batch of corrupted prompts",
+    ),
+    (
+        "hooks used on a model of other dimensions",
+        lambda m, p: build_model(d_head=4, n_heads=8).run_with_hooks(
+            dataset(m).clean_tokens,
+            fwd_hooks=fit(m, steps=1).fwd_hooks(dataset(m), model=m),
+        ),
+        ValueError,
+        "built for units of shape",
+    ),
+    (
+        "a model on the meta device",
+        lambda m, p: fit(on_meta(), data=dataset(m)),
+        ValueError,
+        "meta device",
+    ),
 ]
+
+
+def ids(model) -> torch.Tensor:
+    return dataset(model).clean_tokens
+
+
+def long_ids() -> torch.Tensor:
+    """Six prompts of 18 tokens, two more than the tiny model's context."""
+    return torch.randint(0, 40, (6, 18), generator=torch.Generator().manual_seed(0))
+
+
+def touch(path):
+    path.write_text("")
+    return path
+
+
+def nan_weight(model):
+    """``model`` with one NaN weight."""
+    with torch.no_grad():
+        model.blocks[0].mlp.W_out[0, 0] = float("nan")
+    return model
+
+
+def on_meta():
+    return build_model().to("meta")
 
 
 @pytest.mark.parametrize("what, call, error, message", CASES, ids=[c[0] for c in CASES])
@@ -408,3 +556,176 @@ def test_bad_text_input_is_named(what, call, error, message, tokenizer_model):
     with pytest.raises(error, match=message):
         call(tokenizer_model)
     assert_untouched(tokenizer_model, before)
+
+
+# --- the user's model and work are never harmed ---------------------------------------------
+
+
+def test_a_pending_graph_still_backpropagates_after_fit_and_evaluate():
+    """The weight layout rewrites weights in place and back; autograd's version counters
+    come back too, so a loss built before the call can still be backpropagated."""
+    model = build_model()
+    data = dataset(model)
+    loss = model(data.clean_tokens).sum()
+    circuit = fit(model, steps=2)
+    evaluate(model, circuit, data)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_model_of_inference_tensors_is_refused_and_untouched():
+    with torch.inference_mode():
+        model = build_model()
+    data = dataset(build_model())
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    for call in (lambda: fit(model, data=data), lambda: evaluate(model, fit(build_model()), data)):
+        with pytest.raises(ValueError, match="inference tensors"):
+            call()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_a_second_concurrent_use_of_a_model_is_refused_at_once():
+    """Fits attach hooks to the model and re-lay its weights: a second fit from another
+    thread gets a clear error instead of corrupting the first, which ends as it would alone."""
+    import threading
+
+    model = build_model()
+    data = build_dataset(model, n=64)
+    alone = CircuitPruner(model, steps=40).fit(data, progress=False)
+    before = model_state(model)
+    started, results, errors = threading.Event(), [], []
+
+    def first():
+        def signal(activation, hook):
+            started.set()
+
+        model.blocks[0].hook_resid_pre.add_hook(signal)  # the first fit is under way
+        try:
+            results.append(CircuitPruner(model, steps=40).fit(data, progress=False))
+        finally:
+            model.blocks[0].hook_resid_pre.remove_hooks()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait(timeout=60)
+    for call in (
+        lambda: CircuitPruner(model, steps=2).fit(data, progress=False),
+        lambda: evaluate(model, alone, data),
+    ):
+        try:
+            call()
+        except ValueError as err:
+            errors.append(str(err))
+    thread.join()
+    if len(errors) < 2:  # the first fit ended before both calls: nothing to check
+        pytest.skip("the first fit finished before the concurrent calls were made")
+    assert all("busy with a fit or an evaluation in another thread" in e for e in errors)
+    for g in alone.granularities:
+        assert torch.equal(results[0].log_alpha[g], alone.log_alpha[g]), g
+    assert_untouched(model, before)
+
+
+# --- models in every dtype, in any grad mode ---------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_models_in_other_dtypes_fit_evaluate_patch_and_score_edges(dtype):
+    model = build_model(dtype=dtype)
+    data = build_dataset(model)
+    before = model_state(model)
+    circuit = CircuitPruner(model, steps=5).fit(data, progress=False)
+    result = evaluate(model, circuit, data)
+    assert math.isfinite(result.kl) and math.isfinite(result.recovered)
+    logits = model.run_with_hooks(data.clean_tokens, fwd_hooks=circuit.fwd_hooks(data, model=model))
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    graph = edge_graph(model, circuit, data[:8])
+    assert all(math.isfinite(w) for _, _, w in graph.edges(data="weight"))
+    assert_untouched(model, before)
+
+
+def test_a_float64_default_dtype_works():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_model(dtype=torch.float64)
+        data = build_dataset(model)
+        circuit = CircuitPruner(model, steps=3).fit(data, progress=False)
+        assert math.isfinite(evaluate(model, circuit, data).kl)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_edges_work_inside_a_no_grad_context(context):
+    model = build_model()
+    data = build_dataset(model, n=8)
+    circuit = fit(model, steps=2)
+    expected = edge_graph(model, circuit, data)
+    with context():
+        graph = edge_graph(model, circuit, data)
+    assert dict(graph.edges) == dict(expected.edges)
+
+
+# --- input: every plausible form works or gets one clear error -------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.uint8, torch.uint16])
+def test_token_ids_of_any_integer_dtype_fit_like_int64(dtype):
+    model = build_model()
+    data = build_dataset(model, n=16)
+    narrow = PairedDataset(
+        data.clean_tokens.to(dtype),
+        data.corrupted_tokens.to(dtype),
+        data.answer_tokens.to(dtype),
+        wrong_answer_tokens=data.wrong_answer_tokens.to(dtype),
+    )
+    assert narrow.clean_tokens.dtype == torch.int64
+    a = CircuitPruner(model, steps=3).fit(narrow, progress=False)
+    b = CircuitPruner(model, steps=3).fit(data, progress=False)
+    assert all(torch.equal(a.log_alpha[g], b.log_alpha[g]) for g in a.granularities)
+
+
+def test_answers_beyond_a_smaller_output_vocabulary_are_refused():
+    model = build_model(d_vocab_out=30)
+    data = dataset(model, answer_tokens=torch.full((6,), 35))
+    with pytest.raises(ValueError, match="output vocabulary of 30"):
+        fit(model, data=data)
+
+
+def test_resume_refuses_another_model_of_the_same_size(tmp_path):
+    data = dataset(build_model())
+    fit(build_model(), steps=2, data=data, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="model"):
+        fit(build_model(seed=1), steps=2, data=data, checkpoint_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    "clean, corrupted, answers, message",
+    [
+        ("abc", "abd", "xyz", "single string"),
+        ([""], [""], [" a"], "prompt is empty"),
+    ],
+)
+def test_prompts_given_as_a_string_or_empty_are_refused(
+    clean, corrupted, answers, message, tokenizer_model
+):
+    with pytest.raises((ValueError, TypeError), match=message):
+        PairedDataset.from_prompts(tokenizer_model, clean, corrupted, answers)
+
+
+def test_prompts_longer_than_the_context_are_not_cut(tokenizer_model):
+    long = " ".join(["word"] * (tokenizer_model.cfg.n_ctx + 10))
+    data = PairedDataset.from_prompts(tokenizer_model, [long], [long], [" a"])
+    assert data.seq_len > tokenizer_model.cfg.n_ctx
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        fit(tokenizer_model, data=data)
+
+
+def test_pareto_areas_of_no_circuit_is_an_error():
+    from transformer_lens_mgp import pareto_areas
+
+    with pytest.raises(ValueError, match="at least one circuit"):
+        pareto_areas([])

@@ -84,3 +84,50 @@ def test_weights_in_shared_memory_are_left_to_the_process_that_shares_them():
         assert not w_in.is_contiguous()
         assert torch.equal(model(tokens), expected)
     assert w_in.is_contiguous() and torch.equal(model(tokens), expected)
+
+
+def test_a_failure_half_way_puts_every_weight_back(monkeypatch):
+    """The re-layout is all-or-nothing: when one weight fails (and, by the next test, puts
+    itself back), the ones re-laid before it get their layout back too."""
+    import transformer_lens_mgp.runtime.layout as layout
+
+    model = build_model()
+    tokens = build_dataset(model).clean_tokens
+    expected = model(tokens)
+    before = model_state(model)
+    real, calls = layout._relayout, []
+
+    def fail_on_the_fifth(weight, strides):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("relayout failed")
+        real(weight, strides)
+
+    monkeypatch.setattr(layout, "_relayout", fail_on_the_fifth)
+    with pytest.raises(RuntimeError, match="relayout failed"), forward_layout(model):
+        pass
+    monkeypatch.setattr(layout, "_relayout", real)
+    assert_untouched(model, before)
+    assert torch.equal(model(tokens), expected)
+
+
+def test_a_weight_that_fails_to_relayout_keeps_its_values(monkeypatch):
+    model = build_model()
+    weight = model.blocks[0].attn.W_Q
+    values, strides = weight.detach().clone(), weight.stride()
+    real_copy = torch.Tensor.copy_
+    calls = []
+
+    def copy_fails_once(self, src, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("copy failed")
+        return real_copy(self, src, *args, **kwargs)
+
+    import transformer_lens_mgp.runtime.layout as layout
+
+    monkeypatch.setattr(torch.Tensor, "copy_", copy_fails_once)
+    with pytest.raises(RuntimeError, match="copy failed"):
+        layout._relayout(weight, (8 * 32, 1, 8))
+    monkeypatch.setattr(torch.Tensor, "copy_", real_copy)
+    assert weight.stride() == strides and torch.equal(weight, values)

@@ -111,3 +111,19 @@ def test_bad_sweeps_are_explained_before_any_training(setup, targets, kwargs, me
     model, train, _ = setup
     with pytest.raises(ValueError, match=message):
         sweep(model, train, targets, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        PruningConfig(steps=31),
+        PruningConfig(steps=30, seed=1),
+        PruningConfig(steps=30, ablation="zero"),
+    ],
+    ids=["steps", "seed", "ablation"],
+)
+def test_a_finished_point_of_other_settings_is_never_reused(setup, tmp_path, change):
+    model, train, _ = setup
+    sweep(model, train, TARGETS[:1], FIT, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings, pairs or model weights"):
+        sweep(model, train, TARGETS[:1], change, out_dir=tmp_path, progress=False)

@@ -27,19 +27,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError, UsageTypeError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import task_metric
-from ..core.model_api import (
-    check_hook_points,
-    check_vocabulary,
-    is_hooked_transformer,
-    model_device,
-)
+from ..core.model_api import check_model_and_pairs, is_hooked_transformer, model_device
 from ..core.nodes import NODE_NAMES, attn_hook_name, mlp_hook_name
-from ..runtime.guard import frozen
+from ..runtime.guard import exclusive, frozen
 
 INPUT, LOGITS = "input", "logits"
 
@@ -55,6 +51,7 @@ def edge_scores(
     """``{(upstream, downstream): score}`` for every pair of kept nodes (heads, MLPs, plus
     ``input`` and ``logits``) where the upstream node writes before the downstream one reads.
     Needs a HookedTransformer: per-head inputs are switched on inside, and off again after."""
+    check_positive_int("batch_size", batch_size)
     circuit.check_model(model)
     if not is_hooked_transformer(model):
         raise UsageTypeError(
@@ -62,12 +59,17 @@ def edge_scores(
             f"got {type(model).__name__}. Build one with transformer_lens_mgp.bridge."
             "hooked_from_hf (same weights) and score the edges there"
         )
-    check_hook_points(model, circuit.dims)
-    check_vocabulary(model, dataset)
+    check_model_and_pairs(model, circuit.dims, dataset=dataset)
     device = model_device(model)
-    source = AblationSource.for_dataset(model, ablation or circuit.ablation, dataset, circuit.dims)
     totals: dict[tuple[str, str], float] = {}
-    with frozen(model), per_head_inputs(model):
+    with (
+        exclusive(model, "edge scoring"),
+        torch.inference_mode(False),  # gradients are needed even in a caller's no-grad block
+        frozen(model),
+        per_head_inputs(model),
+    ):
+        kind = ablation or circuit.ablation
+        source = AblationSource.for_dataset(model, kind, dataset, circuit.dims)
         for batch in dataset.batches(batch_size):
             batch = batch.to(device)
             ablated = source.values(model, batch)

@@ -12,13 +12,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from ..core.hooks import AblationSource, check_ablation
 from ..core.metrics import accuracy, kl_divergence, recovered, task_metric
-from ..core.model_api import check_hook_points, check_vocabulary
+from ..core.model_api import check_model_and_pairs
 from ..runtime.forward import masked_answer_batches, reference_logits
+from ..runtime.guard import exclusive
 from ..runtime.layout import forward_layout
 
 
@@ -81,21 +83,26 @@ def evaluate_many(
     """:func:`evaluate` for several circuits of one model, sharing the full and empty runs."""
     if not circuits:
         raise UsageError("give at least one circuit to evaluate")
+    check_positive_int("batch_size", batch_size)
     ablation = ablation or circuits[0].ablation
     check_ablation(ablation)
     for circuit in circuits:
         circuit.check_model(model)
     dims = circuits[0].dims
-    check_hook_points(model, dims)
-    check_vocabulary(model, dataset)
+    check_model_and_pairs(model, dims, dataset=dataset)
     masks = [c.site_masks() for c in circuits]
     has_metric = dataset.wrong_answer_tokens is not None
     # The empty circuit comes first: its metric is the floor of "recovered".
     runs = ([masks[0].zeros()] if has_metric else []) + masks
     sums = {"acc_full": 0.0, "metric_full": 0.0, "metric_empty": 0.0}
     own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]
-    with forward_layout(model):
+    with exclusive(model, "evaluate"), forward_layout(model):
         full_logits = reference_logits(model, dataset, batch_size)
+        if not torch.isfinite(full_logits).all():
+            raise UsageError(
+                "the full model gives NaN or infinite logits on these pairs, so no faithfulness "
+                "can be measured; check the model's weights (e.g. for NaN) and the token ids"
+            )
         source = AblationSource.for_dataset(model, ablation, dataset, dims)
         for batch, rows, logits in masked_answer_batches(model, dataset, runs, source, batch_size):
             full = full_logits[rows]

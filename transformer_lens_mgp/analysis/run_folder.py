@@ -9,16 +9,15 @@ and, when edges were scored, ``edges.json``. A sweep folder holds one subfolder 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.checks import check_writable_folder
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
-from ..core.errors import UsageError
 from .curves import faithfulness_curve, pareto_areas
 from .edges import edge_graph
 from .evaluation import Evaluation, evaluate_many
@@ -36,17 +35,8 @@ def point_name(target: Mapping[str, float]) -> str:
 
 def check_out_dir(path: str | Path) -> Path:
     """Say now, before any work and without creating anything, why ``path`` could not become
-    a folder of outputs: it is a file, lies under a file, or is not writable."""
-    path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == path else f"lies under the file {existing}"
-        raise UsageError(f"the output folder {path} {where}; give another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to {existing}; give another --out")
-    return path
+    a folder of outputs."""
+    return check_writable_folder(path, "the output folder (--out)")
 
 
 def prepare_out_dir(path: str | Path) -> Path:

@@ -78,10 +78,16 @@ class Circuit:
 
     def __post_init__(self):
         for g, t in self.log_alpha.items():
+            check_granularity(g)
             if tuple(t.shape) != self.dims.shape(g):
                 raise UsageError(
                     f"log_alpha[{g!r}] has shape {tuple(t.shape)} but a model of {self.dims} "
                     f"needs {self.dims.shape(g)}"
+                )
+            if not torch.isfinite(t).all():
+                raise UsageError(
+                    f"log_alpha[{g!r}] holds NaN or infinite values, so it keeps no definite "
+                    "set of nodes; fit the circuit again"
                 )
 
     @classmethod
@@ -292,6 +298,10 @@ class Circuit:
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the ``log_alpha`` tensors plus JSON metadata."""
         path = Path(path)
+        if path.is_dir():
+            raise UsageError(
+                f"{path} is a folder; give the circuit file's path, e.g. {path}/circuit.safetensors"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -304,8 +314,11 @@ class Circuit:
         }
         tensors = {g: t.detach().cpu().float().contiguous() for g, t in self.log_alpha.items()}
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
-        tmp.replace(path)
+        try:
+            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -337,15 +350,23 @@ class Circuit:
                 f"{path} holds unknown granularities {sorted(unknown)}; it was changed or "
                 "written by another tool: save the circuit again with Circuit.save"
             )
-        circuit = cls(
-            dims=ModelDims(**meta["dims"]),
-            log_alpha={g: tensors[g] for g in GRANULARITIES if g in tensors},
-            hard_concrete=HardConcrete(**meta["hard_concrete"]),
-            config=meta.get("config", {}),
-            fit_info=meta.get("fit_info", {}),
-            history=meta.get("history", {}),
-            metrics=meta.get("metrics", {}),
-        )
+        try:
+            circuit = cls(
+                dims=ModelDims(**meta["dims"]),
+                log_alpha={g: tensors[g] for g in GRANULARITIES if g in tensors},
+                hard_concrete=HardConcrete(**meta["hard_concrete"]),
+                config=dict(meta.get("config", {})),
+                fit_info=dict(meta.get("fit_info", {})),
+                history=dict(meta.get("history", {})),
+                metrics=dict(meta.get("metrics", {})),
+            )
+        except UsageError as err:
+            raise UsageError(f"{path} is not a valid circuit file: {err}") from None
+        except (KeyError, TypeError, ValueError, StopIteration) as err:
+            raise UsageError(
+                f"{path} has damaged circuit metadata ({type(err).__name__}: {err}); it was "
+                "changed or written by another tool: save the circuit again with Circuit.save"
+            ) from None
         if model is not None:
             circuit.check_model(model)
         return circuit

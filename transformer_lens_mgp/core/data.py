@@ -7,6 +7,7 @@ and each batch is cut at its last answer position.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -51,9 +52,12 @@ class PairedDataset:
     meta: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
+        # Ids of any integer dtype (uint16 files, int32, ...) are stored as int64, what
+        # embeddings and gathers index with.
+        for name in ("clean_tokens", "corrupted_tokens"):
+            object.__setattr__(self, name, _as_ids(name, getattr(self, name)))
         clean, corrupted = self.clean_tokens, self.corrupted_tokens
         for label, t in (("clean_tokens", clean), ("corrupted_tokens", corrupted)):
-            _check_ids(label, t)
             if t.ndim != 2:
                 raise UsageError(
                     f"{label} must be a [n_pairs, seq_len] tensor, got shape {tuple(t.shape)}; "
@@ -68,15 +72,18 @@ class PairedDataset:
         n, seq_len = clean.shape
         if n == 0 or seq_len == 0:
             raise UsageError(f"the dataset is empty (shape {tuple(clean.shape)}); add some pairs")
-        _check_answers("answer_tokens", self.answer_tokens, n)
+        object.__setattr__(
+            self, "answer_tokens", _as_answers("answer_tokens", self.answer_tokens, n)
+        )
         if self.wrong_answer_tokens is not None:
-            _check_answers("wrong_answer_tokens", self.wrong_answer_tokens, n)
+            wrong = _as_answers("wrong_answer_tokens", self.wrong_answer_tokens, n)
+            object.__setattr__(self, "wrong_answer_tokens", wrong)
         if self.metric not in METRICS:
             raise UsageError(f"unknown metric {self.metric!r}; choose from {METRICS}")
         if self.answer_positions is None:
             object.__setattr__(self, "answer_positions", torch.full((n,), seq_len - 1))
-        _check_ids("answer_positions", self.answer_positions)
-        positions = self.answer_positions
+        positions = _as_ids("answer_positions", self.answer_positions)
+        object.__setattr__(self, "answer_positions", positions)
         if tuple(positions.shape) != (n,):
             raise UsageError(
                 f"answer_positions must have shape [{n}], got {tuple(positions.shape)}"
@@ -109,6 +116,12 @@ class PairedDataset:
         are not single tokens, raise a ValueError; with ``drop_invalid=True`` they are dropped
         and counted in ``meta["n_dropped"]``.
         """
+        for label, prompts in (("clean", clean), ("corrupted", corrupted), ("answers", answers)):
+            if isinstance(prompts, str):
+                raise UsageTypeError(
+                    f"{label} must be a list with one entry per pair, got the single string "
+                    f"{prompts[:40]!r}; wrap it in a list: [{prompts[:20]!r}...]"
+                )
         if not (len(clean) == len(corrupted) == len(answers)):
             raise UsageError(
                 f"got {len(clean)} clean prompts, {len(corrupted)} corrupted prompts and "
@@ -230,8 +243,15 @@ class PairedDataset:
 
 def tokenize_pair(model, clean, corrupted, answer, wrong, prepend_bos):
     """Token ids of one pair; ValueError when lengths differ or an answer is not one token."""
-    clean_ids = model.to_tokens(clean, prepend_bos=prepend_bos)[0].tolist()
-    corrupted_ids = model.to_tokens(corrupted, prepend_bos=prepend_bos)[0].tolist()
+    if not clean or not corrupted:
+        raise UsageError("a prompt is empty; every clean and corrupted prompt needs tokens")
+    # Not truncated (where the tokenizer can be told): a prompt longer than the model's
+    # context is refused where it is used, instead of being cut and scored mid-prompt.
+    options = {"prepend_bos": prepend_bos}
+    if "truncate" in inspect.signature(model.to_tokens).parameters:
+        options["truncate"] = False
+    clean_ids = model.to_tokens(clean, **options)[0].tolist()
+    corrupted_ids = model.to_tokens(corrupted, **options)[0].tolist()
     if len(clean_ids) != len(corrupted_ids):
         raise UsageError(
             f"{clean!r} is {len(clean_ids)} tokens but its corruption {corrupted!r} is "
@@ -258,26 +278,37 @@ def _single_tokens(model, answers) -> list[int]:
     return ids
 
 
-def _check_answers(label: str, t, n: int) -> None:
+def _as_answers(label: str, t, n: int) -> Tensor:
+    """Answer ids as int64, checked: ``[n]`` or ``[n, K]`` with -1 padding sets."""
     if not isinstance(t, Tensor):
         raise UsageTypeError(f"{label} must be a torch.Tensor of token ids, got {type(t).__name__}")
-    if t.ndim not in (1, 2) or t.shape[0] != n:
+    if t.ndim not in (1, 2) or t.shape[0] != n or (t.ndim == 2 and t.shape[1] == 0):
         raise UsageError(
             f"{label} must have shape [{n}] (one single token per pair) or [{n}, K] (a set per "
             f"pair, padded with -1), got {tuple(t.shape)}; multi-token answers are not "
             "supported: score their first token"
         )
-    _check_ids(label, t[:, 0] if t.ndim == 2 else t)
+    t = _integers(label, t)
+    _as_ids(label, t[:, 0] if t.ndim == 2 else t)
     if t.ndim == 2 and t.numel() and t.min() < PAD_ANSWER:
         raise UsageError(f"{label} holds {int(t.min())}; ids must be >= 0 (-1 pads sets)")
+    return t
 
 
-def _check_ids(label: str, t) -> None:
+def _integers(label: str, t) -> Tensor:
+    """``t`` as int64, for a tensor of any integer dtype; a clear error otherwise."""
     if not isinstance(t, Tensor):
         raise UsageTypeError(f"{label} must be a torch.Tensor of token ids, got {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise UsageTypeError(
             f"{label} must hold integer token ids, got dtype {t.dtype}; use .long()"
         )
+    return t.to(torch.int64)
+
+
+def _as_ids(label: str, t) -> Tensor:
+    """Non-negative ids as int64."""
+    t = _integers(label, t)
     if t.numel() and t.min() < 0:
         raise UsageError(f"{label} holds negative values ({int(t.min())}); ids must be >= 0")
+    return t

@@ -38,6 +38,15 @@ def interpolate_hook(
 ) -> Float[Tensor, "batch pos *node"]:
     """Keep the clean activation where the mask is 1, the ablated one where it is 0, in the
     activation's own dtype and device."""
+    if mask.shape != activation.shape[2:] or (
+        ablated.ndim == activation.ndim and ablated.shape != activation.shape
+    ):
+        raise UsageError(
+            f"hook {hook.name} got an activation of shape {tuple(activation.shape)}, but these "
+            f"hooks were built for units of shape {tuple(mask.shape)} and ablated values of "
+            f"shape {tuple(ablated.shape)}: build the hooks for this model and these prompts "
+            "(the same batch of corrupted prompts), or use ablation='mean' for other batches"
+        )
     mask = mask.to(activation)
     return mask * activation + (1 - mask) * ablated.to(activation)
 

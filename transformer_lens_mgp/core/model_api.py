@@ -59,10 +59,58 @@ def check_hook_points(model, dims: ModelDims) -> None:
         )
 
 
-def check_vocabulary(model, dataset, label: str = "dataset") -> None:
-    """Token ids the model cannot embed fail here, not deep inside its forward pass."""
-    if dataset.max_token_id() >= model.cfg.d_vocab:
+def check_pairs(model, dataset, label: str = "dataset") -> None:
+    """Pairs the model cannot run fail here, not deep inside its forward pass: token ids it
+    cannot embed, answers it cannot predict, prompts longer than its context."""
+    cfg = model.cfg
+    prompts = max(int(dataset.clean_tokens.max()), int(dataset.corrupted_tokens.max()))
+    if prompts >= cfg.d_vocab:
         raise UsageError(
-            f"the {label} holds token id {dataset.max_token_id()} but the model's vocabulary "
-            f"has {model.cfg.d_vocab} tokens; tokenize the prompts with this model's tokenizer"
+            f"token id {prompts} in the {label} is outside the model's vocabulary of "
+            f"{cfg.d_vocab} tokens; tokenize the prompts with this model's tokenizer"
         )
+    answer_sets = [dataset.answer_tokens, dataset.wrong_answer_tokens]
+    answers = max(int(t.max()) for t in answer_sets if t is not None)
+    d_vocab_out = getattr(cfg, "d_vocab_out", None) or cfg.d_vocab
+    if d_vocab_out < 0:  # TransformerLens' "same as d_vocab"
+        d_vocab_out = cfg.d_vocab
+    if answers >= d_vocab_out:
+        raise UsageError(
+            f"answer token {answers} in the {label} is outside the model's output vocabulary "
+            f"of {d_vocab_out} tokens; tokenize the answers with this model's tokenizer"
+        )
+    n_ctx = getattr(cfg, "n_ctx", None)
+    used = int(dataset.answer_positions.max()) + 1
+    if n_ctx is not None and used > n_ctx:
+        raise UsageError(
+            f"prompts in the {label} are {used} tokens long up to their answer, longer than "
+            f"the model's context of {n_ctx} tokens; shorten them"
+        )
+
+
+def check_runnable(model) -> None:
+    """Weights the package cannot run with, said before any work: on the meta device (no
+    values) or inference tensors (made under ``torch.inference_mode()``, which autograd and
+    the weight layout cannot use)."""
+    params = list(model.parameters())
+    if any(p.device.type == "meta" for p in params):
+        raise UsageError(
+            "the model's weights are on the meta device (no values); load them first, "
+            "e.g. model.to_empty(device='cpu') and a state dict, or build it without meta"
+        )
+    if any(p.is_inference() for p in params):
+        raise UsageError(
+            "the model's weights are inference tensors (it was built or loaded under "
+            "torch.inference_mode()), which autograd cannot use; build or load it outside "
+            "inference_mode"
+        )
+
+
+def check_model_and_pairs(model, dims: ModelDims, **datasets) -> None:
+    """What every entry point checks before any work: the model's hook points and weights,
+    and each ``label=dataset`` given (None is skipped)."""
+    check_hook_points(model, dims)
+    check_runnable(model)
+    for label, dataset in datasets.items():
+        if dataset is not None:
+            check_pairs(model, dataset, label.replace("_", " "))

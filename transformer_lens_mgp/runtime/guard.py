@@ -1,19 +1,55 @@
-"""The user's model stays theirs: what a call changes on it comes back, however it ends."""
+"""The user's model stays theirs: what a call changes on it comes back, however it ends,
+and two calls never change it at once."""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ..core.errors import UsageError
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
 @contextmanager
 def frozen(model) -> Iterator[None]:
-    """Turn off gradients of the model's weights; put back each flag on exit, whatever happens."""
+    """Turn off gradients of the model's weights; put back every flag on exit, whatever
+    happens (a flag that fails to come back does not stop the others)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        for p, _ in flags:
-            p.requires_grad_(False)
+        for p, flag in flags:
+            if flag:
+                p.requires_grad_(False)
         yield
     finally:
+        failures = []
         for p, flag in flags:
-            p.requires_grad_(flag)
+            try:
+                p.requires_grad_(flag)
+            except RuntimeError as err:
+                failures.append(err)
+        if failures:
+            raise failures[0]
+
+
+@contextmanager
+def exclusive(model, what: str) -> Iterator[None]:
+    """One call at a time on a model: a fit or evaluation attaches hooks to the model and
+    re-lays its weights, so a second one from another thread would see the first one's
+    hooks. It gets this error at once instead; the same thread may nest calls (a sweep's
+    fits)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(model, threading.RLock())
+    if not lock.acquire(blocking=False):
+        raise UsageError(
+            f"this model is busy with a fit or an evaluation in another thread, so {what} "
+            "cannot run on it now; run them one after another, or give each thread its own "
+            "copy (copy.deepcopy(model))"
+        )
+    try:
+        yield
+    finally:
+        lock.release()

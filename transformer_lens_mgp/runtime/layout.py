@@ -7,7 +7,8 @@ every weight matrix on every call: a third of a SmolLM2 training step on CPU. Wi
 ``forward_layout`` each such weight holds the same values in the same storage, laid out so
 that those calls are views and copy nothing. Outputs are bitwise identical on the default
 paths (with options such as ``use_split_qkv_input``, whose einsums read the weights in
-another order, equal to float rounding); on exit every weight gets its original layout back.
+another order, equal to float rounding); on exit every weight gets its original layout and
+autograd version back, so a graph built before still backpropagates.
 """
 
 from __future__ import annotations
@@ -46,11 +47,30 @@ def _strides_for(shape: torch.Size, order: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _relayout(weight: torch.nn.Parameter, strides: tuple[int, ...]) -> None:
-    """Rewrite ``weight`` in place (same storage, same values) with the given strides."""
+    """Rewrite ``weight`` in place (same storage, same values) with the given strides; if
+    that fails half-way, the weight gets its old strides and values back before the error
+    propagates."""
     values = weight.detach().clone()
+    old = weight.stride()
+    storage, offset = weight.untyped_storage(), weight.storage_offset()
     with torch.no_grad():
-        weight.set_(weight.untyped_storage(), weight.storage_offset(), weight.shape, strides)
-        weight.copy_(values)
+        try:
+            weight.set_(storage, offset, weight.shape, strides)
+            weight.copy_(values)
+        except BaseException:
+            weight.set_(storage, offset, weight.shape, old)
+            weight.copy_(values)
+            raise
+
+
+def _set_version(tensor: torch.Tensor, version: int) -> None:
+    """Put back the autograd version counter that the in-place re-layout bumped, so that a
+    graph the caller built before still backpropagates (the values are the same again)."""
+    setter = torch._C._autograd._unsafe_set_version_counter
+    try:
+        setter((tensor,), (version,))
+    except TypeError:  # the single-tensor form of older torch releases
+        setter(tensor, version)
 
 
 def _movable(model, include_shared: bool) -> list[tuple[torch.nn.Parameter, tuple[int, ...]]]:
@@ -67,7 +87,7 @@ def _movable(model, include_shared: bool) -> list[tuple[torch.nn.Parameter, tupl
         if not name.startswith("blocks."):
             continue
         order = LAYOUTS.get(name.rsplit(".", 1)[-1])
-        if order is None or p.ndim != len(order) or not p.is_contiguous():
+        if order is None or p.ndim != len(order) or not p.is_contiguous() or p.is_inference():
             continue
         if p.device.type == "cpu" and p.is_shared() and not include_shared:
             continue
@@ -85,14 +105,21 @@ def forward_layout(model, include_shared: bool = False) -> Iterator[None]:
     CPU shared memory are left alone unless ``include_shared``: the process that shares
     them lays them out once, before other processes receive them (see ``sweeps``).
     """
-    moved: list[tuple[torch.nn.Parameter, tuple[int, ...]]] = []
+    moved: list[tuple[torch.nn.Parameter, tuple[int, ...], int]] = []
     try:
         if is_hooked_transformer(model):
             for weight, strides in _movable(model, include_shared):
-                original = weight.stride()
+                original = (weight, weight.stride(), weight._version)
                 _relayout(weight, strides)
-                moved.append((weight, original))
+                moved.append(original)
         yield
     finally:
-        for weight, original in reversed(moved):
-            _relayout(weight, original)
+        failures = []
+        for weight, strides, version in reversed(moved):  # every weight, even after a failure
+            try:
+                _relayout(weight, strides)
+                _set_version(weight, version)
+            except Exception as err:
+                failures.append(err)
+        if failures:
+            raise failures[0]

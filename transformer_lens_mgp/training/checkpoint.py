@@ -1,7 +1,8 @@
 """Atomic training checkpoints: a killed process loses at most the steps since the last one.
 
 A checkpoint holds a run's whole state and the identity of the fit it belongs to: the
-config, the model's sizes and a fingerprint of the training and validation pairs. Resuming
+config, the model's sizes, fingerprints of its weights and of the training and validation
+pairs. Resuming
 with anything different is refused, naming what differs.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.checks import check_writable_folder
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
 
@@ -32,7 +34,22 @@ def dataset_fingerprint(dataset: PairedDataset | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def fit_identity(config, dims, train: PairedDataset, validation: PairedDataset | None) -> dict:
+@torch.no_grad()
+def model_fingerprint(model) -> str:
+    """A digest of the model's weights (names, shapes, dtypes and two float64 sums each):
+    another model of the same sizes, or the same one with changed weights, differs."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        sums = (torch.sum(p, dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64))
+        digest.update(
+            f"{name}{tuple(p.shape)}{p.dtype}{sums[0].item():.12e}{sums[1].item():.12e}".encode()
+        )
+    return digest.hexdigest()[:16]
+
+
+def fit_identity(
+    model, config, dims, train: PairedDataset, validation: PairedDataset | None
+) -> dict:
     """What makes two fits the same fit: a checkpoint of one resumes only the other. Every
     setting counts but ``checkpoint_every``, which changes how often the run is saved, not
     what it computes."""
@@ -41,9 +58,16 @@ def fit_identity(config, dims, train: PairedDataset, validation: PairedDataset |
     return {
         "config": settings,
         "dims": dims.to_dict(),
+        "model": model_fingerprint(model),
         "train": dataset_fingerprint(train),
         "validation": dataset_fingerprint(validation),
     }
+
+
+def checkpoint_path(folder: str | Path) -> Path:
+    """Where a fit checkpoints in ``folder``, checked now rather than at the first
+    checkpoint."""
+    return check_writable_folder(folder, "checkpoint_dir") / CHECKPOINT_NAME
 
 
 def save_checkpoint(path: Path, identity: dict, state: dict) -> None:

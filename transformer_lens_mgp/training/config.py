@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..core.checks import check_positive_int, is_int, is_number
 from ..core.errors import UsageError, UsageTypeError
 from ..core.gates import HardConcrete
 from ..core.hooks import check_ablation
@@ -97,14 +98,14 @@ class PruningConfig:
             )
         check_ablation(self.ablation)
         for name in ("steps", "batch_size", "checkpoint_every"):
-            _check_positive_int(name, getattr(self, name))
-        if not _is_number(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            check_positive_int(name, getattr(self, name))
+        if not is_number(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
             raise UsageError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not _is_number(self.init_log_alpha) or not math.isfinite(self.init_log_alpha):
+        if not is_number(self.init_log_alpha) or not math.isfinite(self.init_log_alpha):
             raise UsageError(f"init_log_alpha must be finite, got {self.init_log_alpha!r}")
-        if not _is_number(self.target_warmup) or not 0 <= self.target_warmup <= 1:
+        if not is_number(self.target_warmup) or not 0 <= self.target_warmup <= 1:
             raise UsageError(
                 f"target_warmup is a share of the steps, in [0, 1]; got {self.target_warmup!r}"
             )
@@ -120,7 +121,7 @@ class PruningConfig:
                     "eval_every spaces the held-out measurements of a KL budget; set max_kl too"
                 )
             return
-        if not _is_number(self.max_kl) or not math.isfinite(self.max_kl) or self.max_kl <= 0:
+        if not is_number(self.max_kl) or not math.isfinite(self.max_kl) or self.max_kl <= 0:
             raise UsageError(f"max_kl must be a finite number > 0 (nats), got {self.max_kl!r}")
         if self.target:
             raise UsageError(
@@ -128,7 +129,7 @@ class PruningConfig:
                 "give one of them"
             )
         if self.eval_every is not None:
-            _check_positive_int("eval_every", self.eval_every)
+            check_positive_int("eval_every", self.eval_every)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -177,16 +178,3 @@ class PruningConfig:
     @classmethod
     def from_dict(cls, values: Mapping) -> PruningConfig:
         return cls().replace(**dict(values))
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not _is_int(value) or value < 1:
-        raise UsageError(f"{name} must be a positive integer, got {value!r}")

@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError, UsageTypeError
-from ..core.model_api import check_hook_points, check_vocabulary, model_device, model_dims
-from ..runtime.guard import frozen
+from ..core.model_api import check_model_and_pairs, check_pairs, model_device, model_dims
+from ..runtime.guard import exclusive, frozen
 from ..runtime.layout import forward_layout
 from ..runtime.recompute import checkpointable_blocks, recomputed_blocks
 from .budget import split_validation
-from .checkpoint import CHECKPOINT_NAME, fit_identity, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, fit_identity, load_checkpoint, save_checkpoint
 from .config import PruningConfig
 from .run import PruningRun
 
@@ -75,8 +75,8 @@ class CircuitPruner:
         config, dims, train, validation = self._checked(train, validation)
         if resume and checkpoint_dir is None:
             raise UsageError("resume=True needs the checkpoint_dir of the fit to continue")
-        checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-        identity = fit_identity(config, dims, train, validation)
+        checkpoint = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
+        identity = fit_identity(self.model, config, dims, train, validation)
         state = load_checkpoint(checkpoint, identity) if resume else None  # refused early
         self.circuit_ = run = None
         start = time.perf_counter()
@@ -95,6 +95,7 @@ class CircuitPruner:
                 "dataset": train.name,
                 "n_pairs": len(train),
                 "fingerprint": identity["train"],
+                "model_fingerprint": identity["model"],
                 "n_validation": None if validation is None else len(validation),
                 "kl_empty": round(run.kl_empty, 6),
                 "seconds": round(time.perf_counter() - start, 2),
@@ -109,6 +110,7 @@ class CircuitPruner:
         caller's ``no_grad`` or ``inference_mode``, bf16 autocast and block recomputation if
         asked. Everything is undone on exit."""
         with ExitStack() as stack:
+            stack.enter_context(exclusive(self.model, "a fit"))
             stack.enter_context(frozen(self.model))
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
@@ -130,10 +132,9 @@ class CircuitPruner:
             )
         dims = model_dims(self.model)
         config = self.config.resolved(dims)
-        check_hook_points(self.model, dims)
+        check_model_and_pairs(self.model, dims, dataset=train)
         if config.gradient_checkpointing:
             checkpointable_blocks(self.model)
-        check_vocabulary(self.model, train)
         if config.max_kl is None:
             if validation is not None:
                 raise UsageError(
@@ -147,7 +148,7 @@ class CircuitPruner:
             raise UsageTypeError(
                 f"validation must be a PairedDataset, got {type(validation).__name__}"
             )
-        check_vocabulary(self.model, validation, "validation pairs")
+        check_pairs(self.model, validation, "validation pairs")
         return config, dims, train, validation
 
 

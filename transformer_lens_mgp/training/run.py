@@ -107,6 +107,11 @@ class PruningRun:
         empty circuit's KL (the unit of every lambda)."""
         batch_size = self.config.batch_size
         self.reference = reference_logits(self.model, self.train, batch_size)
+        if not torch.isfinite(self.reference).all():
+            raise TrainingDivergedError(
+                "the unmasked model produced non-finite logits on this dataset; check the "
+                "model's weights and that token ids are valid for its vocabulary"
+            )
         self.ablation = AblationSource.for_dataset(
             self.model, self.config.ablation, self.train, self.dims
         )

@@ -21,12 +21,14 @@ from tqdm.auto import tqdm
 
 from ..analysis.evaluation import evaluate
 from ..analysis.run_folder import CIRCUIT_FILE, point_name
+from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ..core.model_api import model_device, model_dims
+from ..core.model_api import check_model_and_pairs, model_device, model_dims
+from ..runtime.guard import exclusive
 from ..runtime.layout import forward_layout
-from .checkpoint import dataset_fingerprint
+from .checkpoint import dataset_fingerprint, model_fingerprint
 from .config import PruningConfig
 from .pruner import CircuitPruner
 
@@ -65,13 +67,14 @@ def sweep(
     targets = [dict(t) for t in targets]
     if not targets:
         raise UsageError("give at least one target, e.g. targets=[{'mlp_neuron': 0.05}]")
-    # Errors in a point's settings now, not inside a worker.
-    configs = [config.replace(target=t).resolved(model_dims(model)) for t in targets]
+    # Errors in a point's settings or in the pairs now, not inside a worker.
+    dims = model_dims(model)
+    configs = [config.replace(target=t).resolved(dims) for t in targets]
+    check_model_and_pairs(model, dims, dataset=dataset, validation_pairs=validation)
     names = [point_name(t) for t in targets]
     if len(set(names)) < len(names):
         raise UsageError(f"targets repeat: {names}; give each sweep point once")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise UsageError(f"workers must be a positive integer, got {workers!r}")
+    check_positive_int("workers", workers)
     if workers > 1 and model_device(model).type != "cpu":
         raise UsageError(
             f"workers={workers} trains points in parallel CPU processes, but the model is on "
@@ -83,7 +86,7 @@ def sweep(
     done = [_finished(job, model, fingerprint) for job in jobs]
     todo = [i for i, c in enumerate(done) if c is None]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", disable=not progress)
-    with bar:
+    with bar, exclusive(model, "a sweep"):
         for i, circuit in _run(jobs, todo, model, dataset, validation, workers):
             done[i] = circuit
             bar.update()
@@ -102,9 +105,14 @@ def _finished(job: _Job, model, fingerprint: str) -> Circuit | None:
     if not (path and path.is_file()):
         return None
     circuit = Circuit.load(path, model=model)
-    if circuit.config != job.config.to_dict() or circuit.fit_info.get("fingerprint") != fingerprint:
+    if (
+        circuit.config != job.config.to_dict()
+        or circuit.fit_info.get("fingerprint") != fingerprint
+        or circuit.fit_info.get("model_fingerprint") != model_fingerprint(model)
+    ):
         raise UsageError(
-            f"{path} was fitted with other settings or pairs than this sweep asks for; use "
+            f"{path} was fitted with other settings, pairs or model weights than this sweep "
+            "asks for; use "
             "another out_dir, or delete the folder to fit the point again"
         )
     return circuit

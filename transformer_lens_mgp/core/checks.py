@@ -1,0 +1,38 @@
+"""Checks every entry point shares, so a wrong argument fails the same way everywhere and
+before any work (a path is checked before the job that writes to it, not at its end)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def check_writable_folder(path: str | Path, what: str) -> Path:
+    """``path`` as a folder that exists or can be made and written, creating nothing; else
+    a clear error naming ``what`` it is for (e.g. ``"--out"``, ``"checkpoint_dir"``)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {existing}"
+        raise UsageError(f"{what} {path} {where}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path} cannot be written (no write access to {existing})")
+    return path
+
+
+def is_int(value) -> bool:
+    """An integer, and not a bool (``steps=True`` is a mistake, not one step)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value) -> None:
+    if not is_int(value) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
