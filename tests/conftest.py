@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from transformer_lens_mgp.models import default_model_path, is_default_model_available, load_model
-from transformer_lens_mgp.testing.tiny import LLAMA_LIKE
+from transformer_lens_mgp.testing.tiny import LLAMA_LIKE, build_cfg
 
 warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
 
@@ -91,15 +91,15 @@ def tokenizer_model(pytestconfig):
         gguf = default_model_path()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tokenizer.save_pretrained(str(cached))
-    cfg = HookedTransformerConfig(
+    cfg = build_cfg(
         n_layers=1,
         d_model=8,
         n_ctx=64,
         d_head=4,
         n_heads=2,
         attn_only=True,
+        d_mlp=None,
         d_vocab=len(tokenizer),
-        act_fn="gelu",
         default_prepend_bos=False,
     )
     return HookedTransformer(cfg, tokenizer=tokenizer).eval()

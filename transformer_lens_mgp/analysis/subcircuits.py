@@ -32,12 +32,17 @@ def random_circuit(circuit: Circuit, seed: int = 0) -> Circuit:
         needed = 1 + dims.has_mlp if g == "block" else 1
         if len(branches) == needed:  # else an untrained branch keeps every chosen node
             must_cover.update(_assign_cover(picked, branches, circuit, generator))
+    return _chosen_from(circuit, chosen, random_baseline_seed=seed)
+
+
+def _chosen_from(circuit: Circuit, kept: dict[str, Tensor], **how) -> Circuit:
+    """A circuit of ``kept`` nodes, recording the circuit it was chosen from and how."""
     return Circuit.from_kept(
-        dims,
-        chosen,
+        circuit.dims,
+        kept,
         hard_concrete=circuit.hard_concrete,
         config=circuit.config,
-        fit_info={**circuit.fit_info, "random_baseline_seed": seed},
+        fit_info={**circuit.fit_info, **how},
     )
 
 
@@ -121,10 +126,4 @@ def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
         kept[g] = chosen.view(scores.shape)
     for g in trained:
         kept.setdefault(g, torch.ones(dims.shape(g), dtype=torch.bool))
-    return Circuit.from_kept(
-        dims,
-        kept,
-        hard_concrete=circuit.hard_concrete,
-        config=circuit.config,
-        fit_info={**circuit.fit_info, "top_fraction": fraction},
-    )
+    return _chosen_from(circuit, kept, top_fraction=fraction)
