@@ -208,3 +208,17 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "load_model", buggy)
     with pytest.raises(TypeError, match="a bug"):
         main(["discover", *FAST, "--out", str(tmp_path / "o")])
+
+
+def test_compare_two_runs(tiny_default, tmp_path, capsys):
+    for task in ("ioi", "gp"):
+        assert main(["discover", "--task", task, *FAST, "--out", str(tmp_path / task)]) == 0
+    out = tmp_path / "ioi-vs-gp"
+    files = [str(tmp_path / t / "circuit.safetensors") for t in ("ioi", "gp")]
+    assert main(["compare", *files, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Jaccard" in printed and "ioi" in printed and "gp" in printed
+    result = json.loads((out / "comparison.json").read_text())
+    assert set(result["overlap"]) >= {"block", "head", "attn_neuron"}
+    assert result["names"] == ["ioi", "gp"]
+    assert "heads:" in (out / "comparison.html").read_text()

@@ -7,6 +7,7 @@ The package is a stack of layers, each importing only from those below it:
 """
 
 from . import tasks
+from .analysis.compare import CircuitComparison, compare
 from .analysis.curves import FaithfulnessCurve, ParetoAreas, faithfulness_curve, pareto_areas
 from .analysis.edges import edge_graph, edge_scores
 from .analysis.evaluation import Evaluation, evaluate, evaluate_many
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_SPARSITY",
     "GRANULARITIES",
     "Circuit",
+    "CircuitComparison",
     "CircuitPruner",
     "Evaluation",
     "FaithfulnessCurve",
@@ -36,6 +38,7 @@ __all__ = [
     "PruningConfig",
     "TrainingDivergedError",
     "UsageError",
+    "compare",
     "edge_graph",
     "edge_scores",
     "evaluate",

@@ -21,6 +21,7 @@ from .analysis.run_folder import (
     peak_memory_mib,
     point_name,
     sweep_summary,
+    write_comparison_folder,
     write_metrics,
     write_run_folder,
     write_sweep_folder,
@@ -153,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="points trained at once, in processes (CPU)"
     )
 
+    compare_parser = sub.add_parser(
+        "compare", help="what two saved circuits of one model share (no model needed)"
+    )
+    compare_parser.add_argument("circuits", type=Path, nargs=2, metavar="CIRCUIT")
+    compare_parser.add_argument("--out", type=Path, required=True, help="output folder")
+    compare_parser.add_argument(
+        "--names", nargs=2, default=None, metavar="NAME", help="labels (default: the folders)"
+    )
+
     evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
     _add_data_args(evaluate, out_required=False)
     evaluate.add_argument("circuit", type=Path, help="a circuit file written by discover")
@@ -161,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"discover": _discover, "sweep": _sweep, "evaluate": _evaluate}[args.command]
+    commands = {"discover": _discover, "sweep": _sweep, "evaluate": _evaluate, "compare": _compare}
+    command = commands[args.command]
     try:
         return command(args)
     except (UsageError, TrainingDivergedError) as err:
@@ -300,6 +311,22 @@ def _evaluate(args) -> int:
     if args.out is not None:
         print(f"wrote {write_metrics(args.out, run)}")
     return 0
+
+
+def _compare(args) -> int:
+    check_out_dir(args.out)
+    a, b = (Circuit.load(path) for path in args.circuits)
+    names = tuple(args.names or (_label(args.circuits[0]), _label(args.circuits[1])))
+    comparison = write_comparison_folder(args.out, a, b, names)
+    print(comparison.table())
+    print(f"shared heads: {', '.join(comparison.shared_heads) or 'none'}")
+    print(f"wrote {args.out}/comparison.json, comparison.html")
+    return 0
+
+
+def _label(path: Path) -> str:
+    """A circuit's name from its file: the run folder's name for ``circuit.safetensors``."""
+    return path.parent.name if path.stem == "circuit" and path.parent.name else path.stem
 
 
 def _metrics_table(run) -> str:

@@ -227,3 +227,36 @@ def _node_order(name: str) -> tuple[float, str]:
 
 def _node_symbol(name: str) -> str:
     return "square" if name.endswith(".mlp") else "diamond" if "." not in name else "circle"
+
+
+def plot_head_comparison(a: Circuit, b: Circuit, names: tuple[str, str] = ("A", "B")) -> go.Figure:
+    """Layers x heads of two circuits of one model: kept by both, by one of them, or by
+    neither (the head maps of the two side by side, in one picture)."""
+    kept_a, kept_b = a.kept("head"), b.kept("head")
+    code = kept_a.int() + 2 * kept_b.int()  # 0 neither, 1 only A, 2 only B, 3 both
+    labels = ["neither", f"only {names[0]}", f"only {names[1]}", "both"]
+    colours = ["#f2f2f2", "#1f77b4", "#ff7f0e", "#2ca02c"]
+    scale = []  # one flat band per code
+    for i, colour in enumerate(colours):
+        scale += [[i / 4, colour], [(i + 1) / 4, colour]]
+    text = [[labels[v] for v in row] for row in code.tolist()]
+    fig = go.Figure(
+        go.Heatmap(
+            z=code.numpy(),
+            text=text,
+            zmin=-0.5,
+            zmax=3.5,
+            colorscale=scale,
+            colorbar=dict(tickvals=[0, 1, 2, 3], ticktext=labels),
+            hovertemplate="L%{y}.H%{x}: %{text}<extra></extra>",
+        )
+    )
+    shared = int((kept_a & kept_b).sum())
+    fig.update_layout(
+        title=f"heads: {int(kept_a.sum())} in {names[0]}, {int(kept_b.sum())} in {names[1]}, "
+        f"{shared} shared",
+        xaxis_title="head",
+        yaxis_title="layer",
+        height=300 + 12 * a.dims.n_layers,
+    )
+    return fig

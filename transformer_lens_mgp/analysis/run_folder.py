@@ -18,6 +18,7 @@ from pathlib import Path
 from ..core.checks import check_writable_folder
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
+from .compare import CircuitComparison, compare
 from .curves import faithfulness_curve, pareto_areas
 from .edges import edge_graph
 from .evaluation import Evaluation, evaluate_many
@@ -145,6 +146,20 @@ def write_sweep_folder(
     figure = out / "pareto.html"
     plot_pareto(circuits).write_html(figure)
     return [_write_json(out / "sweep.json", summary), figure]
+
+
+def write_comparison_folder(
+    out_dir: str | Path, a: Circuit, b: Circuit, names: tuple[str, str]
+) -> CircuitComparison:
+    """``comparison.json`` (overlap per granularity, shared and unique heads) and
+    ``comparison.html`` (the two head maps in one figure)."""
+    from .plotting import plot_head_comparison
+
+    comparison = compare(a, b, names)
+    out = prepare_out_dir(out_dir)
+    _write_json(out / "comparison.json", comparison.to_dict())
+    plot_head_comparison(a, b, names).write_html(out / "comparison.html")
+    return comparison
 
 
 def _write_json(path: Path, data) -> Path:
