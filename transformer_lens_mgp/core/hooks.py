@@ -64,13 +64,13 @@ def mask_hooks(dims: ModelDims, masks: SiteMasks, ablated: dict[str, Tensor]) ->
     return hooks
 
 
-def storing_hooks(names: list[str], cache: dict, rows: slice = slice(None)) -> FwdHooks:
-    """Hooks that put each named site's activation (the given batch rows, detached) into
-    ``cache`` under the name asked for: a TransformerBridge may report an aliased name."""
+def storing_hooks(names: list[str], cache: dict) -> FwdHooks:
+    """Hooks that put each named site's activation (detached) into ``cache`` under the name
+    asked for: a TransformerBridge may report an aliased name."""
 
     def store_as(key: str):
         def store(activation, *, hook):
-            cache[key] = activation[rows].detach()
+            cache[key] = activation.detach()
 
         return store
 

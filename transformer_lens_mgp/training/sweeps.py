@@ -82,8 +82,11 @@ def sweep(
         )
     folders = [Path(out_dir) / name if out_dir else None for name in names]
     jobs = [_Job(c, folder) for c, folder in zip(configs, folders, strict=True)]
-    fingerprint = dataset_fingerprint(dataset)
-    done = [_finished(job, model, fingerprint) for job in jobs]
+    made_from = {
+        "fingerprint": dataset_fingerprint(dataset),
+        "model_fingerprint": model_fingerprint(model),
+    }
+    done = [_finished(job, model, made_from) for job in jobs]
     todo = [i for i, c in enumerate(done) if c is None]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", disable=not progress)
     with bar, exclusive(model, "a sweep"):
@@ -99,16 +102,14 @@ class _Job:
     folder: Path | None
 
 
-def _finished(job: _Job, model, fingerprint: str) -> Circuit | None:
+def _finished(job: _Job, model, made_from: dict[str, str]) -> Circuit | None:
     """The point's saved circuit, if it was fitted with the same settings on the same pairs."""
     path = job.folder / CIRCUIT_FILE if job.folder else None
     if not (path and path.is_file()):
         return None
     circuit = Circuit.load(path, model=model)
-    if (
-        circuit.config != job.config.to_dict()
-        or circuit.fit_info.get("fingerprint") != fingerprint
-        or circuit.fit_info.get("model_fingerprint") != model_fingerprint(model)
+    if circuit.config != job.config.to_dict() or any(
+        circuit.fit_info.get(key) != value for key, value in made_from.items()
     ):
         raise UsageError(
             f"{path} was fitted with other settings, pairs or model weights than this sweep "
