@@ -85,3 +85,22 @@ def test_default_model_as_a_bridge_matches_the_hooked_one(smollm2):
     assert evaluate(smollm2, circuit, data).kl == pytest.approx(
         evaluate(bridge, circuit, data).kl, abs=1e-3
     )
+
+
+def test_head_and_neuron_profiles_agree_on_both_views(twins, pairs):
+    from transformer_lens_mgp.analysis.heads import head_profiles
+    from transformer_lens_mgp.analysis.neurons import neuron_profiles
+
+    bridge, hooked = twins
+    data = pairs.with_roles(("END",), pairs.answer_positions[:, None])
+    heads = [(0, 1), (1, 2)]
+    on_bridge, on_hooked = (head_profiles(m, data, heads) for m in twins)
+    for b, h in zip(on_bridge.heads, on_hooked.heads, strict=True):
+        assert b.direct_effect == pytest.approx(h.direct_effect, rel=1e-3, abs=1e-4)
+        for group in on_hooked.groups:
+            assert b.attention[group] == pytest.approx(h.attention[group], abs=1e-4)
+    neurons = [(0, 3), (1, 50)]
+    on_bridge, on_hooked = (neuron_profiles(m, data, neurons) for m in twins)
+    for b, h in zip(on_bridge.neurons, on_hooked.neurons, strict=True):
+        assert b.direct_effect == pytest.approx(h.direct_effect, rel=1e-3, abs=1e-4)
+        assert [t.token for t in b.top_activations] == [t.token for t in h.top_activations]

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from transformer_lens_mgp import PairedDataset
@@ -69,3 +70,23 @@ def test_split_halves_have_their_own_meta():
     train, test = data.split(0.5)
     train.meta["b"] = 2
     assert test.meta == {"a": 1} and data.meta == {"a": 1}
+
+
+def test_roles_are_checked():
+    from transformer_lens_mgp import UsageError
+
+    tokens = torch.tensor([[1, 2, 3], [1, 4, 3]])
+    base = dict(clean_tokens=tokens, corrupted_tokens=tokens.flip(0), answer_tokens=tokens[:, 0])
+    with pytest.raises(UsageError, match="shape"):
+        PairedDataset(**base, roles=("A",), role_positions=torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(UsageError, match="after the answer position"):
+        PairedDataset(
+            **base,
+            answer_positions=torch.tensor([1, 2]),
+            roles=("A",),
+            role_positions=torch.tensor([[2], [0]]),
+        )
+    with pytest.raises(UsageError, match="without role_positions"):
+        PairedDataset(**base, roles=("A",))
+    data = PairedDataset(**base, roles=["A"], role_positions=torch.tensor([[0], [1]]))
+    assert data.roles == ("A",)

@@ -228,3 +228,36 @@ def test_full_model_does_the_tasks(smollm2, task):
     metric = task_metric(logits, data)
     assert (metric > 0).float().mean() > 0.9
     assert metric.mean() > task_metric(corrupted, data).mean()
+
+
+def test_ioi_roles_point_at_the_names(model):
+    data = tasks.ioi(model, n=N, seed=3)
+    assert data.roles == ("IO", "S1", "S1+1", "S2", "END")
+    for i in range(N):
+        io, s1, s1_next, s2, end = data.role_positions[i].tolist()
+        tokens = data.clean_tokens[i]
+        assert tokens[io] == data.answer_tokens[i] and tokens[s1] == tokens[s2]
+        assert tokens[s1] == data.wrong_answer_tokens[i]
+        assert s1 < s2 < end and s1_next == s1 + 1 and end == data.answer_positions[i]
+        # the corruption changes exactly the three names
+        changed = changed_positions(*prompt_pairs(data)[i])
+        assert sorted({io, s1, s2}) == changed
+
+
+@pytest.mark.parametrize("task, role", [("gp", "NAME"), ("gt", "YY")])
+def test_roles_point_at_the_corrupted_token(model, task, role):
+    data = tasks.TASKS[task](model, n=N, seed=0)
+    assert data.roles == (role, "END")
+    for i, (clean, corrupted) in enumerate(prompt_pairs(data)):
+        assert data.role_positions[i, 0] == changed_positions(clean, corrupted)[0]
+        assert data.role_positions[i, 1] == data.answer_positions[i]
+
+
+def test_roles_follow_subsets_and_never_change_the_fingerprint(model):
+    from transformer_lens_mgp.training.checkpoint import dataset_fingerprint
+
+    data = tasks.ioi(model, n=N, seed=0)
+    part = data[[3, 1]]
+    assert torch.equal(part.role_positions, data.role_positions[[3, 1]])
+    bare = data.with_roles((), None)
+    assert dataset_fingerprint(bare) == dataset_fingerprint(data)

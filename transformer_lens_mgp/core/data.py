@@ -40,6 +40,9 @@ class PairedDataset:
             the wrong set).
         name: a label for reports.
         meta: free-form facts about how the data was made (e.g. pairs dropped by a builder).
+        roles: names of token roles the prompts share (IOI: ``("IO", "S1", "S1+1", "S2",
+            "END")``), for reading what an attention head looks at.
+        role_positions: ``[N, len(roles)]`` the position of each role in each clean prompt.
     """
 
     clean_tokens: Int[Tensor, "n pos"]
@@ -50,6 +53,8 @@ class PairedDataset:
     metric: str = "logit_diff"
     name: str = "custom"
     meta: dict = field(default_factory=dict, compare=False)
+    roles: tuple[str, ...] = ()
+    role_positions: Int[Tensor, "n roles"] | None = None
 
     def __post_init__(self):
         # Ids of any integer dtype (uint16 files, int32, ...) are stored as int64, what
@@ -93,6 +98,29 @@ class PairedDataset:
             raise UsageError(
                 f"answer position {int(positions[bad])} of pair {bad} is out of range for "
                 f"sequences of length {seq_len}; positions index the prompt, 0..{seq_len - 1}"
+            )
+        self._check_roles(n, seq_len)
+
+    def _check_roles(self, n: int, seq_len: int) -> None:
+        object.__setattr__(self, "roles", tuple(self.roles))
+        if self.role_positions is None:
+            if self.roles:
+                raise UsageError(f"roles {self.roles} were named without role_positions")
+            return
+        positions = _as_ids("role_positions", self.role_positions)
+        object.__setattr__(self, "role_positions", positions)
+        if tuple(positions.shape) != (n, len(self.roles)):
+            raise UsageError(
+                f"role_positions must have shape [{n}, {len(self.roles)}] (a position per pair "
+                f"and role {self.roles}), got {tuple(positions.shape)}"
+            )
+        late = positions > self.answer_positions[:, None]
+        if late.any():
+            pair, role = late.nonzero()[0].tolist()
+            raise UsageError(
+                f"role {self.roles[role]!r} of pair {pair} is at position "
+                f"{int(positions[pair, role])}, after the answer position "
+                f"{int(self.answer_positions[pair])}; the answer cannot attend to it"
             )
 
     @classmethod
@@ -189,6 +217,10 @@ class PairedDataset:
             for f in fields(self)
             if isinstance(getattr(self, f.name), Tensor)
         }
+
+    def with_roles(self, roles: Sequence[str], positions: Int[Tensor, "n roles"]) -> PairedDataset:
+        """The same pairs with named token roles (see ``roles``)."""
+        return replace(self, roles=tuple(roles), role_positions=positions)
 
     def to(self, device) -> PairedDataset:
         return replace(self, **{f: t.to(device) for f, t in self._tensors().items()})

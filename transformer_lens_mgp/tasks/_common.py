@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
 from ..core.data import PairedDataset, tokenize_pair
 from ..core.errors import UsageError
 
@@ -93,3 +97,20 @@ def collect(
     data.meta["n_dropped"] = len(problems) + data.meta["n_dropped"]
     data.meta["dropped"] = (problems + data.meta["dropped"])[:20]
     return data
+
+
+def first_difference(data: PairedDataset) -> Int[Tensor, " n"]:
+    """Per pair, the first position where the clean and corrupted prompts differ (the token the
+    corruption changed)."""
+    differs = data.clean_tokens != data.corrupted_tokens
+    return differs.int().argmax(-1)
+
+
+def token_positions(data: PairedDataset, token_ids: Int[Tensor, " n"], last: bool = False):
+    """Per pair, the first (or last) position of ``token_ids[i]`` in clean prompt ``i``, before
+    the answer position."""
+    seq = torch.arange(data.seq_len)
+    found = (data.clean_tokens == token_ids[:, None]) & (seq <= data.answer_positions[:, None])
+    if last:
+        return data.seq_len - 1 - found.flip(-1).int().argmax(-1)
+    return found.int().argmax(-1)

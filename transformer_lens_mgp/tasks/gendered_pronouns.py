@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ._common import Candidate, check_n, collect, single_token_words
+from ._common import Candidate, check_n, collect, first_difference, single_token_words
+
+ROLES = ("NAME", "END")
+"""Token roles recorded per pair: the person's name and the answer position."""
 
 TEMPLATES: tuple[str, ...] = (
     "So {name} is a really great friend, isn't",
@@ -63,7 +68,7 @@ def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
         right, wrong = (" he", " she") if is_male else (" she", " he")
         return Candidate(template.format(name=name), template.format(name=other), right, wrong)
 
-    return collect(
+    data = collect(
         model,
         make,
         n,
@@ -71,3 +76,4 @@ def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
         name="gp",
         meta={"seed": seed, "n_male_names": len(male), "n_female_names": len(female)},
     )
+    return data.with_roles(ROLES, torch.stack([first_difference(data), data.answer_positions], -1))

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ._common import Candidate, check_n, collect, n_tokens
+from ._common import Candidate, check_n, collect, first_difference, n_tokens
+
+ROLES = ("YY", "END")
+"""Token roles recorded per pair: the start year's first token after the century (the tens
+digit, or the two-digit year) and the answer position."""
 
 NOUNS: tuple[str, ...] = (
     "war", "expedition", "project", "journey", "reign", "siege", "voyage", "campaign",
@@ -56,7 +62,7 @@ def greater_than(model, n: int = 256, seed: int = 0) -> PairedDataset:
         corrupted = _TEMPLATE.format(noun=noun, cc=cc, yy=CORRUPTED_YY)
         return Candidate(clean, corrupted, later[yy], earlier[yy])
 
-    return collect(
+    data = collect(
         model,
         make,
         n,
@@ -64,6 +70,7 @@ def greater_than(model, n: int = 256, seed: int = 0) -> PairedDataset:
         name="gt",
         meta={"seed": seed, "year_tokens": mode},
     )
+    return data.with_roles(ROLES, torch.stack([first_difference(data), data.answer_positions], -1))
 
 
 def _year_tokenization(model) -> str:

@@ -11,9 +11,15 @@ import random
 import string
 from collections.abc import Sequence
 
+import torch
+
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ._common import Candidate, check_n, collect, single_token_words
+from ._common import Candidate, check_n, collect, single_token_words, token_positions
+
+ROLES = ("IO", "S1", "S1+1", "S2", "END")
+"""Token roles recorded per pair: the indirect object, the subject's first mention and the
+token after it, the subject repeated, and the answer position."""
 
 _FRAMES = (
     "When {A} and {B} went to the {PLACE}, {S2} gave a {OBJECT} to",
@@ -92,7 +98,7 @@ def ioi(
         corrupted = template.format(IO=a, S1=b, S2=c, PLACE=place, OBJECT=obj)
         return Candidate(clean, corrupted, " " + io, " " + s)
 
-    return collect(
+    data = collect(
         model,
         make,
         n,
@@ -100,6 +106,16 @@ def ioi(
         name="ioi",
         meta={"seed": seed, "n_names": len(pool), "n_templates": len(templates)},
     )
+    return data.with_roles(ROLES, _role_positions(data))
+
+
+def _role_positions(data: PairedDataset):
+    """IO is the answer's token in the prompt, S1 and S2 the first and last mention of the
+    subject (the wrong answer's token)."""
+    io = token_positions(data, data.answer_tokens)
+    s1 = token_positions(data, data.wrong_answer_tokens)
+    s2 = token_positions(data, data.wrong_answer_tokens, last=True)
+    return torch.stack([io, s1, s1 + 1, s2, data.answer_positions], dim=-1)
 
 
 def _check_template(template: str) -> None:

@@ -23,11 +23,14 @@ FORMAT = 2
 
 
 def dataset_fingerprint(dataset: PairedDataset | None) -> str | None:
-    """A digest of the pairs' tensors and metric: equal only for the same pairs."""
+    """A digest of the pairs' tensors and metric: equal only for the same pairs (token roles,
+    which no fit reads, do not count)."""
     if dataset is None:
         return None
     digest = hashlib.sha256(dataset.metric.encode())
     for name, tensor in sorted(dataset._tensors().items()):
+        if name == "role_positions":
+            continue
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().long().contiguous().numpy().tobytes())

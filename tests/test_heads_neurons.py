@@ -1,0 +1,107 @@
+"""Head and neuron profiles agree with TransformerLens's own cache arithmetic: attention read
+from ``hook_pattern``, direct effects from ``stack_head_results`` / ``stack_neuron_results``
+with the final norm applied (``apply_ln=True``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_untouched, model_state
+
+from transformer_lens_mgp import UsageError
+from transformer_lens_mgp.analysis.heads import HeadProfiles, head_profiles
+from transformer_lens_mgp.analysis.neurons import NeuronProfiles, neuron_profiles
+from transformer_lens_mgp.testing.tiny import LLAMA_LIKE, build_dataset, build_model
+
+NORMS = {"LN": dict(normalization_type="LN"), "RMS (Llama-like)": LLAMA_LIKE}
+
+
+def with_roles(data):
+    """Two made-up roles: position 1 (the corrupted token) and the answer position."""
+    positions = torch.stack([torch.ones(len(data), dtype=torch.long), data.answer_positions], -1)
+    return data.with_roles(("A", "END"), positions)
+
+
+def reference_direct_effects(model, data, stack):
+    """Per component, mean over pairs of its final-normed output . (W_U[right] - W_U[wrong])."""
+    _, cache = model.run_with_cache(data.clean_tokens)
+    parts = stack(cache)  # [component, batch, d_model] at the last position
+    direction = model.W_U[:, data.answer_tokens] - model.W_U[:, data.wrong_answer_tokens]
+    return torch.einsum("cbm,mb->cb", parts, direction).mean(-1).detach()
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_head_direct_effects_match_transformer_lens(norm):
+    model = build_model(**NORMS[norm])
+    data = build_dataset(model, n=12)
+    heads = [(0, 1), (1, 3), (1, 0)]
+    before = model_state(model)
+    profiles = head_profiles(model, data, heads, batch_size=5)
+    assert_untouched(model, before)
+    expected = reference_direct_effects(
+        model,
+        data,
+        lambda cache: cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True),
+    )
+    n_heads = model.cfg.n_heads
+    assert [p.head for p in profiles.heads] == ["L0.H1", "L1.H3", "L1.H0"]
+    for profile in profiles.heads:
+        reference = expected[profile.layer * n_heads + profile.index]
+        assert profile.direct_effect == pytest.approx(float(reference), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_neuron_direct_effects_match_transformer_lens(norm):
+    model = build_model(**NORMS[norm])
+    data = build_dataset(model, n=12)
+    neurons = [(1, 7), (0, 3), (1, 60)]
+    profiles = neuron_profiles(model, data, neurons, batch_size=5)
+    expected = reference_direct_effects(
+        model,
+        data,
+        lambda cache: cache.stack_neuron_results(layer=-1, pos_slice=-1, apply_ln=True),
+    )
+    for profile in profiles.neurons:
+        reference = expected[profile.layer * model.cfg.d_mlp + profile.index]
+        assert profile.direct_effect == pytest.approx(float(reference), rel=1e-4, abs=1e-5)
+
+
+def test_attention_groups_come_from_the_pattern_and_sum_to_one():
+    model = build_model()
+    data = with_roles(build_dataset(model, n=10, seq_len=7))
+    profiles = head_profiles(model, data, [(1, 2), (0, 0)], batch_size=4)
+    assert profiles.groups == ("first", "A", "END", "other")
+    _, cache = model.run_with_cache(data.clean_tokens)
+    for profile in profiles.heads:
+        pattern = cache["pattern", profile.layer][:, profile.index, -1]  # [batch, key]
+        assert sum(profile.attention.values()) == pytest.approx(1.0, abs=1e-5)
+        assert profile.attention["first"] == pytest.approx(float(pattern[:, 0].mean()), abs=1e-6)
+        assert profile.attention["A"] == pytest.approx(float(pattern[:, 1].mean()), abs=1e-6)
+        assert profile.attention["END"] == pytest.approx(float(pattern[:, -1].mean()), abs=1e-6)
+        assert profiles.example_patterns[profile.head] == pytest.approx(pattern[0].tolist())
+    assert len(profiles.example_tokens) == data.seq_len
+    assert HeadProfiles.from_dict(profiles.to_dict()) == profiles
+
+
+def test_top_activations_are_the_largest_before_each_answer():
+    model = build_model()
+    data = build_dataset(model, n=9, seq_len=6)
+    profiles = neuron_profiles(model, data, [(0, 5)], top_k=4)
+    _, cache = model.run_with_cache(data.clean_tokens)
+    acts = cache["post", 0][..., 5]  # [batch, pos]; every answer is at the last position
+    values = acts.flatten().topk(4).values
+    top = profiles.neurons[0].top_activations
+    assert [t.activation for t in top] == pytest.approx(values.tolist())
+    for t in top:
+        assert float(acts[t.pair, t.position]) == pytest.approx(t.activation)
+        assert t.context.endswith(f"[{t.token}]")
+    assert NeuronProfiles.from_dict(profiles.to_dict()) == profiles
+
+
+def test_nodes_outside_the_model_are_refused():
+    model = build_model()
+    data = build_dataset(model, n=4)
+    with pytest.raises(UsageError, match="not in a model"):
+        head_profiles(model, data, [(5, 0)])
+    with pytest.raises(UsageError, match="not in a model"):
+        neuron_profiles(model, data, [(0, 999)])

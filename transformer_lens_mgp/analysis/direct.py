@@ -1,0 +1,117 @@
+"""Direct effects on the answer: what a write to the residual stream does to the answer's
+logit difference through the final norm and the unembedding alone.
+
+The final norm's scale is frozen at its value on the clean prompt, which makes the path
+linear: the direct effects of all writes (embeddings, heads, MLPs, biases) add up to the
+logit difference. Later layers reading the write are ignored; that is what "direct" means.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..core.data import PAD_ANSWER, PairedDataset
+from ..core.errors import UsageError
+from ..core.model_api import model_device
+from ..runtime.guard import exclusive
+from ..runtime.layout import forward_layout
+
+FINAL_SCALE = "ln_final.hook_scale"
+
+
+def answer_direction(model, batch: PairedDataset) -> Float[Tensor, "batch d_model"]:
+    """Per pair, the unembedding direction of the task's logit difference: the right answer's
+    column of ``W_U`` (the mean over the set for ``prob_diff`` tasks) minus the mean wrong
+    answer's."""
+    if batch.wrong_answer_tokens is None:
+        raise UsageError(
+            "direct effects read the logit difference between right and wrong answers; this "
+            "dataset has no wrong_answer_tokens"
+        )
+    w_u = model.W_U
+    answers = batch.answer_tokens.to(w_u.device)
+    if batch.metric == "logit_diff" and answers.ndim == 2:
+        answers = answers[:, :1]
+    wrong = batch.wrong_answer_tokens.to(w_u.device)
+    return _mean_columns(w_u, answers) - _mean_columns(w_u, wrong)
+
+
+def _mean_columns(
+    w_u: Float[Tensor, "d_model d_vocab"], ids: Int[Tensor, "batch ..."]
+) -> Float[Tensor, "batch d_model"]:
+    ids = ids[:, None] if ids.ndim == 1 else ids
+    valid = (ids != PAD_ANSWER).to(w_u.dtype)
+    columns = w_u.T[ids.clamp(min=0)]  # [batch, k, d_model]
+    return (columns * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+
+
+def through_final_norm(
+    model,
+    writes: Float[Tensor, "batch k d_model"],
+    scale: Float[Tensor, "batch 1"] | None,
+) -> Float[Tensor, "batch k d_model"]:
+    """The final norm applied to ``writes`` as a linear map: its scale frozen at ``scale`` (one
+    per pair, from the clean run) and its bias left out. Models without a final norm (or
+    without its ``ln_final.hook_scale``) pass the writes through."""
+    if scale is None:
+        return writes
+    frozen = scale[:, None, :].to(writes)
+
+    def fix(value, hook):
+        return frozen.expand_as(value)
+
+    with model.hooks(fwd_hooks=[(FINAL_SCALE, fix)]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a bridge warns that the edit changes its numerics
+        return model.ln_final(writes) - model.ln_final(torch.zeros_like(writes))
+
+
+def has_final_scale(model) -> bool:
+    return FINAL_SCALE in model.hook_dict
+
+
+@torch.no_grad()
+def capture_clean_runs(
+    model,
+    dataset: PairedDataset,
+    readers: dict[str, Callable[[Tensor, PairedDataset], Tensor]],
+    batch_size: int,
+) -> Iterable[tuple[PairedDataset, dict[str, Tensor]]]:
+    """Per batch of clean prompts (full model, no masks): the batch and, per hook name in
+    ``readers``, what its reader kept of the activation (the final norm's scale at the answer
+    position is read too, under ``ln_final.hook_scale``, when the model has it)."""
+    readers = dict(readers)
+    if has_final_scale(model):
+        readers[FINAL_SCALE] = lambda act, batch: at_answer(act, batch)[:, :1]
+    device = model_device(model)
+    with exclusive(model, "reading activations"), forward_layout(model):
+        for batch in dataset.batches(batch_size):
+            batch = batch.to(device)
+            kept: dict[str, Tensor] = {}
+
+            def reader(name: str, batch=batch, kept=kept):
+                def hook(act, hook):
+                    kept[name] = readers[name](act.detach(), batch)
+
+                return hook
+
+            with model.hooks(fwd_hooks=[(name, reader(name)) for name in readers]):
+                model(batch.clean_tokens)
+            yield batch, kept
+
+
+def at_answer(act: Tensor, batch: PairedDataset) -> Tensor:
+    """``act[i, answer_position[i]]``: the activation at each pair's answer position."""
+    rows = torch.arange(act.shape[0], device=act.device)
+    return act[rows, batch.answer_positions.to(act.device)]
+
+
+def token_strings(model, tokens: Int[Tensor, " pos"]) -> list[str]:
+    """The tokens as text (``<id>`` for a model without a tokenizer)."""
+    if getattr(model, "tokenizer", None) is None:
+        return [f"<{int(t)}>" for t in tokens]
+    return list(model.to_str_tokens(tokens))
