@@ -23,8 +23,13 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["discover", "--task", "ioi", *FAST, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"circuit.safetensors", "metrics.json", "report.html"}
+    files = {"circuit.safetensors", "metrics.json", "nodes.json", "report.html"}
+    assert {p.name for p in out.iterdir()} == files
     assert "KL(full || circuit)" in printed and "metric recovered" in printed
+    assert "nodes that matter most" in printed and "top head" in printed
+    nodes = json.loads((out / "nodes.json").read_text())
+    assert nodes["heads"]["groups"] == ["first", "IO", "S1", "S1+1", "S2", "END", "other"]
+    assert "What the top heads attend to" in (out / "report.html").read_text()
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "ioi" and metrics["n_train"] + metrics["n_test"] == 40
@@ -42,6 +47,14 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert main([*args, "--out", str(again)]) == 0
     evaluated = json.loads((again / "metrics.json").read_text())
     assert evaluated["circuit"]["kl"] == pytest.approx(metrics["circuit"]["kl"], abs=1e-6)
+
+
+def test_node_effects_can_be_skipped(tiny_default, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", *FAST, "--no-node-effects", "--out", str(out)]) == 0
+    assert not (out / "nodes.json").exists()
+    assert "nodes that matter most" not in capsys.readouterr().out
+    assert "The nodes that matter most" not in (out / "report.html").read_text()
 
 
 def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
@@ -139,7 +152,7 @@ def test_sweep_writes_one_folder_per_point_a_summary_and_a_pareto_plot(tiny_defa
     assert 0 <= summary["cpr"] <= 1.5 and summary["cmd"] >= 0
     folders = {p.name for p in out.iterdir() if p.is_dir()}
     assert folders == {"head=0.5", "attn_neuron=0.5,head=0.9"}
-    assert "CPR" in (out / "pareto.html").read_text()
+    assert "CPR" in (out / "sweep.html").read_text()
 
 
 def test_max_kl_and_edges_reach_the_circuit_and_the_report(tiny_default, tmp_path):

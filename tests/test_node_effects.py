@@ -102,3 +102,25 @@ def test_bad_top_neurons_is_refused(planted):
     circuit = live_plus_dead(planted)
     with pytest.raises(UsageError, match="top_neurons"):
         node_effects(planted.model, circuit, planted.dataset, top_neurons=-1)
+
+
+def test_without_wrong_answers_only_kl_is_measured():
+    import math
+    from dataclasses import replace
+
+    model = build_model()
+    data = replace(build_dataset(model, n=8), wrong_answer_tokens=None)
+    dims = ModelDims.from_cfg(model.cfg)
+    circuit = Circuit.from_kept(dims, {"head": torch.ones(2, 4, dtype=torch.bool)})
+    effects = node_effects(model, circuit, data, top_neurons=3)
+    assert len(effects.top(99, "mlp_neuron")) == 3
+    assert all(math.isnan(e.delta_metric) and math.isfinite(e.delta_kl) for e in effects.effects)
+
+
+def test_a_circuit_of_another_model_is_refused(planted):
+    other = build_model()
+    circuit = Circuit.from_kept(
+        ModelDims.from_cfg(other.cfg), {"head": torch.ones(2, 4, dtype=torch.bool)}
+    )
+    with pytest.raises(UsageError, match="found on a model"):
+        node_effects(planted.model, circuit, planted.dataset)

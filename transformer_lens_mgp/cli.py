@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score the edges between the kept heads and MLPs (edges.json, in the report)",
     )
+    discover.add_argument(
+        "--no-node-effects",
+        action="store_true",
+        help="skip ranking the nodes (each removed alone) and profiling the top heads and "
+        "neurons (nodes.json and the report's first sections)",
+    )
 
     sweep_parser = sub.add_parser(
         "sweep", help="one circuit per target size; faithfulness against size (Pareto)"
@@ -244,6 +250,7 @@ def _discover(args) -> int:
         seed=args.seed,
         curve=args.curve,
         edges=args.edges,
+        anatomy=not args.no_node_effects,
         facts=_facts(args, train),
     )
     run.metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
@@ -259,13 +266,31 @@ def _discover(args) -> int:
             f"{len(edges)} edges; strongest: "
             + ", ".join(f"{e['from']}->{e['to']} {e['score']:+.3f}" for e in edges[:5])
         )
+    if run.anatomy is not None:
+        print(_top_nodes_line(run.anatomy))
     memory = run.metrics["peak_rss_mib"]
     print(
         f"wall time {run.metrics['wall_seconds']} s"
         + ("" if memory is None else f", peak memory {memory:.1f} MiB")
     )
-    print(f"wrote {args.out}/circuit.safetensors, metrics.json, report.html")
+    nodes = ", nodes.json" if run.anatomy is not None else ""
+    print(f"wrote {args.out}/circuit.safetensors, metrics.json{nodes}, report.html")
     return 0
+
+
+def _top_nodes_line(anatomy) -> str:
+    top = anatomy.effects.top(6)
+    line = "nodes that matter most (KL increase when removed alone): " + ", ".join(
+        f"{e.node} +{e.delta_kl:.3f}" for e in top
+    )
+    if anatomy.heads is not None:
+        head = anatomy.heads.heads[0]
+        looks = max(head.attention, key=head.attention.get)
+        line += (
+            f"\ntop head {head.head} attends mostly to {looks} "
+            f"({head.attention[looks]:.2f}), direct effect {head.direct_effect:+.3f}"
+        )
+    return line
 
 
 def _sweep(args) -> int:
@@ -292,7 +317,7 @@ def _sweep(args) -> int:
             f"{_fmt(point['recovered']):>10}"
         )
     print(f"faithfulness vs size: CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}")
-    print(f"wrote {args.out}/sweep.json, pareto.html and one folder per point")
+    print(f"wrote {args.out}/sweep.json, sweep.html and one folder per point")
     return 0
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..core.data import PAD_ANSWER, PairedDataset
 from ..core.errors import UsageError
 from ..core.model_api import model_device
+from ..runtime.forward import answer_logits
 from ..runtime.guard import exclusive
 from ..runtime.layout import forward_layout
 
@@ -86,7 +87,7 @@ def capture_clean_runs(
     position is read too, under ``ln_final.hook_scale``, when the model has it)."""
     readers = dict(readers)
     if has_final_scale(model):
-        readers[FINAL_SCALE] = lambda act, batch: at_answer(act, batch)[:, :1]
+        readers[FINAL_SCALE] = _final_scale
     device = model_device(model)
     with exclusive(model, "reading activations"), forward_layout(model):
         for batch in dataset.batches(batch_size):
@@ -100,8 +101,13 @@ def capture_clean_runs(
                 return hook
 
             with model.hooks(fwd_hooks=[(name, reader(name)) for name in readers]):
-                model(batch.clean_tokens)
+                answer_logits(model, batch.clean_tokens, batch.answer_positions)
             yield batch, kept
+
+
+def _final_scale(act: Float[Tensor, "batch pos 1"], batch: PairedDataset) -> Tensor:
+    # answer_logits normalizes only the answer positions where it can: then pos is 1
+    return act[:, 0] if act.shape[1] == 1 else at_answer(act, batch)
 
 
 def at_answer(act: Tensor, batch: PairedDataset) -> Tensor:

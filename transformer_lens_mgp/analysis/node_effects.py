@@ -13,19 +13,25 @@ from dataclasses import asdict, dataclass
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ..core.hooks import AblationSource
+from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence, task_metric
 from ..core.model_api import check_model_and_pairs, model_device
 from ..core.nodes import NODE_NAMES, SiteMasks
-from ..runtime.forward import masked_answer_logits, reference_logits
+from ..runtime.forward import (
+    answer_logits,
+    answer_logits_from,
+    can_resume,
+    masked_answer_logits,
+    reference_logits,
+)
 from ..runtime.guard import exclusive, frozen
 from ..runtime.layout import forward_layout
-from .evaluation import evaluate_many
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ def node_effects(
     *,
     top_neurons: int = 20,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> NodeEffects:
     """Remove each kept head, each kept MLP and the ``top_neurons`` most promising kept MLP
     neurons one at a time, and measure the circuit without it on ``dataset`` (held-out pairs,
@@ -106,20 +113,77 @@ def node_effects(
     if top_neurons and masks.mlp is not None and masks.mlp.any():
         estimate = neuron_removal_estimates(model, circuit, dataset, batch_size=batch_size)
         candidates += _top_neurons(circuit, masks, estimate, top_neurons)
-    variants = [_without(circuit, masks, g, index) for g, index in candidates]
-    own, *rest = evaluate_many(model, [circuit, *variants], dataset, batch_size=batch_size)
+    totals = _removal_totals(model, circuit, dataset, masks, candidates, batch_size, progress)
+    n = len(dataset)
+    (own_kl, own_metric), *rest = ((kl / n, metric / n) for kl, metric in totals)
     effects = [
         NodeEffect(
             node=NODE_NAMES[g].format(*index),
             granularity=g,
             index=tuple(index),
-            delta_kl=result.kl - own.kl,
-            delta_metric=result.metric_circuit - own.metric_circuit,
+            delta_kl=kl - own_kl,
+            delta_metric=metric - own_metric,
         )
-        for (g, index), result in zip(candidates, rest, strict=True)
+        for (g, index), (kl, metric) in zip(candidates, rest, strict=True)
     ]
     effects.sort(key=lambda e: -e.delta_kl)
-    return NodeEffects(tuple(effects), own.kl, own.metric_circuit, len(dataset))
+    return NodeEffects(tuple(effects), own_kl, own_metric, n)
+
+
+@torch.no_grad()
+def _removal_totals(model, circuit, dataset, masks, candidates, batch_size, progress):
+    """Summed KL and task metric over ``dataset``, of the circuit and then of the circuit
+    without each candidate. On a HookedTransformer a variant resumes from the circuit's own
+    residual stream at its node's layer, since the blocks before it run the same."""
+    dims = circuit.dims
+    device = model_device(model)
+    masks = masks.to(device)
+    variants = [_without(masks, g, index) for g, index in candidates]
+    layers = [index[0] for _, index in candidates]
+    has_metric = dataset.wrong_answer_tokens is not None
+    totals = [[0.0, 0.0 if has_metric else float("nan")] for _ in range(len(candidates) + 1)]
+    bar = tqdm(total=len(dataset) * (len(candidates) + 1), desc="node effects",
+               disable=not progress, leave=False)  # fmt: skip
+    with exclusive(model, "node effects"), forward_layout(model):
+        full = reference_logits(model, dataset, batch_size)
+        source = AblationSource.for_dataset(model, circuit.ablation, dataset, dims)
+        start = 0
+        for batch in dataset.batches(batch_size):
+            batch = batch.to(device)
+            rows = slice(start, start + len(batch))
+            start += len(batch)
+            ablated = source.values(model, batch)
+            streams: dict[int, Tensor] = {}
+            keep = [(f"blocks.{layer}.hook_resid_pre", _saver(streams, layer))
+                    for layer in sorted(set(layers))] if can_resume(model) else []  # fmt: skip
+            with model.hooks(fwd_hooks=mask_hooks(dims, masks, ablated) + keep):
+                runs = [answer_logits(model, batch.clean_tokens, batch.answer_positions)]
+            bar.update(len(batch))
+            for variant, layer in zip(variants, layers, strict=True):
+                with model.hooks(fwd_hooks=mask_hooks(dims, variant, ablated)):
+                    if streams:
+                        runs.append(
+                            answer_logits_from(model, streams[layer], layer, batch.answer_positions)
+                        )
+                    else:
+                        runs.append(
+                            answer_logits(model, batch.clean_tokens, batch.answer_positions)
+                        )
+                bar.update(len(batch))
+            reference = full[rows].to(device)
+            for logits, total in zip(runs, totals, strict=True):
+                total[0] += kl_divergence(reference, logits).item() * len(batch)
+                if has_metric:
+                    total[1] += task_metric(logits, batch).sum().item()
+    bar.close()
+    return totals
+
+
+def _saver(streams: dict, layer: int):
+    def hook(act, hook):
+        streams[layer] = act.detach()
+
+    return hook
 
 
 def neuron_removal_estimates(
@@ -174,8 +238,8 @@ def _top_neurons(
     return [("mlp_neuron", [int(i) // d_mlp, int(i) % d_mlp]) for i in flat]
 
 
-def _without(circuit: Circuit, masks: SiteMasks, granularity: str, index) -> Circuit:
-    """The circuit with one node given its ablated value."""
+def _without(masks: SiteMasks, granularity: str, index) -> SiteMasks:
+    """The circuit's masks with one node given its ablated value."""
     attn = masks.attn.clone()
     mlp = None if masks.mlp is None else masks.mlp.clone()
     if granularity == "head":
@@ -184,7 +248,4 @@ def _without(circuit: Circuit, masks: SiteMasks, granularity: str, index) -> Cir
         mlp[index[0]] = 0
     else:
         mlp[tuple(index)] = 0
-    kept = {"attn_neuron": attn.bool()}
-    if mlp is not None:
-        kept["mlp_neuron"] = mlp.bool()
-    return Circuit.from_kept(circuit.dims, kept, config={"ablation": circuit.ablation})
+    return SiteMasks(attn, mlp)

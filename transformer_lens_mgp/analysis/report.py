@@ -1,55 +1,305 @@
-"""The HTML report: one self-contained file with a circuit's summary, numbers and figures."""
+"""The HTML report: one self-contained offline file that reads from the top down.
+
+First how faithful and how large the circuit is, then which nodes matter most and what the
+top heads and neurons do, then where the circuit sits in the model, and last how it was
+trained. plotly.js is inlined once; the MLP neuron map sits behind a toggle.
+"""
 
 from __future__ import annotations
 
 import html
-import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
+import plotly.graph_objects as go
+
 from ..core.circuit import Circuit
+from .anatomy import CircuitAnatomy
+from .node_figures import (
+    plot_example_patterns,
+    plot_head_attention,
+    plot_node_effects,
+    plot_node_entry,
+)
 from .plotting import (
     plot_edge_graph,
     plot_faithfulness_curve,
     plot_head_map,
     plot_kept_per_layer,
     plot_neuron_map,
+    plot_pareto,
     plot_training_curves,
 )
 
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:right}
+th:first-child,td:first-child,td.text{text-align:left}
+table.sortable th{cursor:pointer;background:#f5f5f5}
+details{margin:1em 0}summary{cursor:pointer;font-weight:600}
+.lead{color:#555}
+"""
+
+SORT_SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach(th => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], col = th.cellIndex;
+  const down = th.dataset.down !== '1'; th.dataset.down = down ? '1' : '0';
+  const key = r => { const c = r.cells[col], x = parseFloat(c.dataset.v ?? c.textContent);
+                     return isNaN(x) ? c.textContent : x; };
+  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (down ? -1 : 1))
+    .forEach(r => body.appendChild(r));
+}));
+document.querySelectorAll('details').forEach(d => d.addEventListener('toggle', () =>
+  d.querySelectorAll('.plotly-graph-div').forEach(g => Plotly.Plots.resize(g))));
+"""
+
+EVALUATIONS = (("circuit", "circuit"), ("random_circuit_same_size", "random circuit, same size"))
+
 
 def write_report(
-    circuit: Circuit, path: str | Path, metrics: dict | None = None, title: str = "Circuit"
+    circuit: Circuit,
+    path: str | Path,
+    metrics: dict | None = None,
+    title: str = "Circuit",
+    anatomy: CircuitAnatomy | None = None,
 ) -> Path:
-    """One self-contained HTML file: summary, metrics (default: ``circuit.metrics``) and every
-    figure, plotly.js inlined once."""
+    """Write the report of ``circuit`` to ``path``: its held-out numbers (``metrics``, by
+    default ``circuit.metrics``), the ranked nodes and head and neuron profiles when an
+    ``anatomy`` is given, its maps, and its training curves."""
     metrics = circuit.metrics if metrics is None else metrics
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figures = [plot_head_map(circuit), plot_kept_per_layer(circuit)]
+    page = _Page()
+    page.raw(f"<h1>{html.escape(title)}</h1>")
+    lead = _lead(circuit, metrics)
+    if lead:
+        page.raw(f"<p class='lead'>{html.escape(lead)}</p>")
+    page.section("Faithfulness on held-out pairs")
+    page.raw(_faithfulness_table(metrics))
+    page.raw(_size_table(circuit))
+    if anatomy is not None:
+        _anatomy_sections(page, anatomy)
+    page.section("Where the circuit sits")
+    page.figure(plot_kept_per_layer(circuit))
+    page.figure(plot_head_map(circuit))
     if circuit.dims.has_mlp:
-        figures.insert(0, plot_neuron_map(circuit))
-    if circuit.history:
-        figures.append(plot_training_curves(circuit))
-    if metrics and metrics.get("faithfulness_curve"):
-        figures.append(plot_faithfulness_curve(metrics["faithfulness_curve"]))
-    if metrics and metrics.get("edges"):
-        figures.append(plot_edge_graph(metrics["edges"]))
-    parts = [
-        fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
-        for i, fig in enumerate(figures)
-    ]
-    body = (
-        f"<h1>{html.escape(title)}</h1><pre>{html.escape(circuit.summary())}</pre>"
-        + (
-            f"<h2>metrics</h2><pre>{html.escape(json.dumps(metrics, indent=2))}</pre>"
-            if metrics
-            else ""
+        page.figure(
+            plot_neuron_map(circuit),
+            toggle=f"every MLP neuron ({circuit.n_kept('mlp_neuron')} kept): the layer x "
+            "neuron map",
         )
-        + "".join(parts)
-    )
-    path.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"</head><body style='font-family:sans-serif;margin:2em'>{body}</body></html>",
-        encoding="utf-8",
-    )
+    if metrics.get("faithfulness_curve"):
+        page.section("Faithfulness against size")
+        page.figure(plot_faithfulness_curve(metrics["faithfulness_curve"]))
+    if metrics.get("edges"):
+        page.section("Edges between the kept nodes (attribution scores)")
+        page.figure(plot_edge_graph(metrics["edges"]))
+    if circuit.history:
+        page.section("Training")
+        page.figure(plot_training_curves(circuit))
+    facts = _facts(metrics)
+    if facts:
+        page.section("Run")
+        page.raw(_table(["fact", "value"], facts))
+    path.write_text(page.html(title), encoding="utf-8")
     return path
+
+
+def write_sweep_report(
+    circuits: Sequence[Circuit], summary: dict, path: str | Path, title: str = "Sweep"
+) -> Path:
+    """The sweep's report: its points as a table, faithfulness against size, and the order in
+    which heads (and MLP layers) enter the circuit as it grows."""
+    path = Path(path)
+    page = _Page()
+    page.raw(f"<h1>{html.escape(title)}</h1>")
+    page.raw(
+        f"<p class='lead'>{len(circuits)} circuits; faithfulness against size: "
+        f"CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}</p>"
+    )
+    rows = [
+        [p["folder"], _num(p["size"]), _num(p.get("kl")), _num(p.get("recovered"))]
+        + [str(p["kept"].get(g, "")) for g in ("head", "mlp_neuron")]
+        for p in sorted(summary["points"], key=lambda p: p["size"])
+    ]
+    headers = ["point", "size", "KL", "recovered", "heads", "MLP neurons"]
+    page.raw(_table(headers, rows, sortable=True))
+    page.section("Faithfulness against size")
+    page.figure(plot_pareto(list(circuits)))
+    page.section("How nodes enter as the circuit grows")
+    page.figure(plot_node_entry(circuits, "head"))
+    if circuits[0].dims.has_mlp:
+        page.figure(plot_node_entry(circuits, "mlp"))
+    path.write_text(page.html(title), encoding="utf-8")
+    return path
+
+
+class _Page:
+    """HTML parts in order; the first figure carries plotly.js."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.n_figures = 0
+
+    def raw(self, text: str) -> None:
+        self.parts.append(text)
+
+    def section(self, heading: str) -> None:
+        self.parts.append(f"<h2>{html.escape(heading)}</h2>")
+
+    def figure(self, fig: go.Figure, toggle: str | None = None) -> None:
+        js = "inline" if self.n_figures == 0 else False
+        div = fig.to_html(full_html=False, include_plotlyjs=js, config={"responsive": True})
+        self.n_figures += 1
+        if toggle is not None:
+            div = f"<details><summary>{html.escape(toggle)}</summary>{div}</details>"
+        self.parts.append(div)
+
+    def html(self, title: str) -> str:
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(self.parts)}"
+            f"<script>{SORT_SCRIPT}</script></body></html>"
+        )
+
+
+def _anatomy_sections(page: _Page, anatomy: CircuitAnatomy) -> None:
+    effects = anatomy.effects
+    direct = {}
+    if anatomy.heads is not None:
+        direct.update({h.head: h.direct_effect for h in anatomy.heads.heads})
+    if anatomy.neurons is not None:
+        direct.update({n.neuron: n.direct_effect for n in anatomy.neurons.neurons})
+    page.section("The nodes that matter most")
+    page.raw(
+        "<p class='lead'>Each kept head and MLP, and the most promising MLP neurons, removed "
+        f"alone (given its ablated value) on {effects.n_pairs} held-out pairs. Click a column "
+        "to sort.</p>"
+    )
+    page.figure(plot_node_effects(effects))
+    rows = [
+        [e.node, e.granularity, _num(e.delta_kl), _num(e.delta_metric), _num(direct.get(e.node))]
+        for e in effects.effects
+    ]
+    page.raw(
+        _table(
+            ["node", "kind", "KL increase", "logit diff change", "direct effect"],
+            rows,
+            sortable=True,
+        )
+    )
+    if anatomy.heads is not None:
+        page.section("What the top heads attend to")
+        page.figure(plot_head_attention(anatomy.heads))
+        page.figure(plot_example_patterns(anatomy.heads))
+    if anatomy.neurons is not None:
+        page.section("What the top MLP neurons do")
+        rows = [
+            [
+                n.neuron,
+                _num(n.direct_effect),
+                _num(n.mean_activation),
+                "<br>".join(
+                    f"{html.escape(t.context)} ({t.activation:.2f})" for t in n.top_activations
+                ),
+            ]
+            for n in anatomy.neurons.neurons
+        ]
+        page.raw(
+            _table(
+                ["neuron", "direct effect", "mean activation at answer", "top activations"],
+                rows,
+                escape=False,
+            )
+        )
+
+
+def _lead(circuit: Circuit, metrics: dict) -> str:
+    bits = []
+    if metrics.get("task"):
+        bits.append(f"task {metrics['task']}")
+    if metrics.get("model"):
+        bits.append(f"model {metrics['model']}")
+    if metrics.get("n_train"):
+        bits.append(f"{metrics['n_train']} training pairs")
+    if metrics.get("n_test"):
+        bits.append(f"{metrics['n_test']} held-out pairs")
+    return ", ".join(bits)
+
+
+def _faithfulness_table(metrics: dict) -> str:
+    if "circuit" not in metrics:  # a circuit's own flat numbers
+        rows = [[k, _num(v)] for k, v in metrics.items() if isinstance(v, int | float)]
+        return _table(["measure", "value"], rows) if rows else "<p>not measured</p>"
+    headers = ["", "KL(full || ·)", "task metric", "recovered", "accuracy"]
+    rows = []
+    for key, label in EVALUATIONS:
+        if key in metrics:
+            m = metrics[key]
+            rows.append(
+                [label, _num(m["kl"]), _num(m["metric_circuit"]), _num(m["recovered"]),
+                 _num(m["accuracy_circuit"])]
+            )  # fmt: skip
+    own = metrics["circuit"]
+    rows.append(["full model", "0", _num(own["metric_full"]), "1", _num(own["accuracy_full"])])
+    rows.append(["empty circuit (all ablated)", "", _num(own["metric_empty"]), "0", ""])
+    return _table(headers, rows)
+
+
+def _size_table(circuit: Circuit) -> str:
+    rows = [
+        [
+            g + ("" if g in circuit.granularities else " (not pruned)"),
+            str(circuit.n_kept(g)),
+            str(circuit.n_total(g)),
+            f"{100 * circuit.fraction_kept(g):.2f}%",
+        ]
+        for g in circuit.dims.available()
+    ]
+    return _table(["granularity", "kept", "total", "kept %"], rows)
+
+
+def _facts(metrics: dict) -> list[list[str]]:
+    skip = {"circuit", "random_circuit_same_size", "faithfulness_curve", "edges"}
+    return [
+        [key, _num(value) if isinstance(value, float) else html.escape(str(value))]
+        for key, value in metrics.items()
+        if key not in skip and not isinstance(value, dict | list)
+    ]
+
+
+def _num(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _table(
+    headers: list[str], rows: list[list[str]], sortable: bool = False, escape: bool = True
+) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class='text'>{html.escape(c) if escape else c}</td>"
+            if not _is_number(c)
+            else f"<td>{c}</td>"
+            for c in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    cls = " class='sortable'" if sortable else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

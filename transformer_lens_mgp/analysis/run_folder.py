@@ -1,9 +1,9 @@
 """Run folders: what a discovery, an evaluation or a sweep leaves on disk, and its schema.
 
 A discovery folder holds ``circuit.safetensors``, ``metrics.json`` (the held-out numbers of
-the circuit and of a random circuit of the same size, and the run's facts), ``report.html``
-and, when edges were scored, ``edges.json``. A sweep folder holds one subfolder per point,
-``sweep.json`` and ``pareto.html``.
+the circuit and of a random circuit of the same size, and the run's facts), ``report.html``,
+``nodes.json`` when the nodes were ranked and profiled, and ``edges.json`` when edges were
+scored. A sweep folder holds one subfolder per point, ``sweep.json`` and ``sweep.html``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from ..core.checks import check_writable_folder
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
+from .anatomy import CircuitAnatomy, dissect
 from .compare import CircuitComparison, compare
 from .curves import faithfulness_curve, pareto_areas
 from .edges import edge_graph
@@ -26,6 +27,7 @@ from .subcircuits import random_circuit
 
 CIRCUIT_FILE = "circuit.safetensors"
 METRICS_FILE = "metrics.json"
+NODES_FILE = "nodes.json"
 
 
 def point_name(target: Mapping[str, float]) -> str:
@@ -56,12 +58,14 @@ class CircuitRun:
         result: the circuit's evaluation.
         baseline: a random circuit of the same size, evaluated on the same pairs.
         metrics: the ``metrics.json`` content.
+        anatomy: node effects and the top heads' and neurons' profiles, when measured.
     """
 
     circuit: Circuit
     result: Evaluation
     baseline: Evaluation
     metrics: dict
+    anatomy: CircuitAnatomy | None = None
 
 
 def measure_circuit(
@@ -72,10 +76,12 @@ def measure_circuit(
     seed: int = 0,
     curve: bool = False,
     edges: bool = False,
+    anatomy: bool = False,
     facts: Mapping | None = None,
 ) -> CircuitRun:
     """Evaluate ``circuit`` and a random circuit of its size on ``test`` (and, if asked, its
-    faithfulness curve and edge scores); the headline numbers go to ``circuit.metrics``."""
+    faithfulness curve, edge scores and anatomy: node effects, top heads and neurons); the
+    headline numbers go to ``circuit.metrics``."""
     result, baseline = evaluate_many(model, [circuit, random_circuit(circuit, seed=seed)], test)
     metrics = {
         **dict(facts or {}),
@@ -97,18 +103,25 @@ def measure_circuit(
         scored = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in graph.edges(data=True)]
         scored.sort(key=lambda e: -abs(e["score"]))
         metrics["edges"] = circuit.metrics["edges"] = scored
-    return CircuitRun(circuit, result, baseline, metrics)
+    parts = dissect(model, circuit, test) if anatomy else None
+    return CircuitRun(circuit, result, baseline, metrics, parts)
 
 
 def write_run_folder(out_dir: str | Path, run: CircuitRun, title: str = "Circuit") -> list[Path]:
-    """Write the circuit, ``metrics.json``, ``edges.json`` (if scored) and the report."""
+    """Write the circuit, ``metrics.json``, ``nodes.json`` and ``edges.json`` (if measured) and
+    the report."""
     from .report import write_report
 
     out = prepare_out_dir(out_dir)
     written = [run.circuit.save(out / CIRCUIT_FILE), _write_json(out / METRICS_FILE, run.metrics)]
+    if run.anatomy is not None:
+        written.append(_write_json(out / NODES_FILE, run.anatomy.to_dict()))
     if "edges" in run.metrics:
         written.append(_write_json(out / "edges.json", run.metrics["edges"]))
-    written.append(write_report(run.circuit, out / "report.html", title=title))
+    report = write_report(
+        run.circuit, out / "report.html", run.metrics, title=title, anatomy=run.anatomy
+    )
+    written.append(report)
     return written
 
 
@@ -139,13 +152,13 @@ def sweep_summary(
 def write_sweep_folder(
     out_dir: str | Path, summary: dict, circuits: Sequence[Circuit]
 ) -> list[Path]:
-    """``sweep.json`` and the Pareto figure ``pareto.html`` beside the points' folders."""
-    from .plotting import plot_pareto
+    """``sweep.json`` and the report ``sweep.html`` (points, faithfulness against size, nodes
+    entering as the circuit grows) beside the points' folders."""
+    from .report import write_sweep_report
 
     out = prepare_out_dir(out_dir)
-    figure = out / "pareto.html"
-    plot_pareto(circuits).write_html(figure)
-    return [_write_json(out / "sweep.json", summary), figure]
+    report = write_sweep_report(circuits, summary, out / "sweep.html")
+    return [_write_json(out / "sweep.json", summary), report]
 
 
 def write_comparison_folder(

@@ -30,8 +30,31 @@ def answer_logits(
         return logits[
             torch.arange(tokens.shape[0], device=logits.device), positions.to(logits.device)
         ]
-    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
-    picked = resid[torch.arange(tokens.shape[0], device=resid.device), positions.to(resid.device)]
+    return _final_logits(model, model(tokens, stop_at_layer=model.cfg.n_layers), positions)
+
+
+def can_resume(model) -> bool:
+    """Whether a forward pass can start at a block from a given residual stream (a
+    HookedTransformer's ``start_at_layer``)."""
+    return is_hooked_transformer(model)
+
+
+def answer_logits_from(
+    model,
+    resid: Float[Tensor, "batch pos d_model"],
+    layer: int,
+    positions: Int[Tensor, " batch"],
+) -> Float[Tensor, "batch d_vocab"]:
+    """:func:`answer_logits` of a forward pass resumed at block ``layer`` from ``resid``, the
+    stream that block reads (``blocks.{layer}.hook_resid_pre``); see :func:`can_resume`."""
+    out = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
+    return _final_logits(model, out, positions)
+
+
+def _final_logits(
+    model, resid: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch d_vocab"]:
+    picked = resid[torch.arange(resid.shape[0], device=resid.device), positions.to(resid.device)]
     picked = picked[:, None]
     if model.cfg.normalization_type is not None:
         picked = model.ln_final(picked)

@@ -1,0 +1,107 @@
+"""The report reads from the top down: faithfulness, the ranked nodes and what the top heads
+and neurons do come before the maps; plotly.js once; the neuron map behind a toggle."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from transformer_lens_mgp import Circuit, ModelDims
+from transformer_lens_mgp.analysis.anatomy import CircuitAnatomy
+from transformer_lens_mgp.analysis.node_figures import plot_node_entry
+from transformer_lens_mgp.analysis.report import write_sweep_report
+from transformer_lens_mgp.analysis.run_folder import (
+    NODES_FILE,
+    measure_circuit,
+    sweep_summary,
+    write_run_folder,
+)
+from transformer_lens_mgp.testing.planted import planted_circuit
+
+PLOTLY_BANNER = "plotly.js v"
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    planted = planted_circuit("standard", seed=1, n=40)
+    dims = ModelDims.from_cfg(planted.model.cfg)
+    kept = {g: planted.live[g] | planted.dead[g] for g in ("attn_neuron", "mlp_neuron")}
+    circuit = Circuit.from_kept(dims, kept, history={"loss": [1.0, 0.5], "kl": [0.3, 0.2]})
+    data = planted.dataset.with_roles(("END",), planted.dataset.answer_positions[:, None])
+    run = measure_circuit(planted.model, circuit, data, anatomy=True, facts={"task": "planted"})
+    out = tmp_path_factory.mktemp("run")
+    write_run_folder(out, run, title="planted <circuit>")
+    return out, run
+
+
+def test_sections_come_in_reading_order(run_folder):
+    out, _ = run_folder
+    text = (out / "report.html").read_text()
+    headings = re.findall(r"<h2>(.*?)</h2>", text)
+    assert headings[:4] == [
+        "Faithfulness on held-out pairs",
+        "The nodes that matter most",
+        "What the top heads attend to",
+        "What the top MLP neurons do",
+    ]
+    assert headings.index("Where the circuit sits") > 3 and headings[-2:] == ["Training", "Run"]
+    assert "planted &lt;circuit&gt;" in text
+    assert text.count(PLOTLY_BANNER) == 1, "plotly.js must be inlined exactly once"
+    assert "<script src=" not in text
+    # the neuron barcode is behind a toggle, the node table sortable
+    assert re.search(r"<details><summary>every MLP neuron[^<]*</summary>", text)
+    assert "<table class='sortable'>" in text
+    # metrics are a table, not a JSON dump
+    assert "random circuit, same size" in text and '"kl":' not in text
+
+
+def test_the_node_table_lists_every_measured_node(run_folder):
+    out, run = run_folder
+    text = (out / "report.html").read_text()
+    table = text[text.index("<table class='sortable'>") :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == 1 + len(run.anatomy.effects.effects)
+    for effect in run.anatomy.effects.effects:
+        assert f"<td class='text'>{effect.node}</td>" in table
+
+
+def test_nodes_json_round_trips(run_folder):
+    out, run = run_folder
+    again = CircuitAnatomy.from_dict(json.loads((out / NODES_FILE).read_text()))
+    assert again == run.anatomy
+    assert again.heads.groups == ("first", "END", "other")
+    # the heads that matter most, leaving out those whose removal changes nothing
+    top = run.anatomy.effects.top(10, "head")
+    assert [h.head for h in again.heads.heads] == [e.node for e in top if e.delta_kl != 0]
+    assert 0 < len(again.heads.heads) < len(top)
+
+
+def growing_circuits() -> list[Circuit]:
+    dims = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=8)
+    circuits = []
+    for heads in ([(1, 2)], [(1, 2), (0, 0)], [(1, 2), (0, 0), (0, 1)]):
+        kept = torch.zeros(2, 3, dtype=torch.bool)
+        for index in heads:
+            kept[index] = True
+        circuits.append(Circuit.from_kept(dims, {"head": kept}))
+    return circuits[::-1]  # largest first: the figure orders them itself
+
+
+def test_node_entry_orders_nodes_by_the_smallest_circuit_keeping_them():
+    fig = plot_node_entry(growing_circuits(), "head")
+    assert list(fig.data[0].x) == ["L1.H2", "L0.H0", "L0.H1"]
+    assert [list(row) for row in fig.data[0].z] == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+
+
+def test_sweep_report_shows_points_pareto_and_entry(tmp_path):
+    circuits = growing_circuits()
+    for c in circuits:
+        c.metrics = {"kl": 1 - c.size(), "recovered": c.size()}
+    targets = [{"head": c.size()} for c in circuits]
+    summary = sweep_summary(targets, circuits, {})
+    text = write_sweep_report(circuits, summary, tmp_path / "sweep.html").read_text()
+    assert "How nodes enter as the circuit grows" in text and "CPR" in text
+    assert text.count(PLOTLY_BANNER) == 1
