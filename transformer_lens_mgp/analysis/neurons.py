@@ -50,7 +50,7 @@ class NeuronProfile:
             difference, through ``W_out`` and ``W_U`` (NaN without wrong answers).
         mean_activation: its mean activation at the answer position.
         top_activations: the ``top_k`` largest activations over every prompt position up to
-            the answer, largest first.
+            the answer, largest first, one per distinct context.
     """
 
     neuron: str
@@ -142,23 +142,20 @@ def _top_tokens(model, dataset: PairedDataset, batches, top_k: int) -> tuple:
     padded = torch.cat(
         [torch.nn.functional.pad(a, (0, width - a.shape[1]), value=float("-inf")) for a in batches]
     )  # [n, width]
-    values, flat = padded.flatten().topk(min(top_k, padded.numel()))
-    found = []
+    # a few times more candidates than needed: prompts from one template repeat contexts
+    values, flat = padded.flatten().topk(min(8 * top_k, padded.numel()))
+    found, seen = [], set()
     for value, index in zip(values.tolist(), flat.tolist(), strict=True):
-        if value == float("-inf"):
+        if value == float("-inf") or len(found) == top_k:
             break
         pair, position = divmod(index, width)
         tokens = token_strings(model, dataset.clean_tokens[pair, : position + 1])
         before = "".join(tokens[max(0, position - CONTEXT_TOKENS) : position])
-        found.append(
-            TokenActivation(
-                pair=pair,
-                position=position,
-                token=tokens[position],
-                activation=value,
-                context=f"{before}[{tokens[position]}]",
-            )
-        )
+        context = f"{before}[{tokens[position]}]"
+        if context in seen:
+            continue
+        seen.add(context)
+        found.append(TokenActivation(pair, position, tokens[position], value, context))
     return tuple(found)
 
 

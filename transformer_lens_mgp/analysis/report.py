@@ -175,20 +175,18 @@ def _anatomy_sections(page: _Page, anatomy: CircuitAnatomy) -> None:
     page.section("The nodes that matter most")
     page.raw(
         "<p class='lead'>Each kept head and MLP, and the most promising MLP neurons, removed "
-        f"alone (given its ablated value) on {effects.n_pairs} held-out pairs. Click a column "
-        "to sort.</p>"
+        f"alone (given its ablated value) on {effects.n_pairs} held-out pairs; the table of all "
+        "of them sorts by any column on a click.</p>"
     )
     page.figure(plot_node_effects(effects))
     rows = [
         [e.node, e.granularity, _num(e.delta_kl), _num(e.delta_metric), _num(direct.get(e.node))]
         for e in effects.effects
     ]
+    headers = ["node", "kind", "KL increase", "logit diff change", "direct effect"]
+    table = _table(headers, rows, sortable=True)
     page.raw(
-        _table(
-            ["node", "kind", "KL increase", "logit diff change", "direct effect"],
-            rows,
-            sortable=True,
-        )
+        f"<details><summary>all {len(rows)} measured nodes, a table</summary>{table}</details>"
     )
     if anatomy.heads is not None:
         page.section("What the top heads attend to")
@@ -275,7 +273,7 @@ def _num(value) -> str:
         return ""
     if isinstance(value, int):
         return str(value)
-    return f"{value:.4g}"
+    return f"{value:.4g}" if value == 0 or abs(value) >= 1000 else f"{value:.4f}"
 
 
 def _table(
