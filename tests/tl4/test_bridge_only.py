@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_lens_mgp import Circuit, CircuitPruner, PairedDataset, evaluate
+from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims, PairedDataset, evaluate
 from transformer_lens_mgp.models import (
     bridge_from_hf,
     default_model_path,
@@ -55,3 +55,28 @@ def test_fit_evaluate_and_patch_on_a_bridge(bridge):
     with torch.no_grad():
         ablated = bridge.run_with_hooks(clean, fwd_hooks=empty.fwd_hooks(data, model=bridge))
         assert not torch.allclose(ablated, bridge(clean), atol=1e-3)
+
+
+def test_node_effects_and_profiles_on_a_bridge(bridge):
+    from transformer_lens_mgp.analysis.anatomy import dissect
+
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 1000, (12, 6), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(0, 1000, (12,), generator=g)
+    with torch.no_grad():
+        top2 = bridge(clean)[:, -1].topk(2).indices
+    data = PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+    roles = torch.stack([torch.full((12,), 2), data.answer_positions], -1)
+    data = data.with_roles(("X", "END"), roles)
+    keep = torch.zeros(2, 4, dtype=torch.bool)
+    keep[:, :2] = True
+    circuit = Circuit.from_kept(ModelDims.from_cfg(bridge.cfg), {"head": keep})
+    anatomy = dissect(bridge, circuit, data, top_neurons=3)
+    heads = {e.node for e in anatomy.effects.top(99, "head")}
+    assert heads == {"L0.H0", "L0.H1", "L1.H0", "L1.H1"}
+    assert len(anatomy.effects.top(99, "mlp_neuron")) == 3
+    for head in anatomy.heads.heads:
+        assert sum(head.attention.values()) == pytest.approx(1.0, abs=1e-4)
+        assert head.direct_effect == head.direct_effect  # a number, not NaN
+    assert sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in bridge.hook_dict.values()) == 0
