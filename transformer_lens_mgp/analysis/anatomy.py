@@ -13,6 +13,9 @@ from .node_effects import NodeEffects, node_effects
 MAX_PAIRS = 32
 """Held-out pairs the node effects are measured on: one masked pass over them per node."""
 
+MAX_PROFILE_PAIRS = 128
+"""Held-out pairs the head and neuron profiles average over (one clean pass each)."""
+
 
 @dataclass(frozen=True)
 class CircuitAnatomy:
@@ -56,15 +59,16 @@ def dissect(
     max_pairs: int = MAX_PAIRS,
 ) -> CircuitAnatomy:
     """Node effects on the first ``max_pairs`` pairs of ``dataset`` (held-out pairs), then
-    profiles of the ``n_heads`` heads and ``n_neurons`` MLP neurons that matter most, on all
-    of ``dataset``."""
+    profiles of the ``n_heads`` heads and ``n_neurons`` MLP neurons that matter most, on its
+    first ``MAX_PROFILE_PAIRS``."""
     effects = node_effects(model, circuit, dataset[:max_pairs], top_neurons=top_neurons)
     heads = [e.index for e in _mattering(effects, n_heads, "head")]
     neurons = [e.index for e in _mattering(effects, n_neurons, "mlp_neuron")]
+    profiled = dataset[:MAX_PROFILE_PAIRS]
     return CircuitAnatomy(
         effects,
-        head_profiles(model, dataset, heads) if heads else None,
-        neuron_profiles(model, dataset, neurons) if neurons else None,
+        head_profiles(model, profiled, heads) if heads else None,
+        neuron_profiles(model, profiled, neurons) if neurons else None,
     )
 
 
