@@ -121,3 +121,19 @@ def token_strings(model, tokens: Int[Tensor, " pos"]) -> list[str]:
     if getattr(model, "tokenizer", None) is None:
         return [f"<{int(t)}>" for t in tokens]
     return list(model.to_str_tokens(tokens))
+
+
+def check_node_list(items, n_layers: int, n_per_layer: int, kind: str) -> list[tuple[int, int]]:
+    """``(layer, index)`` pairs as ints, each checked against the model's sizes."""
+    chosen = []
+    for item in items:
+        layer, index = (int(x) for x in item)
+        if not (0 <= layer < n_layers and 0 <= index < n_per_layer):
+            raise UsageError(
+                f"{kind} {item!r} is not in a model of {n_layers} layers x {n_per_layer} "
+                f"{kind}s; give (layer, index) pairs counted from 0"
+            )
+        chosen.append((layer, index))
+    if not chosen:
+        raise UsageError(f"no {kind}s to profile; give at least one (layer, index) pair")
+    return chosen

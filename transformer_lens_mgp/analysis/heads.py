@@ -14,7 +14,6 @@ from torch import Tensor
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
-from ..core.errors import UsageError
 from ..core.model_api import check_model_and_pairs
 from ..core.nodes import NODE_NAMES, ModelDims
 from .direct import (
@@ -22,6 +21,7 @@ from .direct import (
     answer_direction,
     at_answer,
     capture_clean_runs,
+    check_node_list,
     through_final_norm,
     token_strings,
 )
@@ -170,18 +170,7 @@ def head_profiles(
 def _head_list(heads, dims: ModelDims) -> list[tuple[int, int]]:
     if isinstance(heads, Circuit):
         return [tuple(i) for i in heads.kept("head").nonzero().tolist()]
-    chosen = []
-    for item in heads:
-        layer, head = (int(x) for x in item)
-        if not (0 <= layer < dims.n_layers and 0 <= head < dims.n_heads):
-            raise UsageError(
-                f"head {item!r} is not in a model of {dims.n_layers} layers x {dims.n_heads} "
-                "heads; give (layer, head) pairs counted from 0"
-            )
-        chosen.append((layer, head))
-    if not chosen:
-        raise UsageError("no heads to profile; give at least one (layer, head) pair")
-    return chosen
+    return check_node_list(heads, dims.n_layers, dims.n_heads, "head")
 
 
 def _token_groups(batch: PairedDataset, n_groups: int) -> Int[Tensor, "batch pos"]:

@@ -18,6 +18,7 @@ from .direct import (
     answer_direction,
     at_answer,
     capture_clean_runs,
+    check_node_list,
     through_final_norm,
     token_strings,
 )
@@ -162,15 +163,4 @@ def _top_tokens(model, dataset: PairedDataset, batches, top_k: int) -> tuple:
 def _neuron_list(neurons, dims: ModelDims) -> list[tuple[int, int]]:
     if not dims.has_mlp:
         raise UsageError("this model has no MLPs, so it has no MLP neurons to profile")
-    chosen = []
-    for item in neurons:
-        layer, index = (int(x) for x in item)
-        if not (0 <= layer < dims.n_layers and 0 <= index < dims.d_mlp):
-            raise UsageError(
-                f"neuron {item!r} is not in a model of {dims.n_layers} layers x {dims.d_mlp} MLP "
-                "neurons; give (layer, index) pairs counted from 0"
-            )
-        chosen.append((layer, index))
-    if not chosen:
-        raise UsageError("no neurons to profile; give at least one (layer, index) pair")
-    return chosen
+    return check_node_list(neurons, dims.n_layers, dims.d_mlp, "MLP neuron")

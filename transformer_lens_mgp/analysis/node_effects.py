@@ -147,11 +147,7 @@ def _removal_totals(model, circuit, dataset, masks, candidates, batch_size, prog
     with exclusive(model, "node effects"), forward_layout(model):
         full = reference_logits(model, dataset, batch_size)
         source = AblationSource.for_dataset(model, circuit.ablation, dataset, dims)
-        start = 0
-        for batch in dataset.batches(batch_size):
-            batch = batch.to(device)
-            rows = slice(start, start + len(batch))
-            start += len(batch)
+        for batch, rows in _batches(dataset, batch_size, device):
             ablated = source.values(model, batch)
             streams: dict[int, Tensor] = {}
             keep = [(f"blocks.{layer}.hook_resid_pre", _saver(streams, layer))
@@ -177,6 +173,14 @@ def _removal_totals(model, circuit, dataset, masks, candidates, batch_size, prog
                     total[1] += task_metric(logits, batch).sum().item()
     bar.close()
     return totals
+
+
+def _batches(dataset: PairedDataset, batch_size: int, device):
+    """The dataset's batches on ``device``, each with its rows in ``dataset``."""
+    start = 0
+    for batch in dataset.batches(batch_size):
+        yield batch.to(device), slice(start, start + len(batch))
+        start += len(batch)
 
 
 def _saver(streams: dict, layer: int):
@@ -205,11 +209,7 @@ def neuron_removal_estimates(
     ):
         full = reference_logits(model, dataset, batch_size)
         source = AblationSource.for_dataset(model, circuit.ablation, dataset, dims)
-        start = 0
-        for batch in dataset.batches(batch_size):
-            batch = batch.to(device)
-            rows = slice(start, start + len(batch))
-            start += len(batch)
+        for batch, rows in _batches(dataset, batch_size, device):
             logits = masked_answer_logits(
                 model, batch, dims, SiteMasks(masks.attn, mlp), source.values(model, batch)
             )
