@@ -235,3 +235,26 @@ def test_compare_two_runs(tiny_default, tmp_path, capsys):
     assert set(result["overlap"]) >= {"block", "head", "attn_neuron"}
     assert result["names"] == ["ioi", "gp"]
     assert "heads:" in (out / "comparison.html").read_text()
+
+
+def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
+    from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, has_bf16
+
+    runs = {
+        "small": [],
+        "float32": ["--float32"],
+        "lambda": ["--preset", "lambda"],
+        "sized": ["--target", "head=0.5"],
+    }
+    configs = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["discover", *FAST, *extra, "--no-node-effects", "--out", str(out)]) == 0
+        configs[name] = Circuit.load(out / "circuit.safetensors").config
+    # the tiny model is attention-only: the MLP neurons' target is left out
+    expected = {g: t for g, t in SMALL_CIRCUIT_TARGETS.items() if g != "mlp_neuron"}
+    assert configs["small"]["target"] == expected and configs["small"]["steps"] == 3
+    assert configs["small"]["bf16"] == has_bf16("cpu")
+    assert configs["float32"]["bf16"] is False and configs["float32"]["target"] == expected
+    assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
+    assert configs["sized"]["target"] == {"head": 0.5}

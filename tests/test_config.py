@@ -71,3 +71,14 @@ def test_a_target_for_a_granularity_not_pruned_is_refused():
     config = PruningConfig(granularities=["head"], target={"mlp_neuron": 0.1})
     with pytest.raises(ValueError, match="does not prune"):
         config.resolved(DIMS)
+
+
+def test_the_small_circuit_setting_fits_the_model():
+    from transformer_lens_mgp import ModelDims
+    from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, small_circuit
+
+    full = small_circuit("cpu", ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=8))
+    assert dict(full.target) == SMALL_CIRCUIT_TARGETS and full.steps == 250
+    attention_only = small_circuit("cpu", ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=None))
+    assert "mlp_neuron" not in attention_only.target
+    assert small_circuit("cpu", steps=10, bf16=False).steps == 10

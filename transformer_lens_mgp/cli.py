@@ -29,9 +29,9 @@ from .analysis.run_folder import (
 from .core.circuit import Circuit
 from .core.errors import MissingFileError, TrainingDivergedError, UsageError
 from .core.hooks import ABLATIONS
-from .core.nodes import GRANULARITIES
+from .core.nodes import GRANULARITIES, ModelDims
 from .tasks import TASKS
-from .training.config import PruningConfig
+from .training.config import SMALL_CIRCUIT_TARGETS, PruningConfig, small_circuit
 from .training.pruner import CircuitPruner
 from .training.sparsity import DEFAULT_SPARSITY
 from .training.sweeps import sweep
@@ -87,12 +87,12 @@ def _add_data_args(parser: argparse.ArgumentParser, out_required: bool = True) -
         default=None,
         help="TransformerLens model name (default: the embedded SmolLM2-135M-Instruct, offline)",
     )
-    parser.add_argument("--n", type=int, default=1000, help="pairs to generate (default: 1000)")
+    parser.add_argument("--n", type=int, default=2000, help="pairs to generate (default: 2000)")
     parser.add_argument(
         "--test-fraction",
         type=float,
-        default=0.2,
-        help="held-out share for evaluation (default: 0.2)",
+        default=0.1,
+        help="held-out share for evaluation (default: 0.1, 200 of the default 2000 pairs)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
@@ -123,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="G=FRACTION",
         help="kept fraction per granularity instead of a lambda, e.g. mlp_neuron=0.05",
+    )
+    discover.add_argument(
+        "--preset",
+        choices=("small", "lambda"),
+        default="small",
+        help="without --sparsity, --target or --max-kl: 'small' (default) aims at "
+        + ", ".join(f"{g}={t:g}" for g, t in SMALL_CIRCUIT_TARGETS.items())
+        + " for 250 steps with bf16 where the device has it; 'lambda' uses the fixed "
+        "lambdas and 200 steps of PruningConfig()",
+    )
+    discover.add_argument(
+        "--float32",
+        action="store_true",
+        help="no bf16 autocast, even where the small preset would use it",
     )
     discover.add_argument(
         "--max-kl",
@@ -193,14 +207,29 @@ def _config(args, **settings) -> PruningConfig:
         lr=args.lr,
         granularities=args.granularities,
     )
-    return PruningConfig(
-        **{k: v for k, v in given.items() if v is not None},
+    chosen = dict(
         ablation=args.ablation,
         seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
-        **settings,
     )
+    return PruningConfig(
+        **{**settings, **chosen, **{k: v for k, v in given.items() if v is not None}}
+    )
+
+
+def _discover_config(args, model=None) -> PruningConfig:
+    """The sizes asked for, or else the small-circuit setting (targets, 250 steps, bf16 where
+    the device has it) for ``model``'s granularities."""
+    if args.sparsity or args.target or args.max_kl is not None or args.preset == "lambda":
+        return _config(
+            args, sparsity=dict(args.sparsity), target=dict(args.target), max_kl=args.max_kl
+        )
+    dims = None if model is None else ModelDims.from_cfg(model.cfg)
+    small = small_circuit(args.device or "cpu", dims)
+    config = _config(args, target=dict(small.target), steps=small.steps)
+    bf16 = args.bf16 or (small.bf16 and not args.float32)
+    return config.replace(bf16=bf16)
 
 
 def _check_device(device: str | None) -> None:
@@ -238,10 +267,9 @@ def _facts(args, train) -> dict:
 
 def _discover(args) -> int:
     wall = time.perf_counter()
-    config = _config(
-        args, sparsity=dict(args.sparsity), target=dict(args.target), max_kl=args.max_kl
-    )
+    _discover_config(args)  # a bad setting fails before the model loads
     model, train, test = _load(args)
+    config = _discover_config(args, model)
     circuit = CircuitPruner(model, config).fit(train, progress=not args.quiet)
     run = measure_circuit(
         model,
