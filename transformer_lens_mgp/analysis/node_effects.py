@@ -26,6 +26,7 @@ from ..core.nodes import NODE_NAMES, SiteMasks
 from ..runtime.forward import (
     answer_logits,
     answer_logits_from,
+    batches_with_rows,
     can_resume,
     masked_answer_logits,
     reference_logits,
@@ -110,10 +111,14 @@ def node_effects(
     check_model_and_pairs(model, circuit.dims, dataset=dataset)
     masks = circuit.site_masks()
     candidates = _heads_and_mlps(circuit)
-    if top_neurons and masks.mlp is not None and masks.mlp.any():
-        estimate = neuron_removal_estimates(model, circuit, dataset, batch_size=batch_size)
-        candidates += _top_neurons(circuit, masks, estimate, top_neurons)
-    totals = _removal_totals(model, circuit, dataset, masks, candidates, batch_size, progress)
+    with exclusive(model, "node effects"), forward_layout(model):
+        full, source = _references(model, circuit, dataset, batch_size)
+        if top_neurons and masks.mlp is not None and masks.mlp.any():
+            estimate = _estimates(model, circuit, dataset, full, source, batch_size)
+            candidates += _top_neurons(circuit, masks, estimate, top_neurons)
+        totals = _removal_totals(
+            model, circuit, dataset, full, source, masks, candidates, batch_size, progress
+        )
     n = len(dataset)
     (own_kl, own_metric), *rest = ((kl / n, metric / n) for kl, metric in totals)
     effects = [
@@ -130,8 +135,14 @@ def node_effects(
     return NodeEffects(tuple(effects), own_kl, own_metric, n)
 
 
+def _references(model, circuit: Circuit, dataset: PairedDataset, batch_size: int):
+    """The full model's answer logits and the circuit's ablation values on ``dataset``."""
+    full = reference_logits(model, dataset, batch_size)
+    return full, AblationSource.for_dataset(model, circuit.ablation, dataset, circuit.dims)
+
+
 @torch.no_grad()
-def _removal_totals(model, circuit, dataset, masks, candidates, batch_size, progress):
+def _removal_totals(model, circuit, dataset, full, source, masks, candidates, batch_size, progress):
     """Summed KL and task metric over ``dataset``, of the circuit and then of the circuit
     without each candidate. On a HookedTransformer a variant resumes from the circuit's own
     residual stream at its node's layer, since the blocks before it run the same."""
@@ -144,43 +155,30 @@ def _removal_totals(model, circuit, dataset, masks, candidates, batch_size, prog
     totals = [[0.0, 0.0 if has_metric else float("nan")] for _ in range(len(candidates) + 1)]
     bar = tqdm(total=len(dataset) * (len(candidates) + 1), desc="node effects",
                disable=not progress, leave=False)  # fmt: skip
-    with exclusive(model, "node effects"), forward_layout(model):
-        full = reference_logits(model, dataset, batch_size)
-        source = AblationSource.for_dataset(model, circuit.ablation, dataset, dims)
-        for batch, rows in _batches(dataset, batch_size, device):
-            ablated = source.values(model, batch)
-            streams: dict[int, Tensor] = {}
-            keep = [(f"blocks.{layer}.hook_resid_pre", _saver(streams, layer))
-                    for layer in sorted(set(layers))] if can_resume(model) else []  # fmt: skip
-            with model.hooks(fwd_hooks=mask_hooks(dims, masks, ablated) + keep):
-                runs = [answer_logits(model, batch.clean_tokens, batch.answer_positions)]
+    for batch, rows in batches_with_rows(dataset, batch_size, device):
+        ablated = source.values(model, batch)
+        streams: dict[int, Tensor] = {}
+        keep = [(f"blocks.{layer}.hook_resid_pre", _saver(streams, layer))
+                for layer in sorted(set(layers))] if can_resume(model) else []  # fmt: skip
+        with model.hooks(fwd_hooks=mask_hooks(dims, masks, ablated) + keep):
+            runs = [answer_logits(model, batch.clean_tokens, batch.answer_positions)]
+        bar.update(len(batch))
+        positions = batch.answer_positions
+        for variant, layer in zip(variants, layers, strict=True):
+            with model.hooks(fwd_hooks=mask_hooks(dims, variant, ablated)):
+                if streams:
+                    logits = answer_logits_from(model, streams[layer], layer, positions)
+                else:
+                    logits = answer_logits(model, batch.clean_tokens, positions)
+            runs.append(logits)
             bar.update(len(batch))
-            for variant, layer in zip(variants, layers, strict=True):
-                with model.hooks(fwd_hooks=mask_hooks(dims, variant, ablated)):
-                    if streams:
-                        runs.append(
-                            answer_logits_from(model, streams[layer], layer, batch.answer_positions)
-                        )
-                    else:
-                        runs.append(
-                            answer_logits(model, batch.clean_tokens, batch.answer_positions)
-                        )
-                bar.update(len(batch))
-            reference = full[rows].to(device)
-            for logits, total in zip(runs, totals, strict=True):
-                total[0] += kl_divergence(reference, logits).item() * len(batch)
-                if has_metric:
-                    total[1] += task_metric(logits, batch).sum().item()
+        reference = full[rows].to(device)
+        for logits, total in zip(runs, totals, strict=True):
+            total[0] += kl_divergence(reference, logits).item() * len(batch)
+            if has_metric:
+                total[1] += task_metric(logits, batch).sum().item()
     bar.close()
     return totals
-
-
-def _batches(dataset: PairedDataset, batch_size: int, device):
-    """The dataset's batches on ``device``, each with its rows in ``dataset``."""
-    start = 0
-    for batch in dataset.batches(batch_size):
-        yield batch.to(device), slice(start, start + len(batch))
-        start += len(batch)
 
 
 def _saver(streams: dict, layer: int):
@@ -196,20 +194,18 @@ def neuron_removal_estimates(
     """First-order estimate, per MLP neuron, of how much removing it alone changes the
     circuit's task metric (its KL without wrong answers): minus the gradient with respect to
     the neuron's mask, at the circuit's masks. One forward and backward pass over ``dataset``."""
+    with exclusive(model, "node effects"), forward_layout(model):
+        full, source = _references(model, circuit, dataset, batch_size)
+        return _estimates(model, circuit, dataset, full, source, batch_size)
+
+
+def _estimates(model, circuit, dataset, full, source, batch_size) -> Tensor:
     dims = circuit.dims
     device = model_device(model)
     masks = circuit.site_masks().to(device)
     mlp = masks.mlp.clone().requires_grad_(True)
-    with (
-        exclusive(model, "node effects"),
-        forward_layout(model),
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        frozen(model),
-    ):
-        full = reference_logits(model, dataset, batch_size)
-        source = AblationSource.for_dataset(model, circuit.ablation, dataset, dims)
-        for batch, rows in _batches(dataset, batch_size, device):
+    with torch.inference_mode(False), torch.enable_grad(), frozen(model):
+        for batch, rows in batches_with_rows(dataset, batch_size, device):
             logits = masked_answer_logits(
                 model, batch, dims, SiteMasks(masks.attn, mlp), source.values(model, batch)
             )

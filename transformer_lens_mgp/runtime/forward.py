@@ -108,14 +108,21 @@ def masked_answer_batches(
     logits of the model run as each of ``circuits``."""
     device = model_device(model)
     circuits = [masks.to(device) for masks in circuits]
-    start = 0
-    for batch in dataset.batches(batch_size):
-        batch = batch.to(device)
+    for batch, rows in batches_with_rows(dataset, batch_size, device):
         ablated = ablation.values(model, batch)
         logits = [
             masked_answer_logits(model, batch, ablation.dims, masks, ablated) for masks in circuits
         ]
-        yield batch, slice(start, start + len(batch)), logits
+        yield batch, rows, logits
+
+
+def batches_with_rows(
+    dataset: PairedDataset, batch_size: int, device
+) -> Iterator[tuple[PairedDataset, slice]]:
+    """The dataset's batches in order, on ``device``, each with its rows in ``dataset``."""
+    start = 0
+    for batch in dataset.batches(batch_size):
+        yield batch.to(device), slice(start, start + len(batch))
         start += len(batch)
 
 

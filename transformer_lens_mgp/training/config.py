@@ -192,7 +192,7 @@ def small_circuit(device="cpu", dims: ModelDims | None = None, **overrides) -> P
     """The setting ``tl-mgp discover`` uses unless told a size: targets instead of lambdas
     (:data:`SMALL_CIRCUIT_TARGETS`), 250 steps, and bfloat16 autocast where ``device`` has bf16
     units. On IOI with SmolLM2 and 1,800 training pairs it keeps 8 % of heads and 3.6 % of MLP
-    neurons at held-out KL 0.57, recovering 1.08 of the logit difference, in 4.6 minutes of
+    neurons at held-out KL 0.57, recovering 1.08 of the logit difference, in 4.1 minutes of
     fitting on 2 CPU cores (docs/results.md). With ``dims``, targets of granularities the
     model lacks (an attention-only model's MLP neurons) are left out."""
     target = {
