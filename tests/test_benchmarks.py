@@ -133,3 +133,35 @@ def test_scaling_benchmark_runs(tmp_path, monkeypatch, capsys):
     assert set(result["slopes"]) >= {"batch/ours/time", "batch/floor/memory"}
     assert html.stat().st_size > 0
     assert "| batch |" in capsys.readouterr().out
+
+
+def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, tokenizer_model):
+    from transformer_lens import HookedTransformer
+
+    from transformer_lens_mgp.testing.tiny import build_cfg
+
+    tokenizer = tokenizer_model.tokenizer
+    cfg = build_cfg(n_layers=2, d_model=16, n_ctx=64, d_head=4, n_heads=2, d_mlp=8,
+                    d_vocab=len(tokenizer), default_prepend_bos=False)
+    model = HookedTransformer(cfg, tokenizer=tokenizer).eval()
+    bench = load("node_baselines")
+    monkeypatch.setattr(bench, "load_model", lambda name=None: model)
+    out = tmp_path / "b"
+    bench.main([
+        "--task", "ioi", "--n", "40", "--n-unseen", "12", "--scales", "1", "--head-targets",
+        "0.5", "--steps", "3", "--head-steps", "3", "--score-pairs", "8", "--patch-pairs", "4",
+        "--ig-steps", "2", "--out", str(out),
+    ])
+    record = json.loads((out / "baselines.json").read_text())
+    rows = record["rows"]
+    neuron = {r["method"] for r in rows if r["level"] == "neuron"}
+    head = {r["method"] for r in rows if r["level"] == "head"}
+    assert neuron == {"pruning", "attribution patching", "integrated gradients", "random"}
+    assert head == neuron | {"exact patching"}
+    for level in ("neuron", "head"):
+        sizes = {json.dumps(r["kept"]) for r in rows if r["level"] == level}
+        assert len(sizes) == 1, level  # every method at the pruning circuit's size
+    assert all(r["unseen templates"]["kl"] >= 0 for r in rows)
+    assert record["held_out_vocabulary"]["templates"]
+    assert (out / "baselines.html").stat().st_size > 1000
+    assert "| neuron | targets x1 | pruning |" in capsys.readouterr().out

@@ -7,7 +7,7 @@ from test_pruner import known_answer_model
 from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims, PairedDataset
 from transformer_lens_mgp.analysis.curves import faithfulness_curve
 from transformer_lens_mgp.analysis.evaluation import evaluate, evaluate_many
-from transformer_lens_mgp.analysis.subcircuits import random_circuit, top_fraction
+from transformer_lens_mgp.analysis.subcircuits import random_circuit, scored_circuit, top_fraction
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 
 
@@ -152,3 +152,34 @@ def test_evaluate_refuses_tokens_outside_the_vocabulary():
     circuit = Circuit(dims=ModelDims.from_cfg(model.cfg), log_alpha={})
     with pytest.raises(ValueError, match="vocabulary"):
         evaluate(model, circuit, bad)
+
+
+def test_scored_circuit_matches_the_size_and_takes_the_best_nodes_under_chosen_parents():
+    model = build_model()
+    circuit = CircuitPruner(model, steps=30).fit(build_dataset(model), progress=False)
+    dims = circuit.dims
+    scores = {g: torch.rand(dims.shape(g), generator=torch.Generator().manual_seed(1))
+              for g in circuit.granularities}
+    chosen = scored_circuit(circuit, scores, "test")
+    for g in circuit.granularities:
+        assert chosen.n_kept(g) == circuit.n_kept(g), g
+    assert chosen.fit_info["chosen_by"] == "test"
+    heads = chosen.kept("head")
+    k = circuit.n_kept("head")
+    # the heads are the top-k by score (their blocks were kept)
+    allowed = chosen.kept("block")[:, None].expand_as(heads)
+    top = scores["head"].masked_fill(~allowed, -1).flatten().topk(k).indices
+    assert set(heads.flatten().nonzero()[:, 0].tolist()) == set(top.tolist())
+    # no neuron outside a kept head, and every kept head keeps one
+    assert not (chosen.kept("attn_neuron") & ~heads[..., None]).any()
+    assert (chosen.kept("attn_neuron").any(-1) == heads).all()
+
+
+def test_scored_circuit_rejects_missing_or_misshapen_scores():
+    model = build_model()
+    circuit = CircuitPruner(model, steps=2).fit(build_dataset(model), progress=False)
+    with pytest.raises(ValueError, match="missing"):
+        scored_circuit(circuit, {"head": torch.rand(circuit.dims.shape("head"))})
+    bad = {g: torch.rand(3) for g in circuit.granularities}
+    with pytest.raises(ValueError, match="shape"):
+        scored_circuit(circuit, bad)

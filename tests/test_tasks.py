@@ -211,7 +211,9 @@ def test_tasks_registry():
         "gp": tasks.gendered_pronouns,
         "gt": tasks.greater_than,
     }
-    assert set(tasks.__all__) == {"TASKS", "ioi", "gendered_pronouns", "greater_than"}
+    assert set(tasks.__all__) == {
+        "TASKS", "ioi", "gendered_pronouns", "greater_than", "VocabularySplit", "vocabulary_split"
+    }
 
 
 @pytest.mark.slow
@@ -261,3 +263,69 @@ def test_roles_follow_subsets_and_never_change_the_fingerprint(model):
     assert torch.equal(part.role_positions, data.role_positions[[3, 1]])
     bare = data.with_roles((), None)
     assert dataset_fingerprint(bare) == dataset_fingerprint(data)
+
+
+def test_ioi_s2_swap_and_random_corruptions(model):
+    abc, abb, rand = (tasks.ioi(model, n=N, seed=2, corruption=c) for c in ("abc", "abb", "random"))
+    assert torch.equal(abc.clean_tokens, abb.clean_tokens)  # the clean prompts match
+    assert torch.equal(abc.clean_tokens, rand.clean_tokens)
+    for i, (clean, corrupted) in enumerate(prompt_pairs(abb)):
+        io, s = int(abb.answer_tokens[i]), int(abb.wrong_answer_tokens[i])
+        changed = changed_positions(clean, corrupted)
+        assert len(changed) == 1 and clean[changed[0]] == s and corrupted[changed[0]] == io
+    # independent draws: unlike ABC, some mention repeats another or a clean name
+    overlaps = 0
+    for i, (clean, corrupted) in enumerate(prompt_pairs(rand)):
+        io, s = int(rand.answer_tokens[i]), int(rand.wrong_answer_tokens[i])
+        idx = [clean.index(io), clean.index(s), len(clean) - 1 - clean[::-1].index(s)]
+        drawn = [corrupted[j] for j in idx]
+        overlaps += len(set(drawn)) < 3 or bool(set(drawn) & {io, s})
+    assert overlaps > 0
+    assert rand.meta["corruption"] == "random" and abb.meta["corruption"] == "abb"
+    with pytest.raises(ValueError, match="corruption"):
+        tasks.ioi(model, n=4, corruption="xyz")
+
+
+@pytest.mark.parametrize("task", ["ioi", "gp", "gt"])
+def test_vocabulary_split_keeps_templates_and_words_apart(model, task):
+    split = tasks.vocabulary_split(task, fraction=0.25, seed=3)
+    assert set(split.train) == set(split.held_out)
+    for name in split.train:
+        assert split.train[name] and split.held_out[name], name
+        assert not set(split.train[name]) & set(split.held_out[name]), name
+    builder = tasks.TASKS[task]
+    seen = builder(model, n=16, seed=0, **split.train)
+    unseen = builder(model, n=16, seed=1, **split.held_out)
+    text = {model.to_string(t) for t in seen.clean_tokens}
+    other = {model.to_string(t) for t in unseen.clean_tokens}
+    assert not text & other
+    assert tasks.vocabulary_split(task, 0.25, 3) == split  # seeded
+
+
+def test_ioi_split_holds_out_whole_frames(model):
+    from transformer_lens_mgp.tasks.ioi import frame_of
+
+    split = tasks.vocabulary_split("ioi")
+    train = {frame_of(t) for t in split.train["templates"]}
+    held = {frame_of(t) for t in split.held_out["templates"]}
+    assert not train & held and len(split.held_out["templates"]) == 2 * len(held)
+
+
+def test_gp_and_gt_take_templates_and_check_them(model):
+    gp = tasks.gendered_pronouns(model, n=8, templates=["Then {name} smiled, because"])
+    assert all(
+        model.to_string(t[: int(p) + 1]).startswith("Then ")
+        for t, p in zip(gp.clean_tokens, gp.answer_positions)
+    )
+    with pytest.raises(ValueError, match="fields"):
+        tasks.gendered_pronouns(model, n=4, templates=["Then {person} smiled, because"])
+    from transformer_lens_mgp.tasks.greater_than import TEMPLATES
+
+    default = tasks.greater_than(model, n=8, seed=0)
+    first = tasks.greater_than(model, n=8, seed=0, templates=TEMPLATES[:1])
+    assert torch.equal(default.clean_tokens, first.clean_tokens)
+    mixed = tasks.greater_than(model, n=32, seed=0, templates=TEMPLATES)
+    assert mixed.meta["n_templates"] == 4
+    assert len({model.to_string(t).split()[2] for t in mixed.clean_tokens}) > 1
+    with pytest.raises(ValueError, match="needs"):
+        tasks.greater_than(model, n=4, templates=["From {cc}{yy} to {cc}"])

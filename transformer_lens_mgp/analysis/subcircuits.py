@@ -1,5 +1,6 @@
 """Circuits chosen rather than trained: a random circuit of equal size (the baseline every
-faithfulness number is read against) and the top fraction of a circuit's nodes by score."""
+faithfulness number is read against), the circuit of equal size that another method's node
+scores choose, and the top fraction of a circuit's nodes by score."""
 
 from __future__ import annotations
 
@@ -17,6 +18,31 @@ def random_circuit(circuit: Circuit, seed: int = 0) -> Circuit:
     """A circuit with exactly as many kept nodes as ``circuit`` at every trained
     granularity, chosen at random top-down: children only under chosen parents, and every
     chosen parent given at least one chosen child so that none is dropped afterwards."""
+    return _matched(circuit, None, seed, random_baseline_seed=seed)
+
+
+def scored_circuit(circuit: Circuit, scores: dict[str, Tensor], method: str = "scores") -> Circuit:
+    """The circuit of ``circuit``'s size that ``scores`` choose: at every trained granularity,
+    parents first, as many nodes as ``circuit`` keeps, the highest-scoring ones under the
+    chosen parents (each chosen parent first gets its best child, so none is dropped).
+
+    This is how another method (attribution patching, integrated gradients, exact patching)
+    is compared with pruning at equal size, granularity by granularity."""
+    missing = [g for g in circuit.granularities if g not in scores]
+    if missing:
+        raise UsageError(f"scores for {missing} are missing; give one score per node of each")
+    for g in circuit.granularities:
+        if tuple(scores[g].shape) != circuit.dims.shape(g):
+            raise UsageError(
+                f"scores[{g!r}] has shape {tuple(scores[g].shape)}, the model's {g} nodes "
+                f"{circuit.dims.shape(g)}"
+            )
+    return _matched(circuit, scores, 0, chosen_by=method)
+
+
+def _matched(circuit: Circuit, scores: dict[str, Tensor] | None, seed: int, **how) -> Circuit:
+    """As many nodes as ``circuit`` per trained granularity, top-down, by ``scores`` (highest
+    first) or, without scores, at random."""
     generator = torch.Generator().manual_seed(seed)
     dims = circuit.dims
     chosen: dict[str, Tensor] = {}
@@ -26,13 +52,15 @@ def random_circuit(circuit: Circuit, seed: int = 0) -> Circuit:
         allowed = torch.ones(dims.shape(g), dtype=torch.bool)
         if ancestor is not None:
             allowed &= _broadcast(chosen[ancestor], allowed.ndim)
-        picked = _pick(allowed, must_cover.pop(g, None), ancestor, circuit.n_kept(g), generator)
+        priority = None if scores is None else scores[g].detach().float().cpu()
+        owed = must_cover.pop(g, None)
+        picked = _pick(allowed, owed, ancestor, circuit.n_kept(g), generator, priority)
         chosen[g] = picked
         branches = [c for c in circuit.granularities if _nearest_trained(c, circuit) == g]
         needed = 1 + dims.has_mlp if g == "block" else 1
         if len(branches) == needed:  # else an untrained branch keeps every chosen node
             must_cover.update(_assign_cover(picked, branches, circuit, generator))
-    return _chosen_from(circuit, chosen, random_baseline_seed=seed)
+    return _chosen_from(circuit, chosen, **how)
 
 
 def _chosen_from(circuit: Circuit, kept: dict[str, Tensor], **how) -> Circuit:
@@ -80,19 +108,35 @@ def _assign_cover(
     return {b: torch.tensor(v, dtype=torch.long) for b, v in owed.items()}
 
 
-def _pick(allowed: Tensor, owed: Tensor | None, ancestor: str | None, k: int, generator) -> Tensor:
-    """``k`` allowed nodes: first one under each owed ancestor node, then the rest at random."""
+def _pick(
+    allowed: Tensor,
+    owed: Tensor | None,
+    ancestor: str | None,
+    k: int,
+    generator,
+    priority: Tensor | None = None,
+) -> Tensor:
+    """``k`` allowed nodes: first one under each owed ancestor node, then the rest; the best by
+    ``priority`` where given, else at random."""
     flat_allowed = allowed.flatten()
     mask = torch.zeros(flat_allowed.numel(), dtype=torch.bool)
     if owed is not None and len(owed):
         per_ancestor = allowed.view(-1, allowed.numel() // _n_ancestors(allowed, ancestor))
+        ranks = None if priority is None else priority.view(per_ancestor.shape)
         for node in owed.tolist():
             children = per_ancestor[node].nonzero()[:, 0]
-            child = children[torch.randint(len(children), (1,), generator=generator)]
+            if ranks is None:
+                child = children[torch.randint(len(children), (1,), generator=generator)]
+            else:
+                child = children[ranks[node, children].argmax()]
             mask[node * per_ancestor.shape[1] + child] = True
     rest = (flat_allowed & ~mask).nonzero()[:, 0]
     extra = max(0, k - int(mask.sum()))
-    mask[rest[torch.randperm(len(rest), generator=generator)[:extra]]] = True
+    if priority is None:
+        order = torch.randperm(len(rest), generator=generator)
+    else:
+        order = priority.flatten()[rest].argsort(descending=True, stable=True)
+    mask[rest[order[:extra]]] = True
     return mask.view(allowed.shape)
 
 

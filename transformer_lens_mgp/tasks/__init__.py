@@ -1,5 +1,14 @@
 """Builders of clean / corrupted prompt pairs for the paper's three tasks."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.errors import UsageError
+from . import gendered_pronouns as _gp
+from . import greater_than as _gt
+from . import ioi as _ioi
+from ._common import held_out_split
 from .gendered_pronouns import gendered_pronouns
 from .greater_than import greater_than
 from .ioi import ioi
@@ -7,4 +16,44 @@ from .ioi import ioi
 TASKS = {"ioi": ioi, "gp": gendered_pronouns, "gt": greater_than}
 """Short task names (as used by the command line) to their builders."""
 
-__all__ = ["TASKS", "gendered_pronouns", "greater_than", "ioi"]
+_VOCABULARY = {"ioi": _ioi.VOCABULARY, "gp": _gp.VOCABULARY, "gt": _gt.VOCABULARY}
+
+
+@dataclass(frozen=True)
+class VocabularySplit:
+    """Builder arguments that keep part of a task's templates and words out of training.
+
+    Args:
+        train: keyword arguments for the task's builder, for the pairs to fit on.
+        held_out: the same for pairs whose templates and words the fit never saw.
+    """
+
+    train: dict[str, tuple[str, ...]]
+    held_out: dict[str, tuple[str, ...]]
+
+
+def vocabulary_split(task: str, fraction: float = 0.25, seed: int = 0) -> VocabularySplit:
+    """Hold out about ``fraction`` of ``task``'s templates and of each of its word lists
+    (IOI: whole frames and names; Gendered Pronouns: templates and names of both genders;
+    Greater-Than: templates and nouns)::
+
+        split = tasks.vocabulary_split("ioi")
+        train = tasks.ioi(model, n=512, **split.train)
+        unseen = tasks.ioi(model, n=128, seed=1, **split.held_out)
+    """
+    if task not in _VOCABULARY:
+        raise UsageError(f"unknown task {task!r}; choose from {sorted(_VOCABULARY)}")
+    train, held_out = {}, {}
+    for offset, (name, (items, group)) in enumerate(_VOCABULARY[task].items()):
+        train[name], held_out[name] = held_out_split(items, fraction, seed + offset, group)
+    return VocabularySplit(train, held_out)
+
+
+__all__ = [
+    "TASKS",
+    "VocabularySplit",
+    "gendered_pronouns",
+    "greater_than",
+    "ioi",
+    "vocabulary_split",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -28,6 +30,50 @@ class Candidate(NamedTuple):
 def check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"n must be a positive integer (the number of pairs), got {n!r}")
+
+
+def check_templates(
+    task: str, templates: Sequence[str], required: set[str], allowed: set[str] | None = None
+) -> tuple[str, ...]:
+    """``templates`` as a tuple, each with the ``required`` fields (and only ``allowed`` ones,
+    default the required), ending on a word: the answer token carries its own space."""
+    templates = tuple(templates)
+    if not templates:
+        raise UsageError(f"templates is empty; give at least one {task} template")
+    allowed = required if allowed is None else allowed
+    for template in templates:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        if not required <= fields or not fields <= allowed:
+            extra = sorted(allowed - required)
+            raise UsageError(
+                f"{task} template {template!r} has fields {sorted(fields)}; it needs "
+                f"{sorted(required)}" + (f" and may also use {extra}" if extra else "")
+            )
+        if template != template.rstrip():
+            raise UsageError(
+                f"{task} template {template!r} ends with whitespace; end it on the word before "
+                "the answer (the answer token carries its own leading space)"
+            )
+    return templates
+
+
+def held_out_split(
+    items: Sequence[str], fraction: float, seed: int, group: Callable[[str], str] = str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``items`` split at random into (kept, held out), about ``fraction`` of their groups
+    held out, at least one group on each side; items of one ``group`` stay together."""
+    groups = list(dict.fromkeys(group(item) for item in items))
+    if len(groups) < 2:
+        raise UsageError(f"cannot hold out part of {len(groups)} group(s): {list(items)[:3]}")
+    if not 0 < fraction < 1:
+        raise UsageError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    random.Random(seed).shuffle(groups)
+    n_held = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+    held = set(groups[:n_held])
+    return (
+        tuple(i for i in items if group(i) not in held),
+        tuple(i for i in items if group(i) in held),
+    )
 
 
 def n_tokens(model, text: str) -> int:

@@ -7,12 +7,20 @@ of the other gender, which flips the expected pronoun while keeping the prompt's
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import torch
 
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ._common import Candidate, check_n, collect, first_difference, single_token_words
+from ._common import (
+    Candidate,
+    check_n,
+    check_templates,
+    collect,
+    first_difference,
+    single_token_words,
+)
 
 ROLES = ("NAME", "END")
 """Token roles recorded per pair: the person's name and the answer position."""
@@ -44,15 +52,34 @@ FEMALE_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
+VOCABULARY = {
+    "templates": (TEMPLATES, str),
+    "male_names": (MALE_NAMES, str),
+    "female_names": (FEMALE_NAMES, str),
+}
+"""What a split by template holds out: templates and names of either gender."""
+
+
+def gendered_pronouns(
+    model,
+    n: int = 256,
+    seed: int = 0,
+    templates: Sequence[str] | None = None,
+    male_names: Sequence[str] | None = None,
+    female_names: Sequence[str] | None = None,
+) -> PairedDataset:
     """``n`` pairs scored by the pronoun's logit difference (" he" vs " she" or the reverse).
 
     Half the clean prompts, in expectation, name a man. Only names that are one token after
-    a space are used, so the swapped name never changes the prompt's length.
+    a space are used, so the swapped name never changes the prompt's length. ``templates``
+    each hold one ``{name}`` field and end where the pronoun comes next.
     """
     check_n(n)
-    male = single_token_words(model, MALE_NAMES)
-    female = single_token_words(model, FEMALE_NAMES)
+    templates = check_templates(
+        "Gendered Pronouns", TEMPLATES if templates is None else templates, {"name"}
+    )
+    male = single_token_words(model, MALE_NAMES if male_names is None else male_names)
+    female = single_token_words(model, FEMALE_NAMES if female_names is None else female_names)
     if not male or not female:
         raise UsageError(
             f"this tokenizer leaves {len(male)} male and {len(female)} female single-token "
@@ -61,7 +88,7 @@ def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
     rng = random.Random(seed)
 
     def make() -> Candidate:
-        template = rng.choice(TEMPLATES)
+        template = rng.choice(templates)
         is_male = rng.random() < 0.5
         name = rng.choice(male if is_male else female)
         other = rng.choice(female if is_male else male)
@@ -74,6 +101,11 @@ def gendered_pronouns(model, n: int = 256, seed: int = 0) -> PairedDataset:
         n,
         metric="logit_diff",
         name="gp",
-        meta={"seed": seed, "n_male_names": len(male), "n_female_names": len(female)},
+        meta={
+            "seed": seed,
+            "n_male_names": len(male),
+            "n_female_names": len(female),
+            "n_templates": len(templates),
+        },
     )
     return data.with_roles(ROLES, torch.stack([first_difference(data), data.answer_positions], -1))

@@ -11,12 +11,13 @@ set. Tokenizers with two-digit tokens after the century (GPT-2) score the two-di
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import torch
 
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ._common import Candidate, check_n, collect, first_difference, n_tokens
+from ._common import Candidate, check_n, check_templates, collect, first_difference, n_tokens
 
 ROLES = ("YY", "END")
 """Token roles recorded per pair: the start year's first token after the century (the tens
@@ -35,12 +36,38 @@ CENTURIES = range(11, 18)
 
 CORRUPTED_YY = "01"
 
-_TEMPLATE = "The {noun} lasted from the year {cc}{yy} to the year {cc}"
+TEMPLATES: tuple[str, ...] = (
+    "The {noun} lasted from the year {cc}{yy} to the year {cc}",
+    "The {noun} started in the year {cc}{yy} and ended in the year {cc}",
+    "The {noun} ran from {cc}{yy} to {cc}",
+    "The {noun} began in {cc}{yy} and was over by {cc}",
+)
+"""Prompts that end on the end year's century. The first is Hanna et al.'s, and the only one
+used unless others are asked for; the rest give a split by template something to hold out."""
 
 
-def greater_than(model, n: int = 256, seed: int = 0) -> PairedDataset:
-    """``n`` pairs with answer sets (later years) and wrong sets (earlier years); prob_diff."""
+VOCABULARY = {"templates": (TEMPLATES, str), "nouns": (NOUNS, str)}
+"""What a split by template holds out: templates and the events' nouns."""
+
+
+def greater_than(
+    model,
+    n: int = 256,
+    seed: int = 0,
+    templates: Sequence[str] | None = None,
+    nouns: Sequence[str] | None = None,
+) -> PairedDataset:
+    """``n`` pairs with answer sets (later years) and wrong sets (earlier years); prob_diff.
+
+    ``templates`` (default: Hanna et al.'s alone) hold the fields ``{noun}``, ``{cc}`` and
+    ``{yy}`` and end on the end year's ``{cc}``."""
     check_n(n)
+    templates = check_templates(
+        "Greater-Than", TEMPLATES[:1] if templates is None else templates, {"noun", "cc", "yy"}
+    )
+    nouns = tuple(NOUNS if nouns is None else nouns)
+    if not nouns:
+        raise UsageError("nouns is empty; give at least one noun for Greater-Than's events")
     mode = _year_tokenization(model)
     if mode == "digit":
         starts = list(range(10, 90))  # tens digit 1..8: both sets of digits are non-empty
@@ -57,9 +84,11 @@ def greater_than(model, n: int = 256, seed: int = 0) -> PairedDataset:
     rng = random.Random(seed)
 
     def make() -> Candidate:
-        noun, cc, yy = rng.choice(NOUNS), rng.choice(CENTURIES), rng.choice(starts)
-        clean = _TEMPLATE.format(noun=noun, cc=cc, yy=f"{yy:02d}")
-        corrupted = _TEMPLATE.format(noun=noun, cc=cc, yy=CORRUPTED_YY)
+        # One template draws nothing, so the default pairs stay those of earlier versions.
+        template = templates[0] if len(templates) == 1 else rng.choice(templates)
+        noun, cc, yy = rng.choice(nouns), rng.choice(CENTURIES), rng.choice(starts)
+        clean = template.format(noun=noun, cc=cc, yy=f"{yy:02d}")
+        corrupted = template.format(noun=noun, cc=cc, yy=CORRUPTED_YY)
         return Candidate(clean, corrupted, later[yy], earlier[yy])
 
     data = collect(
@@ -68,7 +97,7 @@ def greater_than(model, n: int = 256, seed: int = 0) -> PairedDataset:
         n,
         metric="prob_diff",
         name="gt",
-        meta={"seed": seed, "year_tokens": mode},
+        meta={"seed": seed, "year_tokens": mode, "n_templates": len(templates)},
     )
     return data.with_roles(ROLES, torch.stack([first_difference(data), data.answer_positions], -1))
 

@@ -1,21 +1,33 @@
-"""Indirect Object Identification (Wang et al. 2022), with the ABC corruption.
+"""Indirect Object Identification (Wang et al. 2022), with the ABC corruption by default.
 
 "When Mary and John went to the store, John gave a drink to" -> " Mary". The corrupted
-prompt keeps the template, place and object but uses three fresh, distinct names, so it
-carries no information about which name is the indirect object.
+prompt keeps the template, place and object. Its names depend on the corruption:
+
+- ``"abc"``: three fresh, distinct names, so it carries no information about which name is
+  the indirect object;
+- ``"abb"``: the subject's second mention becomes the indirect object (the S2 swap), which
+  flips the answer to the subject;
+- ``"random"``: each of the three mentions an independent random name, which may repeat
+  a clean name or another mention.
 """
 
 from __future__ import annotations
 
 import random
-import string
 from collections.abc import Sequence
 
 import torch
 
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ._common import Candidate, check_n, collect, single_token_words, token_positions
+from ._common import (
+    Candidate,
+    check_n,
+    check_templates,
+    collect,
+    single_token_words,
+    token_positions,
+)
 
 ROLES = ("IO", "S1", "S1+1", "S2", "END")
 """Token roles recorded per pair: the indirect object, the subject's first mention and the
@@ -31,6 +43,12 @@ _FRAMES = (
     "On Monday, {A} and {B} met at the {PLACE}, where {S2} gave a {OBJECT} to",
     "When {A} and {B} found a {OBJECT} at the {PLACE}, {S2} gave it to",
 )
+
+def frame_of(template: str) -> str:
+    """The frame a template comes from: its ABBA and BABA orders are one frame, so a split by
+    template never trains on one order of a sentence and tests on the other."""
+    return template.replace("{IO}", "{A}").replace("{S1}", "{A}")
+
 
 TEMPLATES: tuple[str, ...] = tuple(
     frame.format(A=first, B=second, S2="{S2}", PLACE="{PLACE}", OBJECT="{OBJECT}")
@@ -60,6 +78,12 @@ OBJECTS: tuple[str, ...] = (
     "card", "cake", "hat",
 )  # fmt: skip
 
+VOCABULARY = {"templates": (TEMPLATES, frame_of), "names": (NAMES, str)}
+"""What a split by template holds out: whole frames (both name orders) and names."""
+
+CORRUPTIONS = ("abc", "abb", "random")
+"""The corrupted prompts :func:`ioi` can build (see the module's docstring)."""
+
 _REQUIRED = {"IO", "S1", "S2"}
 _ALLOWED = _REQUIRED | {"PLACE", "OBJECT"}
 
@@ -70,18 +94,20 @@ def ioi(
     seed: int = 0,
     templates: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
+    corruption: str = "abc",
 ) -> PairedDataset:
     """``n`` IOI pairs: answer the indirect object (" IO"), against the subject (" S").
 
     Names that are not a single token after a space in ``model``'s tokenizer are skipped,
-    so every swap of names keeps the prompt length. Deterministic for a given ``seed``.
+    so every swap of names keeps the prompt length. ``corruption`` is one of
+    :data:`CORRUPTIONS`. Deterministic for a given ``seed``.
     """
     check_n(n)
-    templates = tuple(TEMPLATES if templates is None else templates)
-    if not templates:
-        raise UsageError("templates is empty; give at least one IOI template")
-    for template in templates:
-        _check_template(template)
+    if corruption not in CORRUPTIONS:
+        raise UsageError(f"unknown IOI corruption {corruption!r}; choose from {CORRUPTIONS}")
+    templates = check_templates(
+        "IOI", TEMPLATES if templates is None else templates, _REQUIRED, _ALLOWED
+    )
     pool = single_token_words(model, NAMES if names is None else names)
     if len(pool) < 5:
         raise UsageError(
@@ -89,11 +115,16 @@ def ioi(
             f"tokenizer ({pool}); IOI with the ABC corruption needs at least 5"
         )
     rng = random.Random(seed)
+    noise = random.Random(f"{seed}-corruption")  # the clean prompts match across corruptions
 
     def make() -> Candidate:
         template = rng.choice(templates)
         place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
         io, s, a, b, c = rng.sample(pool, 5)
+        if corruption == "abb":
+            a, b, c = io, s, io
+        elif corruption == "random":
+            a, b, c = (noise.choice(pool) for _ in range(3))
         clean = template.format(IO=io, S1=s, S2=s, PLACE=place, OBJECT=obj)
         corrupted = template.format(IO=a, S1=b, S2=c, PLACE=place, OBJECT=obj)
         return Candidate(clean, corrupted, " " + io, " " + s)
@@ -104,7 +135,12 @@ def ioi(
         n,
         metric="logit_diff",
         name="ioi",
-        meta={"seed": seed, "n_names": len(pool), "n_templates": len(templates)},
+        meta={
+            "seed": seed,
+            "n_names": len(pool),
+            "n_templates": len(templates),
+            "corruption": corruption,
+        },
     )
     return data.with_roles(ROLES, _role_positions(data))
 
@@ -116,17 +152,3 @@ def _role_positions(data: PairedDataset):
     s1 = token_positions(data, data.wrong_answer_tokens)
     s2 = token_positions(data, data.wrong_answer_tokens, last=True)
     return torch.stack([io, s1, s1 + 1, s2, data.answer_positions], dim=-1)
-
-
-def _check_template(template: str) -> None:
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    if not _REQUIRED <= fields or not fields <= _ALLOWED:
-        raise UsageError(
-            f"IOI template {template!r} has fields {sorted(fields)}; it needs {{IO}}, {{S1}} and "
-            f"{{S2}} and may also use {{PLACE}} and {{OBJECT}}"
-        )
-    if template != template.rstrip():
-        raise UsageError(
-            f"IOI template {template!r} ends with whitespace; end it on the word before the "
-            "answer (the answer token carries its own leading space)"
-        )

@@ -1,9 +1,13 @@
-"""One-pass node scores to compare pruning with: attribution patching and activation size.
+"""Node scores to compare pruning with: attribution patching, integrated gradients, exact
+patching of single heads and MLPs, and activation size.
 
 Attribution patching (Nanda 2023; Syed et al. 2023) estimates the effect of patching a node's
 corrupted activation into the clean run by a first-order Taylor term,
-``grad(metric) . (corrupted - clean)``, summed over positions. A parent's estimate is the sum
-of its children's (the effect is linear in the site activation), and the score is its size.
+``grad(metric) . (corrupted - clean)``, summed over positions. Integrated gradients (the
+node-level form of EAP-IG, Hanna et al. 2024) averages that gradient over inputs on the
+straight line from the corrupted prompt's embeddings to the clean one's. A parent's estimate is
+the sum of its children's (the effect is linear in the site activation), and the score is its
+size. Exact patching measures each head's and MLP's effect with one patched run each.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..analysis.node_effects import node_effects
+from ..core.checks import check_positive_int
+from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from ..core.hooks import site_activations
@@ -25,11 +32,30 @@ def attribution_scores(
     model, dataset: PairedDataset, dims: ModelDims, batch_size: int = 32
 ) -> dict[str, Float[Tensor, "*nodes"]]:
     """|grad(task metric) . (corrupted - clean)| per node of every granularity the model has."""
+    return _gradient_scores(model, dataset, dims, (1.0,), batch_size)
+
+
+def integrated_gradients_scores(
+    model, dataset: PairedDataset, dims: ModelDims, steps: int = 5, batch_size: int = 32
+) -> dict[str, Float[Tensor, "*nodes"]]:
+    """|mean over the path of grad(task metric) . (corrupted - clean)| per node: the gradient
+    taken at ``steps`` inputs between the corrupted and the clean embeddings (midpoints)."""
+    check_positive_int("steps", steps)
+    alphas = tuple((k + 0.5) / steps for k in range(steps))
+    return _gradient_scores(model, dataset, dims, alphas, batch_size)
+
+
+def _gradient_scores(
+    model, dataset: PairedDataset, dims: ModelDims, alphas: tuple[float, ...], batch_size: int
+) -> dict[str, Tensor]:
+    """Gradient times activation difference per node, the gradient averaged over inputs
+    ``corrupted + alpha * (clean - corrupted)`` at the token embeddings (alpha 1: the clean run)."""
     if dataset.wrong_answer_tokens is None:
         raise UsageError("attribution patching needs a task metric: give wrong answers")
     device = model_device(model)
     sums: dict[str, Tensor] = {}
     clean: dict[str, Tensor] = {}
+    corrupted_embed: dict[str, Tensor] = {}
 
     def keep_as(key: str):
         def keep(activation, *, hook):
@@ -38,21 +64,52 @@ def attribution_scores(
 
         return keep
 
-    def start_graph(embedding, *, hook):
-        return embedding.detach().requires_grad_(True)
+    def store_embed(embedding, *, hook):
+        corrupted_embed["e"] = embedding.detach()
 
-    hooks = [("hook_embed", start_graph)] + [(n, keep_as(n)) for n in dims.hook_names()]
+    def start_graph_at(alpha: float):
+        def start_graph(embedding, *, hook):
+            if alpha != 1.0:  # corrupted + alpha (clean - corrupted), exact at alpha = 1
+                embedding = embedding - (1 - alpha) * (embedding - corrupted_embed["e"])
+            return embedding.detach().requires_grad_(True)
+
+        return start_graph
+
     for batch in dataset.batches(batch_size):
         batch = batch.to(device)
-        corrupted = site_activations(model, batch.corrupted_tokens, dims)
-        clean.clear()
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            logits = answer_logits(model, batch.clean_tokens, batch.answer_positions)
-            task_metric(logits, batch).sum().backward()
-        for name, activation in clean.items():
-            effect = (activation.grad * (corrupted[name] - activation.detach())).sum((0, 1))
+        with model.hooks(fwd_hooks=[("hook_embed", store_embed)]):
+            corrupted = site_activations(model, batch.corrupted_tokens, dims)
+        grads: dict[str, Tensor] = {}
+        for alpha in alphas:
+            clean.clear()
+            hooks = [("hook_embed", start_graph_at(alpha))]
+            hooks += [(n, keep_as(n)) for n in dims.hook_names()]
+            with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+                logits = answer_logits(model, batch.clean_tokens, batch.answer_positions)
+                task_metric(logits, batch).sum().backward()
+            for name, activation in clean.items():
+                grads[name] = grads.get(name, 0) + activation.grad / len(alphas)
+        clean_acts = site_activations(model, batch.clean_tokens, dims)
+        for name, grad in grads.items():
+            effect = (grad * (corrupted[name] - clean_acts[name])).sum((0, 1))
             sums[name] = sums.get(name, 0) + effect
     return _per_granularity(sums, dims, lambda x: x)
+
+
+def patching_scores(
+    model, dataset: PairedDataset, dims: ModelDims, batch_size: int = 32, progress: bool = False
+) -> dict[str, Float[Tensor, "*nodes"]]:
+    """|change of the mean task metric| when one head (or one MLP) alone takes its corrupted
+    activation in the clean run: exact activation patching, one patched run per node."""
+    whole = [g for g in ("head", "mlp") if g in dims.available()]
+    full = Circuit.from_kept(dims, {g: torch.ones(dims.shape(g), dtype=torch.bool) for g in whole})
+    effects = node_effects(
+        model, full, dataset, top_neurons=0, batch_size=batch_size, progress=progress
+    )
+    scores = {g: torch.zeros(dims.shape(g)) for g in full.granularities}
+    for effect in effects.effects:
+        scores[effect.granularity][effect.index] = abs(effect.delta_metric)
+    return scores
 
 
 @torch.no_grad()
