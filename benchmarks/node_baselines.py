@@ -76,9 +76,14 @@ def fit_points(model, train, args) -> list[tuple[str, str, object]]:
     steps = {} if args.steps is None else {"steps": args.steps}
     points = []
     for scale in args.scales:
-        target = {g: min(1.0, t * scale) for g, t in SMALL_CIRCUIT_TARGETS.items()
-                  if g in dims.available()}
-        points.append(("neuron", f"targets x{scale:g}", small_circuit(device, dims, target=target, **steps)))
+        target = {
+            g: min(1.0, t * scale)
+            for g, t in SMALL_CIRCUIT_TARGETS.items()
+            if g in dims.available()
+        }
+        points.append(
+            ("neuron", f"targets x{scale:g}", small_circuit(device, dims, target=target, **steps))
+        )
     for t in args.head_targets:
         config = small_circuit(
             device, dims, granularities=("head",), target={"head": t}, steps=args.head_steps
@@ -162,7 +167,9 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
         cols=len(TESTS),
         subplot_titles=[f"{lv} level, {t}" for lv in levels for t in TESTS],
     )
-    colors = dict(zip(METHODS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#7f7f7f")))
+    colors = dict(
+        zip(METHODS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#7f7f7f"), strict=True)
+    )
     for i, level in enumerate(levels, start=1):
         for j, test in enumerate(TESTS, start=1):
             for method in METHODS:

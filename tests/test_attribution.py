@@ -56,7 +56,7 @@ def test_attribution_needs_wrong_answers():
         attribution_scores(model, bare, ModelDims.from_cfg(model.cfg))
 
 
-def test_integrated_gradients_with_one_step_is_attribution_at_the_midpoint_and_zero_without_corruption():
+def test_integrated_gradients_differ_from_attribution_and_vanish_without_corruption():
     model = build_model()
     data = build_dataset(model, n=8)
     dims = ModelDims.from_cfg(model.cfg)

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
@@ -135,23 +137,57 @@ def test_scaling_benchmark_runs(tmp_path, monkeypatch, capsys):
     assert "| batch |" in capsys.readouterr().out
 
 
-def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, tokenizer_model):
+@pytest.fixture
+def task_model(tokenizer_model):
+    """A two-layer random model with MLPs and SmolLM2's tokenizer, for the task benchmarks."""
     from transformer_lens import HookedTransformer
 
     from transformer_lens_mgp.testing.tiny import build_cfg
 
     tokenizer = tokenizer_model.tokenizer
-    cfg = build_cfg(n_layers=2, d_model=16, n_ctx=64, d_head=4, n_heads=2, d_mlp=8,
-                    d_vocab=len(tokenizer), default_prepend_bos=False)
-    model = HookedTransformer(cfg, tokenizer=tokenizer).eval()
+    cfg = build_cfg(
+        n_layers=2,
+        d_model=16,
+        n_ctx=64,
+        d_head=4,
+        n_heads=2,
+        d_mlp=8,
+        d_vocab=len(tokenizer),
+        default_prepend_bos=False,
+    )
+    return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+
+
+def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, task_model):
     bench = load("node_baselines")
-    monkeypatch.setattr(bench, "load_model", lambda name=None: model)
+    monkeypatch.setattr(bench, "load_model", lambda name=None: task_model)
     out = tmp_path / "b"
-    bench.main([
-        "--task", "ioi", "--n", "40", "--n-unseen", "12", "--scales", "1", "--head-targets",
-        "0.5", "--steps", "3", "--head-steps", "3", "--score-pairs", "8", "--patch-pairs", "4",
-        "--ig-steps", "2", "--out", str(out),
-    ])
+    bench.main(
+        [
+            "--task",
+            "ioi",
+            "--n",
+            "40",
+            "--n-unseen",
+            "12",
+            "--scales",
+            "1",
+            "--head-targets",
+            "0.5",
+            "--steps",
+            "3",
+            "--head-steps",
+            "3",
+            "--score-pairs",
+            "8",
+            "--patch-pairs",
+            "4",
+            "--ig-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     record = json.loads((out / "baselines.json").read_text())
     rows = record["rows"]
     neuron = {r["method"] for r in rows if r["level"] == "neuron"}
@@ -165,3 +201,16 @@ def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, ca
     assert record["held_out_vocabulary"]["templates"]
     assert (out / "baselines.html").stat().st_size > 1000
     assert "| neuron | targets x1 | pruning |" in capsys.readouterr().out
+
+
+def test_corruptions_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, task_model):
+    bench = load("corruptions")
+    monkeypatch.setattr(bench, "load_model", lambda name=None: task_model)
+    out = tmp_path / "c"
+    bench.main(["--n", "24", "--steps", "3", "--out", str(out)])
+    record = json.loads((out / "corruptions.json").read_text())
+    assert set(record["kept"]) == {"abc", "abb", "random"}
+    assert len(record["cross"]) == 9 and len(record["jaccard"]) == 3
+    for overlap in record["jaccard"].values():
+        assert all(0 <= v <= 1 for v in overlap.values())
+    assert "KL / recovered under abb" in capsys.readouterr().out

@@ -158,8 +158,10 @@ def test_scored_circuit_matches_the_size_and_takes_the_best_nodes_under_chosen_p
     model = build_model()
     circuit = CircuitPruner(model, steps=30).fit(build_dataset(model), progress=False)
     dims = circuit.dims
-    scores = {g: torch.rand(dims.shape(g), generator=torch.Generator().manual_seed(1))
-              for g in circuit.granularities}
+    scores = {
+        g: torch.rand(dims.shape(g), generator=torch.Generator().manual_seed(1))
+        for g in circuit.granularities
+    }
     chosen = scored_circuit(circuit, scores, "test")
     for g in circuit.granularities:
         assert chosen.n_kept(g) == circuit.n_kept(g), g

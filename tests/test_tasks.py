@@ -212,7 +212,12 @@ def test_tasks_registry():
         "gt": tasks.greater_than,
     }
     assert set(tasks.__all__) == {
-        "TASKS", "ioi", "gendered_pronouns", "greater_than", "VocabularySplit", "vocabulary_split"
+        "TASKS",
+        "ioi",
+        "gendered_pronouns",
+        "greater_than",
+        "VocabularySplit",
+        "vocabulary_split",
     }
 
 
@@ -315,7 +320,7 @@ def test_gp_and_gt_take_templates_and_check_them(model):
     gp = tasks.gendered_pronouns(model, n=8, templates=["Then {name} smiled, because"])
     assert all(
         model.to_string(t[: int(p) + 1]).startswith("Then ")
-        for t, p in zip(gp.clean_tokens, gp.answer_positions)
+        for t, p in zip(gp.clean_tokens, gp.answer_positions, strict=True)
     )
     with pytest.raises(ValueError, match="fields"):
         tasks.gendered_pronouns(model, n=4, templates=["Then {person} smiled, because"])

@@ -44,6 +44,7 @@ _FRAMES = (
     "When {A} and {B} found a {OBJECT} at the {PLACE}, {S2} gave it to",
 )
 
+
 def frame_of(template: str) -> str:
     """The frame a template comes from: its ABBA and BABA orders are one frame, so a split by
     template never trains on one order of a sentence and tests on the other."""

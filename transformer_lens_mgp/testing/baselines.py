@@ -29,10 +29,21 @@ from ..runtime.forward import answer_logits
 
 
 def attribution_scores(
-    model, dataset: PairedDataset, dims: ModelDims, batch_size: int = 32
+    model,
+    dataset: PairedDataset,
+    dims: ModelDims,
+    batch_size: int = 32,
+    gradient_at: str = "clean",
 ) -> dict[str, Float[Tensor, "*nodes"]]:
-    """|grad(task metric) . (corrupted - clean)| per node of every granularity the model has."""
-    return _gradient_scores(model, dataset, dims, (1.0,), batch_size)
+    """|grad(task metric) . (corrupted - clean)| per node of every granularity the model has.
+
+    The gradient is taken on the clean run (the noising estimate), or with
+    ``gradient_at="corrupted"`` on the corrupted run (the denoising estimate, the convention
+    of TransformerLens 4's ``attribution_patch``)."""
+    alphas = {"clean": (1.0,), "corrupted": (0.0,)}
+    if gradient_at not in alphas:
+        raise UsageError(f"gradient_at must be 'clean' or 'corrupted', got {gradient_at!r}")
+    return _gradient_scores(model, dataset, dims, alphas[gradient_at], batch_size)
 
 
 def integrated_gradients_scores(
@@ -61,6 +72,7 @@ def _gradient_scores(
         def keep(activation, *, hook):
             activation.retain_grad()
             clean[key] = activation
+            return activation  # a bridge then runs on this very tensor, not on a copy of it
 
         return keep
 
