@@ -29,14 +29,20 @@ def bridge():
     return bridge_from_hf(tiny_llama(tokenizer), tokenizer)
 
 
-def test_fit_evaluate_and_patch_on_a_bridge(bridge):
-    g = torch.Generator().manual_seed(0)
-    clean = torch.randint(0, 1000, (16, 6), generator=g)
+def random_pairs(bridge, n: int, position: int, seed: int) -> PairedDataset:
+    """Random prompts of 6 tokens, corrupted at one position; the model's own top two next
+    tokens are the answer and the wrong answer."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 1000, (n, 6), generator=g)
     corrupted = clean.clone()
-    corrupted[:, 2] = torch.randint(0, 1000, (16,), generator=g)
+    corrupted[:, position] = torch.randint(0, 1000, (n,), generator=g)
     with torch.no_grad():
         top2 = bridge(clean)[:, -1].topk(2).indices
-    data = PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+    return PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+
+
+def test_fit_evaluate_and_patch_on_a_bridge(bridge):
+    data = random_pairs(bridge, 16, position=2, seed=0)
     weights = {k: v.clone() for k, v in bridge.state_dict().items()}
     flags = [p.requires_grad for p in bridge.parameters()]
 
@@ -53,6 +59,7 @@ def test_fit_evaluate_and_patch_on_a_bridge(bridge):
         log_alpha={k: torch.full_like(v, -10.0) for k, v in circuit.log_alpha.items()},
     )
     with torch.no_grad():
+        clean = data.clean_tokens
         ablated = bridge.run_with_hooks(clean, fwd_hooks=empty.fwd_hooks(data, model=bridge))
         assert not torch.allclose(ablated, bridge(clean), atol=1e-3)
 
@@ -60,13 +67,7 @@ def test_fit_evaluate_and_patch_on_a_bridge(bridge):
 def test_node_effects_and_profiles_on_a_bridge(bridge):
     from transformer_lens_mgp.analysis.anatomy import dissect
 
-    g = torch.Generator().manual_seed(1)
-    clean = torch.randint(0, 1000, (12, 6), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = torch.randint(0, 1000, (12,), generator=g)
-    with torch.no_grad():
-        top2 = bridge(clean)[:, -1].topk(2).indices
-    data = PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+    data = random_pairs(bridge, 12, position=2, seed=1)
     roles = torch.stack([torch.full((12,), 2), data.answer_positions], -1)
     data = data.with_roles(("X", "END"), roles)
     keep = torch.zeros(2, 4, dtype=torch.bool)
@@ -91,13 +92,7 @@ def test_attribution_agrees_with_transformer_lens_attribution_patch(bridge):
     from transformer_lens_mgp.core.metrics import task_metric
     from transformer_lens_mgp.testing.baselines import attribution_scores
 
-    g = torch.Generator().manual_seed(1)
-    clean = torch.randint(0, 1000, (4, 6), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 1] = torch.randint(0, 1000, (4,), generator=g)
-    with torch.no_grad():
-        top2 = bridge(clean)[:, -1].topk(2).indices
-    data = PairedDataset(clean, corrupted, top2[:, 0], wrong_answer_tokens=top2[:, 1])
+    data = random_pairs(bridge, 4, position=1, seed=1)
     dims = ModelDims.from_cfg(bridge.cfg)
     ours = attribution_scores(bridge, data, dims, gradient_at="corrupted")
     heads, mlps = torch.zeros(dims.shape("head")), torch.zeros(dims.shape("mlp"))
