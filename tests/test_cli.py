@@ -258,3 +258,18 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
     assert configs["float32"]["bf16"] is False and configs["float32"]["target"] == expected
     assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
     assert configs["sized"]["target"] == {"head": 0.5}
+
+
+def test_discover_with_the_s2_swap_corruption(tiny_default, tmp_path):
+    out = tmp_path / "abb"
+    argv = ["discover", "--task", "ioi", "--corruption", "abb", *FAST, "--no-node-effects"]
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["corruption"] == "abb"
+
+
+def test_corruption_is_refused_for_other_tasks(tiny_default, tmp_path, capsys):
+    code = main(["discover", "--task", "gp", "--corruption", "abb", *FAST, "--out", str(tmp_path)])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "--corruption" in err and "--task ioi" in err and "Traceback" not in err

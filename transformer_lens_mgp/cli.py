@@ -31,6 +31,7 @@ from .core.errors import MissingFileError, TrainingDivergedError, UsageError
 from .core.hooks import ABLATIONS
 from .core.nodes import GRANULARITIES, ModelDims
 from .tasks import TASKS
+from .tasks.ioi import CORRUPTIONS as IOI_CORRUPTIONS
 from .training.config import SMALL_CIRCUIT_TARGETS, PruningConfig, small_circuit
 from .training.pruner import CircuitPruner
 from .training.sparsity import DEFAULT_SPARSITY
@@ -86,6 +87,12 @@ def _add_data_args(parser: argparse.ArgumentParser, out_required: bool = True) -
         "--model",
         default=None,
         help="TransformerLens model name (default: the embedded SmolLM2-135M-Instruct, offline)",
+    )
+    parser.add_argument(
+        "--corruption",
+        choices=IOI_CORRUPTIONS,
+        default=None,
+        help="IOI's corrupted prompts: abc (default), abb (the S2 swap) or random names",
     )
     parser.add_argument("--n", type=int, default=2000, help="pairs to generate (default: 2000)")
     parser.add_argument(
@@ -247,22 +254,33 @@ def _load(args):
     """The model and the task's (train, test) pairs, after checking what can be checked
     before the work starts: the device and the output folder."""
     _check_device(args.device)
+    task_args = {}
+    if args.corruption is not None:
+        if args.task != "ioi":
+            raise UsageError(
+                f"--corruption chooses IOI's corrupted prompts; task {args.task!r} has one "
+                "corruption only: drop --corruption or use --task ioi"
+            )
+        task_args["corruption"] = args.corruption
     if args.out is not None:
         check_out_dir(args.out)
     start = time.perf_counter()
     model = models.load_model(args.model, device=args.device)
     print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    data = TASKS[args.task](model, n=args.n, seed=args.seed)
+    data = TASKS[args.task](model, n=args.n, seed=args.seed, **task_args)
     train, test = data.split(args.test_fraction, seed=args.seed)
     return model, train, test
 
 
 def _facts(args, train) -> dict:
-    return {
+    facts = {
         "task": args.task,
         "model": args.model or f"{models.DEFAULT_MODEL_NAME} (embedded)",
         "n_train": len(train),
     }
+    if "corruption" in train.meta:
+        facts["corruption"] = train.meta["corruption"]
+    return facts
 
 
 def _discover(args) -> int:
