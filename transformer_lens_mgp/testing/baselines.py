@@ -101,7 +101,10 @@ def _gradient_scores(
                 task_metric(logits, batch).sum().backward()
             for name, activation in clean.items():
                 grads[name] = grads.get(name, 0) + activation.grad / len(alphas)
-        clean_acts = site_activations(model, batch.clean_tokens, dims)
+        if alphas == (1.0,):  # the graph ran on the clean prompts: its activations are theirs
+            clean_acts = {name: activation.detach() for name, activation in clean.items()}
+        else:
+            clean_acts = site_activations(model, batch.clean_tokens, dims)
         for name, grad in grads.items():
             effect = (grad * (corrupted[name] - clean_acts[name])).sum((0, 1))
             sums[name] = sums.get(name, 0) + effect
