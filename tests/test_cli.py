@@ -244,6 +244,7 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
         "small": [],
         "float32": ["--float32"],
         "lambda": ["--preset", "lambda"],
+        "thorough": ["--preset", "thorough"],
         "sized": ["--target", "head=0.5"],
     }
     configs = {}
@@ -257,6 +258,7 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
     assert configs["small"]["bf16"] == has_bf16("cpu")
     assert configs["float32"]["bf16"] is False and configs["float32"]["target"] == expected
     assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
+    assert configs["thorough"]["target"] == expected
     assert configs["sized"]["target"] == {"head": 0.5}
 
 

@@ -58,6 +58,8 @@ def test_resolved_makes_the_model_s_settings_explicit():
         (dict(ablation="noise"), ValueError, "unknown ablation"),
         (dict(granularities=["neurons"]), ValueError, "unknown granularity"),
         (dict(bf16="yes"), TypeError, "True or False"),
+        (dict(lr_decay=1.5), ValueError, r"lr_decay is a share of the steps, in \[0, 1\]"),
+        (dict(lr_decay="half"), ValueError, "lr_decay is a share"),
         (dict(eval_every=5), ValueError, "set max_kl"),
         (dict(device="cuda"), TypeError, r"unknown setting\(s\) \['device'\]"),
     ],
@@ -75,10 +77,18 @@ def test_a_target_for_a_granularity_not_pruned_is_refused():
 
 def test_the_small_circuit_setting_fits_the_model():
     from transformer_lens_mgp import ModelDims
-    from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, small_circuit
+    from transformer_lens_mgp.training.config import (
+        PRESETS,
+        SMALL_CIRCUIT_STEPS,
+        SMALL_CIRCUIT_TARGETS,
+        small_circuit,
+    )
 
     full = small_circuit("cpu", ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=8))
-    assert dict(full.target) == SMALL_CIRCUIT_TARGETS and full.steps == 250
+    assert dict(full.target) == SMALL_CIRCUIT_TARGETS and full.steps == SMALL_CIRCUIT_STEPS
     attention_only = small_circuit("cpu", ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=None))
     assert "mlp_neuron" not in attention_only.target
     assert small_circuit("cpu", steps=10, bf16=False).steps == 10
+    thorough = PRESETS["thorough"]
+    assert thorough.config().target == full.target
+    assert thorough.steps > PRESETS["small"].steps and thorough.n_pairs > PRESETS["small"].n_pairs

@@ -3,7 +3,7 @@ import torch
 from conftest import VARIANTS
 
 from transformer_lens_mgp import GRANULARITIES, ModelDims
-from transformer_lens_mgp.core.nodes import resolve_granularities, site_masks
+from transformer_lens_mgp.core.nodes import resolve_granularities, site_masks, with_ancestors
 from transformer_lens_mgp.testing.tiny import build_model
 
 
@@ -61,3 +61,19 @@ def test_missing_granularities_count_as_kept():
     dims = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=5)
     attn, mlp = site_masks({"head": torch.zeros(2, 3)}, dims)
     assert (attn == 0).all() and (mlp == 1).all()
+
+
+def test_with_ancestors_multiplies_each_granularity_by_its_trained_ancestors():
+    dims = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=5)
+    values = {
+        g: torch.rand(dims.shape(g), generator=torch.Generator().manual_seed(0))
+        for g in GRANULARITIES
+    }
+    out = with_ancestors(values)
+    attn, mlp = site_masks(values, dims)
+    assert torch.allclose(out["attn_neuron"], attn) and torch.allclose(out["mlp_neuron"], mlp)
+    assert torch.allclose(out["head"], values["head"] * values["block"][:, None])
+    assert torch.equal(out["block"], values["block"])
+    # an untrained level in between is skipped: neurons answer to the block directly
+    skipped = with_ancestors({"block": values["block"], "mlp_neuron": values["mlp_neuron"]})
+    assert torch.allclose(skipped["mlp_neuron"], values["mlp_neuron"] * values["block"][:, None])

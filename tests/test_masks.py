@@ -61,3 +61,16 @@ def test_same_generator_seed_same_sample():
 def test_invalid_constants_rejected():
     with pytest.raises(ValueError, match="gamma"):
         HardConcrete(gamma=0.1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-20, 20, allow_nan=False))
+def test_kept_softly_tends_to_the_extraction_rule(value):
+    log_alpha = torch.tensor([value])
+    kept = (hc.deterministic(log_alpha) > 0.5).float()
+    at_one = hc.kept_softly(log_alpha)
+    sharp = hc.kept_softly(log_alpha, temperature=1e-3)
+    assert torch.allclose(at_one, torch.sigmoid(log_alpha - hc.keep_threshold))
+    if abs(value - hc.keep_threshold) > 0.05:
+        assert torch.allclose(sharp, kept, atol=1e-6)
+        assert (sharp - kept).abs() <= (at_one - kept).abs()

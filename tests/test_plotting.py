@@ -79,3 +79,13 @@ def test_gpt2_xl_sized_neuron_map_is_one_trace(tmp_path):
     assert len(fig.data) == 1 and fig.data[0].z.shape == (48, 6400)
     size = write_report(circuit, tmp_path / "r.html").stat().st_size
     assert size < 30e6, f"report of {size / 1e6:.1f} MB"
+
+
+def test_training_curves_show_the_extracted_size_against_its_target():
+    circuit = big_circuit()
+    circuit.history.update({"size/head": [1.0, 0.6], "target/head": [1.0, 0.5]})
+    fig = plotting.plot_training_curves(circuit)
+    right = [trace.name for trace in fig.data if trace.xaxis == "x2"]
+    assert right == ["head", "target/head"]  # the size replaces the expected fraction
+    assert list(fig.data[-2].y) == [1.0, 0.6]
+    assert fig.layout.annotations[1].text == "kept fraction"

@@ -218,17 +218,19 @@ def test_a_corruption_that_changes_nothing_warns():
 
 @pytest.mark.parametrize("target", [0.1, 0.3])
 def test_target_kept_fraction_is_reached(target):
+    """The extracted circuit lands on its target within 10 % (relative), give or take one node
+    of this small model, and the kept share the controller measures is that circuit's size."""
     model = build_model(d_mlp=128)
     circuit = CircuitPruner(
         model, target={"mlp_neuron": target, "attn_neuron": target}, steps=200
     ).fit(build_dataset(model, n=64), progress=False)
     for g in ("mlp_neuron", "attn_neuron"):
         assert circuit.history[f"target/{g}"][-1] == pytest.approx(target)
-        assert circuit.history[f"kept/{g}"][0] > 0.7  # started far above the target
-        expected = circuit.history[f"kept/{g}"][-1]
-        assert target - 0.1 < expected < target + 0.05, (g, expected)
+        assert circuit.history[f"kept/{g}"][0] > 0.6  # started far above the target
         kept = circuit.fraction_kept(g)
-        assert target - 0.1 < kept < target + 0.05, (g, kept)
+        assert abs(kept - target) <= 0.1 * target + 1 / circuit.n_total(g), (g, kept)
+        assert circuit.history[f"size/{g}"][-1] == kept
+        assert circuit.history[f"kept/{g}"][-1] == pytest.approx(kept, abs=0.02)
     assert "target/head" not in circuit.history
 
 

@@ -105,3 +105,18 @@ def test_sweep_report_shows_points_pareto_and_entry(tmp_path):
     text = write_sweep_report(circuits, summary, tmp_path / "sweep.html").read_text()
     assert "How nodes enter as the circuit grows" in text and "CPR" in text
     assert text.count(PLOTLY_BANNER) == 1
+
+
+def test_the_size_table_shows_each_target_and_how_much_the_size_still_moved(tmp_path):
+    from transformer_lens_mgp.analysis.report import write_report
+
+    dims = ModelDims(n_layers=2, n_heads=2, d_head=2, d_mlp=4)
+    kept = {"head": torch.tensor([[True, False], [False, False]])}
+    history = {"size/head": [1.0] * 8 + [0.5, 0.25]}
+    circuit = Circuit.from_kept(dims, kept, history=history, config={"target": {"head": 0.2}})
+    page = write_report(circuit, tmp_path / "r.html").read_text()
+    assert "size moved over the last fifth of the fit" in page
+    row = re.search(r"<td class='text'>head</td>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["1", "4", "25.00%", "20.00%", "300.0%"]
+    untargeted = Circuit.from_kept(dims, kept)
+    assert "size moved" not in write_report(untargeted, tmp_path / "u.html").read_text()

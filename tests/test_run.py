@@ -25,18 +25,18 @@ def test_steps_record_what_they_measured():
         run.prepare()
         record = run.step()
     assert isinstance(record, StepRecord) and record.step == 0 and run.step_index == 1
-    assert {"loss", "kl", "l0/head", "kept/head", "target/head", "multiplier/head"} <= set(
-        record.values
-    )
+    expected = {"loss", "kl", "lr", "l0/head", "kept/head", "target/head", "multiplier/head"}
+    assert expected | {"size/head", "temperature"} <= set(record.values)
     assert run.history["kl"] == [record.kl]
 
 
 def test_a_restored_run_continues_exactly_like_the_original():
     model = build_model()
     data = build_dataset(model)
-    pruner, straight = new_run(model, data, target={"mlp_neuron": 0.3})
-    _, first = new_run(model, data, target={"mlp_neuron": 0.3})
-    _, second = new_run(model, data, target={"mlp_neuron": 0.3})
+    settings = dict(target={"mlp_neuron": 0.3}, lr_decay=0.5)
+    pruner, straight = new_run(model, data, **settings)
+    _, first = new_run(model, data, **settings)
+    _, second = new_run(model, data, **settings)
     with pruner.execution():
         for run in (straight, first, second):
             run.prepare()
@@ -53,3 +53,13 @@ def test_a_restored_run_continues_exactly_like_the_original():
     assert torch.equal(
         straight.sparsity.multipliers["mlp_neuron"], second.sparsity.multipliers["mlp_neuron"]
     )
+
+
+def test_the_learning_rate_falls_to_zero_over_the_decay_share():
+    model = build_model()
+    _, run = new_run(model, build_dataset(model), lr=0.2, lr_decay=0.5)
+    rates = [run.learning_rate(step) for step in range(8)]  # 8 steps, the last 4 decaying
+    assert rates[:4] == [0.2] * 4
+    assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True)) and rates[-1] == 0.0
+    _, constant = new_run(model, build_dataset(model), lr=0.2)
+    assert {constant.learning_rate(step) for step in range(8)} == {0.2}

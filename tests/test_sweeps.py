@@ -63,7 +63,9 @@ def test_a_second_call_reuses_finished_points(setup, tmp_path, monkeypatch):
 
 def test_worker_processes_give_the_same_circuits():
     """Long enough that the workers' fits overlap: workers read one shared copy of the
-    weights, which none of them may re-lay while another reads it."""
+    weights, which none of them may re-lay while another reads it. Each worker computes on
+    one thread; the serial sweep does too, since on some CPUs a matrix product's rounding
+    depends on the thread count."""
     model = build_model(n_layers=3, d_model=64, d_mlp=256, n_ctx=32)
     train = build_dataset(model, n=64, seq_len=12)
     targets = [{"head": t} for t in (0.2, 0.3, 0.4, 0.5)]
@@ -72,7 +74,12 @@ def test_worker_processes_give_the_same_circuits():
     parallel = sweep(model, train, targets, config, workers=2, progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k][0]) and v.stride() == weights[k][1], k
-    serial = sweep(model, train, targets, config, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))  # what each of the 2 workers uses
+    try:
+        serial = sweep(model, train, targets, config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert all(same(a, b) for a, b in zip(serial, parallel, strict=True))
 
 

@@ -32,7 +32,7 @@ from .core.hooks import ABLATIONS
 from .core.nodes import GRANULARITIES, ModelDims
 from .tasks import TASKS
 from .tasks.ioi import CORRUPTIONS as IOI_CORRUPTIONS
-from .training.config import SMALL_CIRCUIT_TARGETS, PruningConfig, small_circuit
+from .training.config import PRESETS, SMALL_CIRCUIT_TARGETS, Preset, PruningConfig
 from .training.pruner import CircuitPruner
 from .training.sparsity import DEFAULT_SPARSITY
 from .training.sweeps import sweep
@@ -94,11 +94,16 @@ def _add_data_args(parser: argparse.ArgumentParser, out_required: bool = True) -
         default=None,
         help="IOI's corrupted prompts: abc (default), abb (the S2 swap) or random names",
     )
-    parser.add_argument("--n", type=int, default=2000, help="pairs to generate (default: 2000)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="pairs to generate (default: 2000; 8000 with --preset thorough)",
+    )
     parser.add_argument(
         "--test-fraction",
         type=float,
-        default=0.1,
+        default=None,
         help="held-out share for evaluation (default: 0.1, 200 of the default 2000 pairs)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -133,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument(
         "--preset",
-        choices=("small", "lambda"),
+        choices=(*PRESETS, "lambda"),
         default="small",
         help="without --sparsity, --target or --max-kl: 'small' (default) aims at "
         + ", ".join(f"{g}={t:g}" for g, t in SMALL_CIRCUIT_TARGETS.items())
-        + " for 250 steps with bf16 where the device has it; 'lambda' uses the fixed "
-        "lambdas and 200 steps of PruningConfig()",
+        + f" for {PRESETS['small'].steps} steps on {PRESETS['small'].n_pairs} pairs with bf16 "
+        f"where the device has it; 'thorough' at the same with {PRESETS['thorough'].steps} "
+        f"steps on {PRESETS['thorough'].n_pairs} pairs; 'lambda' uses the fixed lambdas and "
+        "200 steps of PruningConfig()",
     )
     discover.add_argument(
         "--float32",
@@ -225,17 +232,33 @@ def _config(args, **settings) -> PruningConfig:
     )
 
 
-def _discover_config(args, model=None) -> PruningConfig:
-    """The sizes asked for, or else the small-circuit setting (targets, 250 steps, bf16 where
-    the device has it) for ``model``'s granularities."""
+def _preset(args) -> Preset | None:
+    """The preset ``discover`` runs, or None when the command line gives the size."""
+    if args.command != "discover":
+        return None
     if args.sparsity or args.target or args.max_kl is not None or args.preset == "lambda":
+        return None
+    return PRESETS[args.preset]
+
+
+def _discover_config(args, model=None) -> PruningConfig:
+    """The sizes asked for, or else the preset's targets and steps (bf16 where the device
+    has it) for ``model``'s granularities."""
+    preset = _preset(args)
+    if preset is None:
         return _config(
             args, sparsity=dict(args.sparsity), target=dict(args.target), max_kl=args.max_kl
         )
     dims = None if model is None else ModelDims.from_cfg(model.cfg)
-    small = small_circuit(args.device or "cpu", dims)
-    config = _config(args, target=dict(small.target), steps=small.steps)
-    bf16 = args.bf16 or (small.bf16 and not args.float32)
+    chosen = preset.config(args.device or "cpu", dims)
+    config = _config(
+        args,
+        target=dict(chosen.target),
+        steps=chosen.steps,
+        target_warmup=chosen.target_warmup,
+        lr_decay=chosen.lr_decay,
+    )
+    bf16 = args.bf16 or (chosen.bf16 and not args.float32)
     return config.replace(bf16=bf16)
 
 
@@ -267,8 +290,11 @@ def _load(args):
     start = time.perf_counter()
     model = models.load_model(args.model, device=args.device)
     print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    data = TASKS[args.task](model, n=args.n, seed=args.seed, **task_args)
-    train, test = data.split(args.test_fraction, seed=args.seed)
+    preset = _preset(args) or PRESETS["small"]
+    n = preset.n_pairs if args.n is None else args.n
+    test_fraction = preset.test_fraction if args.test_fraction is None else args.test_fraction
+    data = TASKS[args.task](model, n=n, seed=args.seed, **task_args)
+    train, test = data.split(test_fraction, seed=args.seed)
     return model, train, test
 
 
@@ -303,6 +329,8 @@ def _discover(args) -> int:
     run.metrics["peak_rss_mib"] = peak_memory_mib()
     write_run_folder(args.out, run, title=f"{args.task} circuit")
     print(circuit.summary())
+    if run.metrics["settling"]:
+        print(_settling_line(run.metrics["settling"]))
     print(_metrics_table(run))
     if args.curve:
         print(_curve_line(run.metrics["faithfulness_curve"]))
@@ -322,6 +350,18 @@ def _discover(args) -> int:
     nodes = ", nodes.json" if run.anatomy is not None else ""
     print(f"wrote {args.out}/circuit.safetensors, metrics.json{nodes}, report.html")
     return 0
+
+
+def _settling_line(rows: list[dict]) -> str:
+    """Kept against target, and how much the size still moved at the end of the fit."""
+    parts = []
+    for row in rows:
+        aim = "" if row["target"] is None else f" for {100 * row['target']:.1f} %"
+        parts.append(
+            f"{row['granularity']} {100 * row['kept']:.2f} %{aim} "
+            f"(moved {100 * row['change']:.1f} %)"
+        )
+    return "size at the end (change over the last fifth of the steps): " + ", ".join(parts)
 
 
 def _top_nodes_line(anatomy) -> str:

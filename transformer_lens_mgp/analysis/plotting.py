@@ -92,15 +92,20 @@ def plot_kept_per_layer(circuit: Circuit) -> go.Figure:
 
 
 def plot_training_curves(circuit: Circuit) -> go.Figure:
-    """Loss and KL (left) and the expected kept fraction per granularity (right)."""
+    """Loss and KL (left) and, per granularity, the kept fraction of the circuit extracted
+    after each step against its target (right; the expected fraction for fits recorded
+    before sizes were)."""
     history = circuit.history
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss and KL", "expected kept fraction"))
+    sized = any(key.startswith("size/") for key in history)
+    size_key = "size/" if sized else "l0/"
+    title = "kept fraction" if sized else "expected kept fraction"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss and KL", title))
     for key in ("loss", "kl"):
         if history.get(key):
             fig.add_scatter(y=history[key], name=key, row=1, col=1)
     for key, values in history.items():
-        if key.startswith("l0/"):
-            fig.add_scatter(y=values, name=key[3:], row=1, col=2)
+        if key.startswith(size_key):
+            fig.add_scatter(y=values, name=key.removeprefix(size_key), row=1, col=2)
         if key.startswith("target/"):
             fig.add_scatter(y=values, name=key, line_dash="dash", row=1, col=2)
     fig.update_xaxes(title_text="step")

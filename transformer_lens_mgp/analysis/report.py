@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from ..core.circuit import Circuit
 from .anatomy import CircuitAnatomy
+from .convergence import settling
 from .node_figures import (
     plot_example_patterns,
     plot_head_attention,
@@ -247,16 +248,27 @@ def _faithfulness_table(metrics: dict) -> str:
 
 
 def _size_table(circuit: Circuit) -> str:
-    rows = [
-        [
+    """Kept nodes per granularity; for a fit that recorded its size, the target and how much
+    the size still moved over the last fifth of the steps."""
+    ends = {row.granularity: row for row in settling(circuit)}
+    rows = []
+    for g in circuit.dims.available():
+        row = [
             g + ("" if g in circuit.granularities else " (not pruned)"),
             str(circuit.n_kept(g)),
             str(circuit.n_total(g)),
             f"{100 * circuit.fraction_kept(g):.2f}%",
         ]
-        for g in circuit.dims.available()
-    ]
-    return _table(["granularity", "kept", "total", "kept %"], rows)
+        if ends:
+            end = ends.get(g)
+            target = None if end is None else end.target
+            row.append("" if target is None else f"{100 * target:.2f}%")
+            row.append("" if end is None else f"{100 * end.change:.1f}%")
+        rows.append(row)
+    headers = ["granularity", "kept", "total", "kept %"]
+    if ends:
+        headers += ["target", "size moved over the last fifth of the fit"]
+    return _table(headers, rows)
 
 
 def _facts(metrics: dict) -> list[list[str]]:

@@ -20,6 +20,7 @@ from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from .anatomy import CircuitAnatomy, dissect
 from .compare import CircuitComparison, compare
+from .convergence import settling
 from .curves import faithfulness_curve, pareto_areas
 from .edges import edge_graph
 from .evaluation import Evaluation, evaluate_many
@@ -89,6 +90,7 @@ def measure_circuit(
         "circuit": result.to_dict(),
         "random_circuit_same_size": baseline.to_dict(),
         "fit_seconds": circuit.fit_info.get("seconds"),
+        "settling": [row.to_dict() for row in settling(circuit)],
     }
     circuit.metrics = {
         "kl": result.kl,

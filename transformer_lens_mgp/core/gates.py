@@ -54,12 +54,15 @@ class HardConcrete:
         """P(gate != 0) per node; its sum is the expected number of kept nodes."""
         return torch.sigmoid(log_alpha - self.beta * math.log(-self.gamma / self.zeta))
 
-    def keep_probability(self, log_alpha: Float[Tensor, "*nodes"]) -> Float[Tensor, "*nodes"]:
-        """P(sampled gate > 0.5): the chance a node is on by the rule that extracts circuits
-        (which keeps it when ``log_alpha > keep_threshold``). Smaller than ``expected_l0``,
-        which also counts gates that are only slightly open."""
-        s = (0.5 - self.gamma) / (self.zeta - self.gamma)
-        return torch.sigmoid(log_alpha - self.beta * math.log(s / (1 - s)))
+    def kept_softly(
+        self, log_alpha: Float[Tensor, "*nodes"], temperature: float = 1.0
+    ) -> Float[Tensor, "*nodes"]:
+        """A differentiable stand-in for the rule that extracts circuits (keep a node when
+        ``log_alpha > keep_threshold``): ``sigmoid((log_alpha - keep_threshold) / T)``. At
+        ``T = 1`` (and the default constants) it is the chance that a sampled gate exceeds
+        0.5; as ``T`` falls it tends to the rule itself, so its mean tends to the kept
+        fraction of the extracted circuit."""
+        return torch.sigmoid((log_alpha - self.keep_threshold) / temperature)
 
     @property
     def keep_threshold(self) -> float:

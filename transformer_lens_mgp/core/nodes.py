@@ -172,6 +172,24 @@ def site_masks(values: dict[str, Tensor], dims: ModelDims) -> SiteMasks:
     return SiteMasks(attn, mlp)
 
 
+def with_ancestors(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each granularity's values times those of its ancestors in ``values``, in its own
+    shape: a node's share of the circuit once the rule "a node whose parent is dropped is
+    dropped" is applied."""
+    out: dict[str, Tensor] = {}
+    for g in GRANULARITIES:  # parents first
+        if g not in values:
+            continue
+        value, parent = values[g], PARENT[g]
+        while parent is not None and parent not in out:
+            parent = PARENT[parent]
+        if parent is not None:
+            above = out[parent]
+            value = value * above.reshape(above.shape + (1,) * (value.ndim - above.ndim))
+        out[g] = value
+    return out
+
+
 def finest(granularities) -> list[str]:
     """Per branch (attention, MLP) the finest of ``granularities``; the block if neither: the
     nodes whose count is the size of a circuit."""

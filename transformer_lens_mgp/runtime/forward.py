@@ -7,11 +7,13 @@ empty-circuit KL, the KL budget's snapshots and ``evaluate`` all go through it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..core.data import PairedDataset
 from ..core.hooks import AblationSource, mask_hooks
@@ -86,11 +88,21 @@ def masked_answer_logits(
 
 
 @torch.no_grad()
-def reference_logits(model, dataset: PairedDataset, batch_size: int) -> Float[Tensor, "n d_vocab"]:
+def reference_logits(
+    model, dataset: PairedDataset, batch_size: int, progress: bool = False
+) -> Float[Tensor, "n d_vocab"]:
     """The full model's answer logits for every pair (they never change during a fit)."""
     device = model_device(model)
     chunks = []
-    for batch in dataset.batches(batch_size):
+    batches = tqdm(
+        dataset.batches(batch_size),
+        total=math.ceil(len(dataset) / batch_size),
+        desc="full model's answers",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for batch in batches:
         batch = batch.to(device)
         chunks.append(answer_logits(model, batch.clean_tokens, batch.answer_positions))
     return torch.cat(chunks)

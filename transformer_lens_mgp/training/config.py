@@ -18,11 +18,13 @@ from .sparsity import DEFAULT_SPARSITY, check_sparsity
 
 MAX_SEED = 2**63 - 1
 
-SMALL_CIRCUIT_TARGETS: dict[str, float] = {"head": 0.13, "attn_neuron": 0.2, "mlp_neuron": 0.06}
-"""Kept-fraction targets of :func:`small_circuit`. The controller lands under them (about
-8 % of heads, 6 % of attention neurons and 3.6 % of MLP neurons on IOI with SmolLM2)."""
+SMALL_CIRCUIT_TARGETS: dict[str, float] = {"head": 0.09, "attn_neuron": 0.06, "mlp_neuron": 0.045}
+"""Kept-fraction targets of the presets (each a share of all the model's nodes of that kind, so
+the attention neurons' is under the heads'). On IOI with SmolLM2 the small preset ends at 10 %
+of heads, 6.2 % of attention neurons and 4.5 % of MLP neurons (docs/results.md)."""
 
 SMALL_CIRCUIT_STEPS = 250
+THOROUGH_STEPS, THOROUGH_PAIRS = 1000, 8000
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class PruningConfig:
         steps: optimiser steps.
         batch_size: pairs per step.
         lr: Adam's learning rate on ``log_alpha``.
+        lr_decay: share of the steps, at the end, over which the learning rate falls along a
+            half cosine from ``lr`` to 0, so that the masks settle (0: constant).
         seed: seeds the mask noise, the initialisation and the batch order.
         init_log_alpha: initial ``log_alpha`` of every node. At 1 every mask starts on (its
             deterministic value is 0.78) while the penalty's gradient is not yet saturated.
@@ -73,6 +77,7 @@ class PruningConfig:
     steps: int = 200
     batch_size: int = 8
     lr: float = 0.1
+    lr_decay: float = 0.0
     seed: int = 0
     init_log_alpha: float = 1.0
     hard_concrete: HardConcrete = field(default_factory=HardConcrete)
@@ -113,10 +118,10 @@ class PruningConfig:
             raise UsageError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not is_number(self.init_log_alpha) or not math.isfinite(self.init_log_alpha):
             raise UsageError(f"init_log_alpha must be finite, got {self.init_log_alpha!r}")
-        if not is_number(self.target_warmup) or not 0 <= self.target_warmup <= 1:
-            raise UsageError(
-                f"target_warmup is a share of the steps, in [0, 1]; got {self.target_warmup!r}"
-            )
+        for name in ("target_warmup", "lr_decay"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value <= 1:
+                raise UsageError(f"{name} is a share of the steps, in [0, 1]; got {value!r}")
         for name in ("gradient_checkpointing", "bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageTypeError(f"{name} is True or False, got {getattr(self, name)!r}")
@@ -188,18 +193,57 @@ class PruningConfig:
         return cls().replace(**dict(values))
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named setting of ``tl-mgp discover``: kept-fraction targets, steps and how many
+    pairs to generate (a tenth held out), with bfloat16 autocast where the device has it.
+
+    Args:
+        name: what ``--preset`` calls it.
+        target: ``{granularity: kept fraction}``.
+        steps: optimiser steps.
+        n_pairs: pairs the task builder generates (they are free, and more of them keep
+            46,080 neuron masks from fitting the training pairs).
+        test_fraction: share of the pairs held out for evaluation.
+        target_warmup: share of the steps over which the targets come down.
+        lr_decay: share of the steps, at the end, over which the learning rate falls to 0.
+    """
+
+    name: str
+    target: Mapping[str, float]
+    steps: int
+    n_pairs: int = 2000
+    test_fraction: float = 0.1
+    target_warmup: float = 0.4
+    lr_decay: float = 0.6
+
+    def config(self, device="cpu", dims: ModelDims | None = None, **overrides) -> PruningConfig:
+        """The fit's settings for a model on ``device``; with ``dims``, targets of
+        granularities the model lacks (an attention-only model's MLP neurons) are left out."""
+        target = {g: t for g, t in self.target.items() if dims is None or g in dims.available()}
+        settings = dict(
+            target=target,
+            steps=self.steps,
+            target_warmup=self.target_warmup,
+            lr_decay=self.lr_decay,
+            bf16=has_bf16(device),
+        )
+        return PruningConfig(**{**settings, **overrides})
+
+
+PRESETS: dict[str, Preset] = {
+    "small": Preset("small", target=SMALL_CIRCUIT_TARGETS, steps=SMALL_CIRCUIT_STEPS),
+    "thorough": Preset(
+        "thorough", target=SMALL_CIRCUIT_TARGETS, steps=THOROUGH_STEPS, n_pairs=THOROUGH_PAIRS
+    ),
+}
+"""``small``: the default of ``tl-mgp discover``, a few minutes on a laptop CPU; ``thorough``:
+the same targets with four times the steps and pairs, for a GPU or an afternoon."""
+
+
 def small_circuit(device="cpu", dims: ModelDims | None = None, **overrides) -> PruningConfig:
-    """The setting ``tl-mgp discover`` uses unless told a size: targets instead of lambdas
-    (:data:`SMALL_CIRCUIT_TARGETS`), 250 steps, and bfloat16 autocast where ``device`` has bf16
-    units. On IOI with SmolLM2 and 1,800 training pairs it keeps 8 % of heads and 3.6 % of MLP
-    neurons at held-out KL 0.57, recovering 1.08 of the logit difference, in 4.1 minutes of
-    fitting on 2 CPU cores (docs/results.md). With ``dims``, targets of granularities the
-    model lacks (an attention-only model's MLP neurons) are left out."""
-    target = {
-        g: t for g, t in SMALL_CIRCUIT_TARGETS.items() if dims is None or g in dims.available()
-    }
-    settings = dict(target=target, steps=SMALL_CIRCUIT_STEPS, bf16=has_bf16(device))
-    return PruningConfig(**{**settings, **overrides})
+    """The setting ``tl-mgp discover`` uses unless told a size (``PRESETS["small"]``)."""
+    return PRESETS["small"].config(device, dims, **overrides)
 
 
 def has_bf16(device="cpu") -> bool:

@@ -83,7 +83,7 @@ class CircuitPruner:
         try:
             with self.execution():  # the run's tensors are made in it: never inference tensors
                 run = PruningRun(self.model, config, dims, train, validation)
-                run.prepare()
+                run.prepare(progress)
                 if state is not None:
                     run.load_state_dict(state)
                 _train(run, checkpoint, identity, progress)
@@ -167,11 +167,13 @@ def _train(run: PruningRun, checkpoint: Path | None, identity: dict, progress: b
             record = run.step()
             bar.update()
             if progress and (record.step % 5 == 0 or run.done):
-                bar.set_postfix_str(_progress_text(record, run.kept_counts()))
+                bar.set_postfix_str(_progress_text(record, run.dims))
             if checkpoint and (run.step_index % config.checkpoint_every == 0 or run.done):
                 save_checkpoint(checkpoint, identity, run.state_dict())
 
 
-def _progress_text(record, kept: dict[str, int]) -> str:
-    counts = " ".join(f"{g}={n}" for g, n in kept.items())
+def _progress_text(record, dims) -> str:
+    """Loss, KL and the kept nodes of the circuit extracted after the step."""
+    sizes = {k.removeprefix("size/"): v for k, v in record.values.items() if k.startswith("size/")}
+    counts = " ".join(f"{g}={round(size * dims.n_nodes(g))}" for g, size in sizes.items())
     return f"loss={record.loss:.3f} kl={record.kl:.3f} kept: {counts}"

@@ -20,13 +20,16 @@ from ..core.errors import TrainingDivergedError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence
 from ..core.model_api import model_device
-from ..core.nodes import ModelDims, site_masks
+from ..core.nodes import ModelDims, site_masks, with_ancestors
 from ..runtime.forward import answer_logits, masked_kl, reference_logits
 from .budget import HOLD_SHARE, KLBudget, Snapshot
 from .config import PruningConfig
 from .sparsity import SparsityControl
 
 EMPTY_KL_PAIRS = 64
+NO_GRAD_BATCHES = 4
+"""Passes without gradient (the full model's answers, the empty circuit) take this many
+training batches at once: they keep no activations, and larger batches run faster."""
 """Pairs on which the fully ablated model's KL is measured, once per fit."""
 MIN_KL_EMPTY = 1e-3
 
@@ -38,8 +41,10 @@ def step_seed(seed: int, step: int) -> int:
 @dataclass(frozen=True)
 class StepRecord:
     """What one step measured, as the flat ``name: value`` pairs of the training history
-    (``loss``, ``kl``, ``l0/<g>``, ``kept/<g>``, ``target/<g>``, ``multiplier/<g>``,
-    ``budget_scale``) and, on a budget's measuring steps, the held-out snapshot."""
+    (``loss``, ``kl``, ``lr``, ``l0/<g>``, ``kept/<g>`` (the soft kept share a target prices),
+    ``size/<g>`` (the kept fraction of the circuit extracted now), ``target/<g>``,
+    ``multiplier/<g>``, ``temperature``, ``budget_scale``) and, on a budget's measuring
+    steps, the held-out snapshot."""
 
     step: int
     values: dict[str, float]
@@ -102,11 +107,11 @@ class PruningRun:
 
     # --- before the first step ----------------------------------------------------------
 
-    def prepare(self) -> None:
+    def prepare(self, progress: bool = False) -> None:
         """The full model's answer logits, the ablation values shared by every batch and the
         empty circuit's KL (the unit of every lambda)."""
-        batch_size = self.config.batch_size
-        self.reference = reference_logits(self.model, self.train, batch_size)
+        batch_size = NO_GRAD_BATCHES * self.config.batch_size
+        self.reference = reference_logits(self.model, self.train, batch_size, progress)
         if not torch.isfinite(self.reference).all():
             raise TrainingDivergedError(
                 "the unmasked model produced non-finite logits on this dataset; check the "
@@ -131,7 +136,7 @@ class PruningRun:
             self.reference[:n],
             site_masks(zeros, self.dims),
             self.ablation,
-            self.config.batch_size,
+            NO_GRAD_BATCHES * self.config.batch_size,
         )
         if not kl_empty > MIN_KL_EMPTY:
             warnings.warn(
@@ -156,11 +161,7 @@ class PruningRun:
         self.noise.manual_seed(step_seed(config.seed, step))
         sampled = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
         l0 = {g: self.gates.expected_l0(p).mean() for g, p in self.log_alpha.items()}
-        kept = {
-            g: self.gates.keep_probability(p).mean()
-            for g, p in self.log_alpha.items()
-            if g in self.sparsity.targets
-        }
+        kept = self._kept_share(step)
         penalty = self.sparsity.penalty(l0, kept, step)
         if self.budget is not None:
             penalty = self.budget.scale * penalty
@@ -177,11 +178,14 @@ class PruningRun:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
         self.optimizer.step()
         self.sparsity.ascend()
-        values = {"loss": loss.item(), "kl": kl.item()}
+        values = {"loss": loss.item(), "kl": kl.item(), "lr": self.learning_rate(step)}
         values.update({f"l0/{g}": v.item() for g, v in l0.items()})
         values.update({f"kept/{g}": v.item() for g, v in kept.items()})
+        values.update({f"size/{g}": v for g, v in self.extracted_fractions().items()})
         values.update(self.sparsity.record(step))
         snapshot = None
         if self.budget is not None:
@@ -193,6 +197,38 @@ class PruningRun:
             self.history.setdefault(key, []).append(value)
         self.step_index += 1
         return StepRecord(step, values, snapshot)
+
+    def _kept_share(self, step: int) -> dict[str, torch.Tensor]:
+        """Per targeted granularity, the share of its nodes that extraction keeps.
+
+        Its value is measured sharply (at the annealed temperature, each node times its
+        ancestors), so it is close to the extracted fraction. Its gradient reaches only the
+        granularity's own ``log_alpha`` (a price on neurons must not close whole blocks), for
+        nodes whose ancestors are kept, at temperature 1: a sharp measure's gradient
+        vanishes far from the threshold and would leave those nodes stuck."""
+        if not self.sparsity.targets:
+            return {}
+        with torch.no_grad():
+            temperature = self.sparsity.temperature_at(step)
+            soft = {g: self.gates.kept_softly(p, temperature) for g, p in self.log_alpha.items()}
+            sharp = with_ancestors(soft)
+        shares = {}
+        for g in self.sparsity.targets:
+            above = sharp[g] / soft[g].clamp(min=torch.finfo(soft[g].dtype).tiny)
+            carrier = (self.gates.kept_softly(self.log_alpha[g]) * above).mean()
+            shares[g] = carrier + (sharp[g].mean() - carrier).detach()
+        return shares
+
+    def learning_rate(self, step: int) -> float:
+        """``lr``, falling along a half cosine to 0 over the last ``lr_decay`` of the steps:
+        a function of the step alone, so a resumed run follows the same schedule."""
+        config = self.config
+        decay_steps = round(config.lr_decay * config.steps)
+        start = config.steps - decay_steps
+        if step < start:
+            return config.lr
+        progress = (step - start + 1) / decay_steps
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """The pairs of a step: a function of (seed, step) alone."""
@@ -228,9 +264,14 @@ class PruningRun:
     def done(self) -> bool:
         return self.step_index >= self.config.steps
 
-    def kept_counts(self) -> dict[str, int]:
-        threshold = self.gates.keep_threshold
-        return {g: int((p > threshold).sum()) for g, p in self.log_alpha.items()}
+    def extracted_fractions(self) -> dict[str, float]:
+        """Kept fraction per trained granularity of the circuit the masks describe now."""
+        now = Circuit(
+            dims=self.dims,
+            log_alpha={g: p.detach() for g, p in self.log_alpha.items()},
+            hard_concrete=self.gates,
+        )
+        return {g: now.fraction_kept(g) for g in self.log_alpha}
 
     def circuit(self, fit_info: dict | None = None) -> Circuit:
         """The circuit the masks describe now."""
