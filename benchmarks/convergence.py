@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="PruningConfig settings to change, e.g. steps=300 'target={\"head\": 0.1}'",
     )
+    parser.add_argument("--n", type=int, default=None, help="pairs (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/convergence"))
     return parser.parse_args(argv)
@@ -52,10 +53,10 @@ def settings(pairs: list[str]) -> dict:
     return out
 
 
-def measure(model, task: str, preset, overrides: dict, seed: int) -> dict:
+def measure(model, task: str, preset, overrides: dict, seed: int, n: int | None) -> dict:
     dims = ModelDims.from_cfg(model.cfg)
     config = preset.config(model_device(model), dims, seed=seed, **overrides)
-    data = TASKS[task](model, n=preset.n_pairs, seed=seed)
+    data = TASKS[task](model, n=preset.n_pairs if n is None else n, seed=seed)
     train, test = data.split(preset.test_fraction, seed=seed)
     start = time.perf_counter()
     circuit = CircuitPruner(model, config).fit(train)
@@ -102,7 +103,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     model = load_model(args.model)
     preset, overrides = PRESETS[args.preset], settings(args.set)
-    results = [measure(model, task, preset, overrides, args.seed) for task in args.tasks]
+    results = [measure(model, task, preset, overrides, args.seed, args.n) for task in args.tasks]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "convergence.json").write_text(json.dumps(results, indent=2))
     print(table(results))

@@ -214,3 +214,19 @@ def test_corruptions_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsy
     for overlap in record["jaccard"].values():
         assert all(0 <= v <= 1 for v in overlap.values())
     assert "KL / recovered under abb" in capsys.readouterr().out
+
+
+def test_convergence_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, task_model):
+    bench = load("convergence")
+    monkeypatch.setattr(bench, "load_model", lambda name=None: task_model)
+    out = tmp_path / "c"
+    bench.main(["--tasks", "ioi", "gp", "--n", "24", "--set", "steps=10", "--out", str(out)])
+    records = json.loads((out / "convergence.json").read_text())
+    assert [r["task"] for r in records] == ["ioi", "gp"]
+    for record in records:
+        assert record["config"]["steps"] == 10 and record["config"]["lr_decay"] == 0.6
+        rows = record["granularities"]
+        assert set(rows) == {"head", "attn_neuron", "mlp_neuron"}
+        assert all(len(h) == 10 for h in record["size_history"].values())
+        assert all(row["target"] is not None and row["change"] >= 0 for row in rows.values())
+    assert "| ioi | mlp_neuron |" in capsys.readouterr().out

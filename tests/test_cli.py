@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -27,6 +28,9 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == files
     assert "KL(full || circuit)" in printed and "metric recovered" in printed
     assert "nodes that matter most" in printed and "top head" in printed
+    # the small preset's targets, and how far the fit got to them
+    assert re.search(r"size at the end .*head [\d.]+ % for 9\.0 % \(moved [\d.]+ %\)", printed)
+    assert "block" not in printed.split("size at the end")[1].splitlines()[0]
     nodes = json.loads((out / "nodes.json").read_text())
     assert nodes["heads"]["groups"] == ["first", "IO", "S1", "S1+1", "S2", "END", "other"]
     assert "What the top heads attend to" in (out / "report.html").read_text()
@@ -35,6 +39,8 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert metrics["task"] == "ioi" and metrics["n_train"] + metrics["n_test"] == 40
     assert metrics["circuit"]["kept"] == metrics["random_circuit_same_size"]["kept"]
     assert metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
+    settled = {row["granularity"]: row for row in metrics["settling"]}
+    assert settled["head"]["target"] == 0.09 and 0 <= settled["head"]["kept"] <= 1
 
     circuit = Circuit.load(out / "circuit.safetensors", model=tiny_default)
     assert circuit.config["steps"] == 3 and circuit.metrics["kl"] == metrics["circuit"]["kl"]

@@ -353,9 +353,11 @@ def _discover(args) -> int:
 
 
 def _settling_line(rows: list[dict]) -> str:
-    """Kept against target, and how much the size still moved at the end of the fit."""
+    """Kept against target, and how much the size still moved at the end of the fit (the
+    targeted granularities, or every one when none had a target)."""
+    targeted = [row for row in rows if row["target"] is not None]
     parts = []
-    for row in rows:
+    for row in targeted or rows:
         aim = "" if row["target"] is None else f" for {100 * row['target']:.1f} %"
         parts.append(
             f"{row['granularity']} {100 * row['kept']:.2f} %{aim} "

@@ -27,10 +27,10 @@ from .config import PruningConfig
 from .sparsity import SparsityControl
 
 EMPTY_KL_PAIRS = 64
+"""Pairs on which the fully ablated model's KL is measured, once per fit."""
 NO_GRAD_BATCHES = 4
 """Passes without gradient (the full model's answers, the empty circuit) take this many
 training batches at once: they keep no activations, and larger batches run faster."""
-"""Pairs on which the fully ablated model's KL is measured, once per fit."""
 MIN_KL_EMPTY = 1e-3
 
 
@@ -214,6 +214,8 @@ class PruningRun:
             sharp = with_ancestors(soft)
         shares = {}
         for g in self.sparsity.targets:
+            # the ancestors' part of each node's share (0 where the node's own underflows,
+            # far below the threshold, where a price has nothing left to do)
             above = sharp[g] / soft[g].clamp(min=torch.finfo(soft[g].dtype).tiny)
             carrier = (self.gates.kept_softly(self.log_alpha[g]) * above).mean()
             shares[g] = carrier + (sharp[g].mean() - carrier).detach()
