@@ -250,15 +250,9 @@ def _discover_config(args, model=None) -> PruningConfig:
             args, sparsity=dict(args.sparsity), target=dict(args.target), max_kl=args.max_kl
         )
     dims = None if model is None else ModelDims.from_cfg(model.cfg)
-    chosen = preset.config(args.device or "cpu", dims)
-    config = _config(
-        args,
-        target=dict(chosen.target),
-        steps=chosen.steps,
-        target_warmup=chosen.target_warmup,
-        lr_decay=chosen.lr_decay,
-    )
-    bf16 = args.bf16 or (chosen.bf16 and not args.float32)
+    chosen = preset.settings(args.device or "cpu", dims)
+    config = _config(args, **chosen)
+    bf16 = args.bf16 or (chosen["bf16"] and not args.float32)
     return config.replace(bf16=bf16)
 
 

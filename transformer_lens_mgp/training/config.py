@@ -217,18 +217,22 @@ class Preset:
     target_warmup: float = 0.4
     lr_decay: float = 0.6
 
-    def config(self, device="cpu", dims: ModelDims | None = None, **overrides) -> PruningConfig:
-        """The fit's settings for a model on ``device``; with ``dims``, targets of
-        granularities the model lacks (an attention-only model's MLP neurons) are left out."""
+    def settings(self, device="cpu", dims: ModelDims | None = None) -> dict:
+        """The preset's ``PruningConfig`` settings for a model on ``device``; with ``dims``,
+        targets of granularities the model lacks (an attention-only model's MLP neurons) are
+        left out."""
         target = {g: t for g, t in self.target.items() if dims is None or g in dims.available()}
-        settings = dict(
+        return dict(
             target=target,
             steps=self.steps,
             target_warmup=self.target_warmup,
             lr_decay=self.lr_decay,
             bf16=has_bf16(device),
         )
-        return PruningConfig(**{**settings, **overrides})
+
+    def config(self, device="cpu", dims: ModelDims | None = None, **overrides) -> PruningConfig:
+        """The fit's settings (see :meth:`settings`), with ``overrides``."""
+        return PruningConfig(**{**self.settings(device, dims), **overrides})
 
 
 PRESETS: dict[str, Preset] = {
