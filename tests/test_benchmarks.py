@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_hooked_transformer
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -61,6 +62,7 @@ def test_task_table_reads_discover_runs(tmp_path, capsys, monkeypatch):
     assert "| ioi | 27 / 270 (10.0 %) | – | – | 100 / 46,080 (0.2 %) | 0.300 | 0.90 |" in printed
 
 
+@needs_hooked_transformer
 def test_perf_benchmark_runs_with_peers(tmp_path, monkeypatch, capsys):
     bench = load("perf")
     monkeypatch.setattr(bench, "PEER_VENV", tmp_path / "no-venv")
@@ -85,6 +87,70 @@ def test_perf_benchmark_runs_with_peers(tmp_path, monkeypatch, capsys):
     assert "auto-circuit on tiny 2x6: no auto-circuit" in printed
 
 
+@needs_hooked_transformer
+def test_gpu_check_runs_its_parts_on_a_cpu(tmp_path, monkeypatch, capsys):
+    bench = load("gpu_check")
+    out = tmp_path / "gpu.json"
+    argv = ["gpu_check.py", "--device", "cpu", "--models", "tiny", "--batch", "2", "--seq", "6"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--steps", "1", "--no-ioi", "--json", str(out)])
+    bench.main()
+    result = json.loads(out.read_text())
+    assert result["environment"]["devices"][0].startswith("cpu")
+    (row,) = result["perf"]
+    for mode in ("floor", "ours", "ours-bf16", "eap"):
+        assert row[mode]["seconds_per_step"] > 0, row[mode]
+    assert "multi_device" not in result  # one device here
+    assert "devices: cpu" in capsys.readouterr().out
+
+
+@needs_hooked_transformer
+def test_memory_scale_measures_llama_shapes_and_extrapolates(tmp_path, monkeypatch, capsys):
+    bench = load("memory_scale")
+    shapes = {
+        f"llama-{d}": bench.Shape(2, d, 4, 2 * d, d // 4, 300, 2, llama=True) for d in (16, 32)
+    }
+    monkeypatch.setattr(bench, "MEASURED", shapes)
+    big = bench.Shape(4, 128, 4, 256, 32, 300, 2, llama=True)
+    monkeypatch.setattr(bench, "EXTRAPOLATED", {"llama-big": big})
+    out = tmp_path / "memory.json"
+    argv = ["memory_scale.py", "--modes", "floor", "ours", "--batch", "2", "--seq", "6"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--json", str(out)])
+    bench.main()
+    result = json.loads(out.read_text())
+    for row in result["measured"].values():
+        assert row["floor"]["peak_mib"] >= 0 and row["ours"]["seconds_per_step"] > 0
+    line = result["fits"]["ours"]
+    assert line["points"] == 2
+    predicted = result["extrapolated"]["llama-big"]["ours"]["peak_mib"]
+    assert predicted == pytest.approx(
+        bench.math.exp(line["intercept"] + line["slope"] * bench.math.log(big.n_params))
+    )
+    assert "| llama-big (extrapolated) |" in capsys.readouterr().out
+
+
+@needs_hooked_transformer
+def test_shape_parameter_counts_match_the_built_models():
+    import torch
+
+    perf = load("perf")
+    for shape in (perf.SHAPES["tiny"], perf.Shape(2, 32, 4, 64, 8, 50, 2, llama=True)):
+        model = perf.build(perf.shape_name(shape), "cpu")
+        weights = sum(
+            p.numel()
+            for name, p in model.named_parameters()
+            if name.split(".")[-1].lstrip("_").startswith("W_") and not name.endswith("W_pos")
+        )
+        assert weights == shape.n_params, shape
+        assert torch.isfinite(model(torch.zeros(1, 3, dtype=torch.long))).all()
+
+
+def test_gpu_check_records_a_failing_part_and_goes_on():
+    bench = load("gpu_check")
+    assert bench.guarded(lambda: 1 / 0)["error"].startswith("ZeroDivisionError")
+    assert bench.guarded(lambda: {"ok": 1}) == {"ok": 1}
+
+
+@needs_hooked_transformer
 def test_eap_scores_into_a_node_add_up_to_its_attribution():
     """Upstream outputs sum to a downstream input, so its edges' scores sum to the node's."""
     import torch
@@ -140,9 +206,8 @@ def test_scaling_benchmark_runs(tmp_path, monkeypatch, capsys):
 @pytest.fixture
 def task_model(tokenizer_model):
     """A two-layer random model with MLPs and SmolLM2's tokenizer, for the task benchmarks."""
-    from transformer_lens import HookedTransformer
 
-    from transformer_lens_mgp.testing.tiny import build_cfg
+    from transformer_lens_mgp.testing.tiny import build_cfg, model_from_cfg
 
     tokenizer = tokenizer_model.tokenizer
     cfg = build_cfg(
@@ -155,7 +220,7 @@ def task_model(tokenizer_model):
         d_vocab=len(tokenizer),
         default_prepend_bos=False,
     )
-    return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+    return model_from_cfg(cfg, tokenizer=tokenizer)
 
 
 def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, task_model):

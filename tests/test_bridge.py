@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_untouched, model_state
+from conftest import assert_untouched, model_state, needs_hooked_transformer
 
 from transformer_lens_mgp import CircuitPruner, PairedDataset, evaluate
 from transformer_lens_mgp.models import bridge_from_hf, hooked_from_hf
 from transformer_lens_mgp.testing.tiny import tiny_llama
+
+pytestmark = needs_hooked_transformer
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,14 @@ import pytest
 
 from transformer_lens_mgp import Circuit, ModelDims
 from transformer_lens_mgp.analysis.run_folder import measure_circuit, write_run_folder
+from transformer_lens_mgp.core.model_api import has_hooked_transformer
 from transformer_lens_mgp.testing.planted import planted_circuit
 
 pytestmark = pytest.mark.slow
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+EDGES = has_hooked_transformer()
+"""Edge scores need a HookedTransformer (TransformerLens 3.9); on 4.x the report has no graph."""
 
 PROBE = """<script>
 window.__errors = [];
@@ -77,7 +80,7 @@ def report(tmp_path_factory):
     kept = {g: planted.live[g] | planted.dead[g] for g in ("attn_neuron", "mlp_neuron")}
     circuit = Circuit.from_kept(dims, kept, history={"loss": [1.0, 0.4], "kl": [0.5, 0.2]})
     data = planted.dataset.with_roles(("END",), planted.dataset.answer_positions[:, None])
-    run = measure_circuit(planted.model, circuit, data, curve=True, edges=True, anatomy=True)
+    run = measure_circuit(planted.model, circuit, data, curve=True, edges=EDGES, anatomy=True)
     out = tmp_path_factory.mktemp("browser")
     write_run_folder(out, run, title="planted circuit")
     return out / "report.html"
@@ -87,7 +90,7 @@ def test_report_renders_without_errors_and_draws_every_figure(report, tmp_path):
     browser = chromium()
     text = report.read_text()
     n_figures = text.count('class="plotly-graph-div"')
-    assert n_figures >= 9
+    assert n_figures >= (9 if EDGES else 8)
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("<head>", "<head>" + PROBE, 1))
     result = headless(browser, tmp_path, "--dump-dom", probed.as_uri())

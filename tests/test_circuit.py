@@ -5,7 +5,7 @@ from conftest import assert_untouched, model_state
 from transformer_lens_mgp import GRANULARITIES, Circuit, CircuitPruner, ModelDims, PairedDataset
 from transformer_lens_mgp.core.hooks import mask_hooks, site_activations
 from transformer_lens_mgp.core.nodes import site_masks
-from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+from transformer_lens_mgp.testing.tiny import build_dataset, build_model, count_hooks
 
 ON, OFF = 5.0, -5.0
 
@@ -135,7 +135,7 @@ def test_knockout_patches_exactly_the_circuit():
         model.run_with_hooks(ds.clean_tokens, fwd_hooks=nothing),
         atol=1e-6,
     )
-    assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 0
+    assert count_hooks(model) == 0
 
 
 def test_fwd_hooks_explain_what_is_missing():
@@ -210,7 +210,7 @@ def test_circuit_hooks_compose_with_transformer_lens_patching():
     with circuit_with(dims, block={0: OFF}).applied(model, ds):
         inside = sweep()
     assert inside.shape == plain.shape == (2, 4) and not torch.allclose(inside, plain)
-    assert sum(len(h.fwd_hooks) for h in model.hook_dict.values()) == 0
+    assert count_hooks(model) == 0
 
 
 def half_circuit(model, **config) -> Circuit:

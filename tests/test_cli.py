@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from conftest import needs_hooked_transformer
 
 from transformer_lens_mgp import DEFAULT_SPARSITY, Circuit, models
 from transformer_lens_mgp.cli import main
@@ -161,6 +162,7 @@ def test_sweep_writes_one_folder_per_point_a_summary_and_a_pareto_plot(tiny_defa
     assert "CPR" in (out / "sweep.html").read_text()
 
 
+@needs_hooked_transformer
 def test_max_kl_and_edges_reach_the_circuit_and_the_report(tiny_default, tmp_path):
     out = tmp_path / "run"
     args = ["--max-kl", "0.5", "--edges", "--out", str(out)]
@@ -281,3 +283,32 @@ def test_corruption_is_refused_for_other_tasks(tiny_default, tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert "--corruption" in err and "--task ioi" in err and "Traceback" not in err
+
+
+def test_sweep_on_a_dask_cluster_sends_the_points_there(tiny_default, tmp_path, monkeypatch):
+    """The command connects to the scheduler and hands the sweep its executor and a loader
+    with which the workers build the model themselves (the sweep itself is tested on a
+    LocalCluster in test_sweeps)."""
+    distributed = pytest.importorskip("distributed")
+    import transformer_lens_mgp.cli as cli
+
+    seen = {}
+
+    def fake_sweep(model, train, targets, config, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "sweep", fake_sweep)
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as c:
+        args = ["--targets", "head=0.5", "--dask-scheduler", c.scheduler_address]
+        with pytest.raises(SystemExit):
+            main(["sweep", "--task", "ioi", *FAST, *args, "--out", str(tmp_path / "s")])
+    assert type(seen["executor"]).__name__ == "ClientExecutor"
+    assert seen["load_model"].func is models.load_model
+
+
+def test_sweep_without_a_dask_scheduler_is_explained(tiny_default, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    args = ["--targets", "head=0.5", "--dask-scheduler", "tcp://127.0.0.1:9"]
+    assert main(["sweep", "--task", "ioi", *FAST, *args, "--out", str(tmp_path / "s")]) == 2
+    assert "no Dask scheduler answers at tcp://127.0.0.1:9" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_untouched, model_state
+from conftest import assert_untouched, model_state, needs_hooked_transformer
 
 import transformer_lens_mgp.analysis.edges as edges_module
 from transformer_lens_mgp import Circuit, ModelDims
@@ -20,6 +20,8 @@ from transformer_lens_mgp.analysis.plotting import plot_edge_graph
 from transformer_lens_mgp.core.metrics import task_metric
 from transformer_lens_mgp.testing.planted import planted_circuit
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+
+pytestmark = needs_hooked_transformer
 
 EMBED, FROM_H0, FROM_H1, LATE = (slice(8 * i, 8 * i + 8) for i in range(4))
 WIRED = {(INPUT, "L0.H0"), (INPUT, "L0.H1"), ("L0.H0", "L1.H0"), ("L0.H1", "L1.H1")}

@@ -3,10 +3,12 @@
 import einops
 import pytest
 import torch
-from conftest import VARIANTS, assert_untouched, model_state
+from conftest import VARIANTS, assert_untouched, model_state, needs_hooked_transformer
 
 from transformer_lens_mgp.runtime.layout import forward_layout
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+
+pytestmark = needs_hooked_transformer
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -1,6 +1,13 @@
-"""Sweeps: one circuit per target, resumable on disk, the same in worker processes; Pareto areas."""
+"""Sweeps: one circuit per target, resumable on disk, the same in worker processes and on a
+Dask cluster; Pareto areas."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +18,7 @@ from transformer_lens_mgp import Circuit, ModelDims, PruningConfig
 from transformer_lens_mgp.analysis.curves import pareto_areas
 from transformer_lens_mgp.analysis.plotting import plot_pareto
 from transformer_lens_mgp.analysis.run_folder import point_name
+from transformer_lens_mgp.core.model_api import is_hooked_transformer
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 from transformer_lens_mgp.training.sweeps import sweep
 
@@ -61,17 +69,22 @@ def test_a_second_call_reuses_finished_points(setup, tmp_path, monkeypatch):
     assert same(first[0], again[0])
 
 
+WORKER_SHAPE = dict(n_layers=3, d_model=64, d_mlp=256, n_ctx=32)
+
+
 def test_worker_processes_give_the_same_circuits():
     """Long enough that the workers' fits overlap: workers read one shared copy of the
     weights, which none of them may re-lay while another reads it. Each worker computes on
     one thread; the serial sweep does too, since on some CPUs a matrix product's rounding
     depends on the thread count."""
-    model = build_model(n_layers=3, d_model=64, d_mlp=256, n_ctx=32)
+    model = build_model(**WORKER_SHAPE)
     train = build_dataset(model, n=64, seq_len=12)
     targets = [{"head": t} for t in (0.2, 0.3, 0.4, 0.5)]
     weights = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
     config = PruningConfig(steps=150)
-    parallel = sweep(model, train, targets, config, workers=2, progress=False)
+    # A HookedTransformer is sent to the workers; a bridge cannot be, so they build it.
+    load = None if is_hooked_transformer(model) else partial(build_model, **WORKER_SHAPE)
+    parallel = sweep(model, train, targets, config, workers=2, load_model=load, progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k][0]) and v.stride() == weights[k][1], k
     threads = torch.get_num_threads()
@@ -81,6 +94,88 @@ def test_worker_processes_give_the_same_circuits():
     finally:
         torch.set_num_threads(threads)
     assert all(same(a, b) for a, b in zip(serial, parallel, strict=True))
+
+
+def dies_once(marker: Path, **shape):
+    """Builds the model, except the first time anywhere: then it kills its own process."""
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
+    return build_model(**shape)
+
+
+class Counting:
+    """An executor that counts the tasks given to it."""
+
+    def __init__(self, inner):
+        self.inner, self.submitted = inner, 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        return self.inner.submit(fn, *args, **kwargs)
+
+
+def test_a_dask_cluster_gives_the_same_circuits_and_redoes_only_what_is_missing(tmp_path):
+    """Points run as tasks on a LocalCluster of two worker processes that load the model
+    themselves. The first load kills its worker: Dask retries the task on a fresh worker.
+    A second sweep submits only the point whose circuit was deleted."""
+    distributed = pytest.importorskip("distributed")
+    shape = dict(n_layers=2, d_model=32, d_mlp=64)
+    model = build_model(**shape)
+    train = build_dataset(model, n=24)
+    targets = [{"head": t} for t in (0.25, 0.5, 0.75)]
+    config = PruningConfig(steps=20)
+    out = tmp_path / "sweep"
+    load = partial(dies_once, tmp_path / "died", **shape)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with cluster, distributed.Client(cluster) as client:
+        executor = Counting(client.get_executor())
+        found = sweep(
+            model,
+            train,
+            targets,
+            config,
+            executor=executor,
+            load_model=load,
+            out_dir=out,
+            progress=False,
+        )
+        assert (tmp_path / "died").exists() and executor.submitted == 3
+        (out / point_name(targets[1]) / "circuit.safetensors").unlink()
+        executor = Counting(client.get_executor())
+        again = sweep(
+            model,
+            train,
+            targets,
+            config,
+            executor=executor,
+            load_model=load,
+            out_dir=out,
+            progress=False,
+        )
+        assert executor.submitted == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a Dask worker's torch computes on
+    try:
+        serial = sweep(model, train, targets, config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(same(a, b) for a, b in zip(serial, found, strict=True))
+    assert all(same(a, b) for a, b in zip(serial, again, strict=True))
+
+
+def test_any_executor_runs_the_points_and_a_loader_must_build_the_same_model(setup):
+    model, train, _ = setup
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        load = None if is_hooked_transformer(model) else build_model  # a bridge is built there
+        found = sweep(model, train, TARGETS, FIT, executor=pool, load_model=load, progress=False)
+        other = partial(build_model, seed=1)
+        with pytest.raises(ValueError, match="other weights"):
+            sweep(model, train, TARGETS, FIT, executor=pool, load_model=other, progress=False)
+    serial = sweep(model, train, TARGETS, FIT, progress=False)
+    assert all(same(a, b) for a, b in zip(serial, found, strict=True))
 
 
 def test_pareto_areas_add_the_empty_circuit_and_the_full_model():
@@ -112,6 +207,9 @@ def test_pareto_areas_add_the_empty_circuit_and_the_full_model():
         ([{"neuron": 0.1}], {}, "unknown granularity"),
         ([{"head": 0.1}], {"config": PruningConfig(target={"head": 0.2})}, "leave target"),
         ([{"head": 0.1}], {"workers": 0}, "workers must be a positive integer"),
+        ([{"head": 0.1}], {"workers": 2, "executor": object()}, "not both"),
+        ([{"head": 0.1}], {"executor": object()}, "submit"),
+        ([{"head": 0.1}], {"load_model": "gpt2"}, "function returning the model"),
     ],
 )
 def test_bad_sweeps_are_explained_before_any_training(setup, targets, kwargs, message):

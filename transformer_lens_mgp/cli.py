@@ -7,6 +7,8 @@ Only the package's own errors (a wrong argument, file or setting) become a one-l
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import sys
 import time
@@ -186,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep_parser.add_argument(
         "--workers", type=int, default=1, help="points trained at once, in processes (CPU)"
+    )
+    sweep_parser.add_argument(
+        "--dask-scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run each point as a task on this running Dask cluster (e.g. tcp://host:8786); "
+        "its workers load the model themselves and share --out",
     )
 
     compare_parser = sub.add_parser(
@@ -375,20 +384,45 @@ def _top_nodes_line(anatomy) -> str:
     return line
 
 
+@contextlib.contextmanager
+def _dask_executor(address: str | None):
+    """A Dask cluster's executor while the sweep runs, or None without an address."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError(
+            "--dask-scheduler needs Dask's distributed scheduler: pip install 'dask[distributed]'"
+        ) from None
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as err:
+        raise UsageError(f"no Dask scheduler answers at {address} ({err})") from None
+    with client:
+        yield client.get_executor()
+
+
 def _sweep(args) -> int:
     wall = time.perf_counter()
     config = _config(args)
     model, train, test = _load(args)
-    circuits = sweep(
-        model,
-        train,
-        args.targets,
-        config,
-        validation=test,
-        out_dir=args.out,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
+    with _dask_executor(args.dask_scheduler) as executor:
+        circuits = sweep(
+            model,
+            train,
+            args.targets,
+            config,
+            validation=test,
+            out_dir=args.out,
+            workers=args.workers,
+            executor=executor,
+            load_model=functools.partial(models.load_model, args.model, device=args.device)
+            if executor is not None
+            else None,
+            progress=not args.quiet,
+        )
     summary = sweep_summary(args.targets, circuits, {**_facts(args, train), "n_test": len(test)})
     summary["wall_seconds"] = round(time.perf_counter() - wall, 1)
     write_sweep_folder(args.out, summary, circuits)

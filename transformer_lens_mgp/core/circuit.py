@@ -32,7 +32,7 @@ from .hooks import (
     summed_over_prompts,
     zero_activations,
 )
-from .model_api import FwdHooks, check_hook_points, model_device
+from .model_api import FwdHooks, check_hook_points
 from .nodes import (
     GRANULARITIES,
     NODE_NAMES,
@@ -43,6 +43,7 @@ from .nodes import (
     finest,
     site_masks,
 )
+from .placement import Placement
 
 SCHEMA_VERSION = 2
 """Version 2 splits what a fit was asked (``config``) from what it measured (``fit_info``)."""
@@ -242,7 +243,7 @@ class Circuit:
         if knockout:
             masks = masks.complement()
         ablated = self._ablated_activations(source, model, ablation, answer_positions)
-        return mask_hooks(self.dims, masks.to(next(iter(ablated.values())).device), ablated)
+        return mask_hooks(self.dims, masks, ablated)
 
     @contextmanager
     def applied(
@@ -258,7 +259,13 @@ class Circuit:
     def _ablated_activations(self, source, model, ablation, answer_positions) -> dict:
         names = self.dims.hook_names()
         if ablation == "zero":
-            return zero_activations(self.dims, model_device(model) if model is not None else "cpu")
+            cpu = torch.device("cpu")
+            placement = (
+                Placement.of(model, self.dims)
+                if model is not None
+                else Placement(cpu, cpu, dict.fromkeys(names, cpu))
+            )
+            return zero_activations(self.dims, placement)
         if isinstance(source, dict) or hasattr(source, "cache_dict"):
             cache = getattr(source, "cache_dict", source)
             missing = [n for n in names if n not in cache]

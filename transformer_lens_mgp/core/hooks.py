@@ -20,6 +20,7 @@ from torch import Tensor
 from .errors import UsageError
 from .model_api import FwdHooks, is_hooked_transformer, model_device
 from .nodes import ModelDims, SiteMasks, attn_hook_name, mlp_hook_name
+from .placement import Placement
 
 ABLATIONS = ("corrupted", "mean", "zero")
 
@@ -52,7 +53,9 @@ def interpolate_hook(
 
 
 def mask_hooks(dims: ModelDims, masks: SiteMasks, ablated: dict[str, Tensor]) -> FwdHooks:
-    """TransformerLens ``fwd_hooks`` that apply site masks layer by layer."""
+    """TransformerLens ``fwd_hooks`` that apply site masks layer by layer. Each layer's mask
+    goes where that site's ablated values are, which is the site's own device (see
+    :class:`~.placement.Placement`), once per set of hooks rather than on every call."""
     sites = [(attn_hook_name, masks.attn)]
     if masks.mlp is not None:
         sites.append((mlp_hook_name, masks.mlp))
@@ -60,7 +63,9 @@ def mask_hooks(dims: ModelDims, masks: SiteMasks, ablated: dict[str, Tensor]) ->
     for hook_name, mask in sites:
         for layer in range(dims.n_layers):
             name = hook_name(layer)
-            hooks.append((name, partial(interpolate_hook, mask=mask[layer], ablated=ablated[name])))
+            values = ablated[name]
+            site_mask = mask[layer].to(values.device)
+            hooks.append((name, partial(interpolate_hook, mask=site_mask, ablated=values)))
     return hooks
 
 
@@ -130,9 +135,9 @@ def summed_over_prompts(
     return sums, count
 
 
-def zero_activations(dims: ModelDims, device) -> dict[str, Tensor]:
-    zero = torch.zeros((), device=device)
-    return {name: zero for name in dims.hook_names()}
+def zero_activations(dims: ModelDims, placement: Placement) -> dict[str, Tensor]:
+    """A zero per site, on the site's device."""
+    return {name: torch.zeros((), device=placement.sites[name]) for name in dims.hook_names()}
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class AblationSource:
                 model, dataset.corrupted_tokens, dims, dataset.answer_positions
             )
         elif kind == "zero":
-            fixed = zero_activations(dims, model_device(model))
+            fixed = zero_activations(dims, Placement.of(model, dims))
         return cls(kind, dims, fixed)
 
     def values(self, model, batch) -> dict[str, Tensor]:

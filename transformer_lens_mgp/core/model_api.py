@@ -13,9 +13,32 @@ import torch
 
 from .errors import UsageError, UsageTypeError
 from .nodes import ModelDims
+from .placement import first_device, module_device
 
 FwdHooks = list[tuple[str, Callable]]
 """TransformerLens ``fwd_hooks``: ``(hook name, fn(tensor, *, hook) -> tensor | None)``."""
+
+
+def has_hooked_transformer() -> bool:
+    """Whether this TransformerLens still has ``HookedTransformer`` (3.x does, 4.x does not)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def hooked_transformer_classes(feature: str):
+    """``(HookedTransformer, HookedTransformerConfig)``, or a clear error on TransformerLens
+    4.x, which removed them."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        raise UsageError(
+            f"{feature}: this needs HookedTransformer, which TransformerLens 4.x removed; "
+            "use a TransformerBridge, or install transformer-lens 3.9"
+        ) from None
+    return HookedTransformer, HookedTransformerConfig
 
 
 def is_hooked_transformer(model) -> bool:
@@ -29,7 +52,9 @@ def is_hooked_transformer(model) -> bool:
 
 
 def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where ``model`` reads its tokens: its embedding's device (the first parameter's for a
+    model without ``embed``). Per-site devices: :class:`~.placement.Placement`."""
+    return module_device(getattr(model, "embed", None), first_device(model))
 
 
 def model_dims(model) -> ModelDims:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.model_api import hooked_transformer_classes
 from .convert import llama_cfg_fields
 
 if TYPE_CHECKING:  # not in TransformerLens 4.x, which has only the bridge
@@ -34,7 +35,7 @@ def bridge_from_hf(hf_model: Any, tokenizer: Any):
 def hooked_from_hf(hf_model: Any, tokenizer: Any, name: str = "hf-llama") -> HookedTransformer:
     """A ``HookedTransformer`` with ``hf_model``'s weights (Llama architecture, tied
     embeddings), converted by TransformerLens' own Llama conversion."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    HookedTransformer, HookedTransformerConfig = hooked_transformer_classes("hooked_from_hf")
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
     fields = llama_cfg_fields(hf_model.config, model_name=name)

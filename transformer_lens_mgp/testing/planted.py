@@ -38,7 +38,7 @@ from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from ..core.nodes import ModelDims
-from .tiny import LLAMA_LIKE, build_cfg, hooked_transformer_classes
+from .tiny import LLAMA_LIKE, build_cfg, model_from_cfg
 
 if TYPE_CHECKING:  # TransformerLens 4.x has no HookedTransformer
     from transformer_lens import HookedTransformer
@@ -95,10 +95,9 @@ def planted_circuit(variant: str = "standard", seed: int = 0, n: int = 64) -> Pl
     ``seed``, with ``n`` pairs."""
     if variant not in VARIANTS:
         raise UsageError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-    HookedTransformer, _ = hooked_transformer_classes("planted models")
     shape = dict(n_layers=3, d_model=48, d_mlp=32, d_vocab=50, seed=seed)
     cfg = build_cfg(**{**shape, **VARIANTS[variant]})
-    model = HookedTransformer(cfg).eval()
+    model = model_from_cfg(cfg)
     dims = ModelDims.from_cfg(cfg)
     g = torch.Generator().manual_seed(seed)
     role_head = _roles((dims.n_layers, dims.n_heads), n_live=4, n_negligible=2, generator=g)

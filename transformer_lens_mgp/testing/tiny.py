@@ -1,8 +1,10 @@
 """Tiny models and pairs built in a fraction of a second, for tests and examples.
 
-``HookedTransformer`` exists only up to TransformerLens 3.x; on 4.x, builders that need it
-say so, and :func:`tiny_llama` (a Hugging Face model, wrapped as a TransformerBridge with
-:func:`~transformer_lens_mgp.models.bridge_from_hf`) serves instead.
+On TransformerLens 3.x the tiny models are ``HookedTransformer``s; 4.x removed that class,
+so there they are TransformerLens-native models wrapped as a ``TransformerBridge``
+(``boot_native``), with the same hook points and the same ``W_*`` weight views.
+:func:`tiny_llama` builds a Hugging Face model instead, for either view of
+:mod:`transformer_lens_mgp.models`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..core.data import PairedDataset
-from ..core.errors import UsageError
+from ..core.model_api import has_hooked_transformer, hooked_transformer_classes
 
 LLAMA_LIKE = dict(
     gated_mlp=True,
@@ -24,22 +26,9 @@ LLAMA_LIKE = dict(
 grouped-query attention (two key/value heads)."""
 
 
-def hooked_transformer_classes(feature: str):
-    """``(HookedTransformer, HookedTransformerConfig)``, or a clear error on TransformerLens
-    4.x, which removed them."""
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-    except ImportError:
-        raise UsageError(
-            f"{feature} are built as HookedTransformers, which TransformerLens 4.x removed; "
-            "use transformer-lens 3.9 for them"
-        ) from None
-    return HookedTransformer, HookedTransformerConfig
-
-
 def build_cfg(**overrides):
-    """A two-layer model config small enough to fit in a fraction of a second."""
-    _, HookedTransformerConfig = hooked_transformer_classes("tiny test models")
+    """A two-layer model config small enough to fit in a fraction of a second: a
+    ``HookedTransformerConfig`` on TransformerLens 3.x, a ``TransformerBridgeConfig`` on 4.x."""
     kwargs = dict(
         n_layers=2,
         d_model=32,
@@ -53,13 +42,29 @@ def build_cfg(**overrides):
         seed=0,
     )
     kwargs.update(overrides)
+    if not has_hooked_transformer():
+        from transformer_lens.config import TransformerBridgeConfig
+
+        return TransformerBridgeConfig.from_dict(kwargs)
+    _, HookedTransformerConfig = hooked_transformer_classes("tiny test models")
     return HookedTransformerConfig(**kwargs)
 
 
-def build_model(**overrides):
-    """A random HookedTransformer of :func:`build_cfg`, in eval mode."""
+def model_from_cfg(cfg, tokenizer=None):
+    """A random model of ``cfg`` (from :func:`build_cfg`) in eval mode: a HookedTransformer
+    on TransformerLens 3.x, a native TransformerBridge on 4.x."""
+    if not has_hooked_transformer():
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformer_lens.model_bridge.sources import native  # noqa: F401  (boot_native)
+
+        return TransformerBridge.boot_native(cfg, tokenizer=tokenizer, dtype=cfg.dtype).eval()
     HookedTransformer, _ = hooked_transformer_classes("tiny test models")
-    return HookedTransformer(build_cfg(**overrides)).eval()
+    return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+
+
+def build_model(**overrides):
+    """A random model of :func:`build_cfg`, in eval mode (see :func:`model_from_cfg`)."""
+    return model_from_cfg(build_cfg(**overrides))
 
 
 def build_dataset(model, n: int = 32, seq_len: int = 6, seed: int = 0) -> PairedDataset:
@@ -98,3 +103,33 @@ def tiny_llama(tokenizer):
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(vocab: int = 40, seed: int = 0):
+    """A tiny random GPT-2 (learned positions, LayerNorm, one key/value per head) as a
+    ``TransformerBridge``: the shape ``transformer_lens.tools.analysis`` accepts (it refuses
+    grouped-query attention). Weights are drawn wider than GPT-2's own init, so that the
+    heads matter to the prediction."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ..models.bridge import bridge_from_hf
+
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=16,
+        initializer_range=0.3,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return bridge_from_hf(GPT2LMHeadModel(cfg).eval(), None)
+
+
+def count_hooks(model) -> int:
+    """Hooks attached to ``model``'s hook points, each point counted once (a bridge lists
+    some under two names, e.g. ``blocks.0.mlp.hook_post`` and ``blocks.0.mlp.out.hook_in``)."""
+    points = {id(point): point for point in model.hook_dict.values()}.values()
+    return sum(len(point.fwd_hooks) + len(point.bwd_hooks) for point in points)

@@ -19,8 +19,8 @@ from ..core.data import PairedDataset
 from ..core.errors import TrainingDivergedError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence
-from ..core.model_api import model_device
 from ..core.nodes import ModelDims, site_masks, with_ancestors
+from ..core.placement import Placement
 from ..runtime.forward import answer_logits, masked_kl, reference_logits
 from .budget import HOLD_SHARE, KLBudget, Snapshot
 from .config import PruningConfig
@@ -77,7 +77,8 @@ class PruningRun:
         self.model, self.config, self.dims = model, config, dims
         self.train, self.validation = train, validation
         self.gates = config.hard_concrete
-        device = model_device(model)
+        self.placement = Placement.of(model, dims)
+        device = self.placement.inputs
         generator = torch.Generator().manual_seed(config.seed)
         self.log_alpha = {
             g: torch.nn.Parameter(
@@ -155,8 +156,7 @@ class PruningRun:
         held-out KL of the circuit as extracted so far."""
         step, config = self.step_index, self.config
         indices = self.batch_indices(step)
-        device = self.reference.device
-        batch = self.train[indices].trimmed().to(device)
+        batch = self.train[indices].trimmed().to(self.placement.inputs)
         ablated = self.ablation.values(self.model, batch)
         self.noise.manual_seed(step_seed(config.seed, step))
         sampled = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
@@ -169,8 +169,9 @@ class PruningRun:
         # The masks stay attached through the backward pass: recomputed blocks rerun them.
         with self.model.hooks(fwd_hooks=hooks):
             logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
-            kl = kl_divergence(self.reference[indices.to(device)], logits)
-            loss = kl + penalty
+            kl = kl_divergence(self.reference[indices.to(self.reference.device)], logits)
+            # The masks' prices live with the masks, the KL with the unembedding.
+            loss = kl + penalty.to(kl.device)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr "

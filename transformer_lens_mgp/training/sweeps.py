@@ -1,4 +1,5 @@
-"""Faithfulness against size: one fit per target, in worker processes, resumable on disk.
+"""Faithfulness against size: one fit per target, in worker processes or on any executor,
+resumable on disk.
 
 Each sweep point is a :class:`CircuitPruner` fit of the sweep's config with one ``target``.
 With ``out_dir``, a point checkpoints into its own folder and leaves ``circuit.safetensors``
@@ -8,11 +9,19 @@ With ``validation``, every circuit is measured on it and the numbers go to ``cir
 which :func:`~transformer_lens_mgp.analysis.curves.pareto_areas` and
 :func:`~transformer_lens_mgp.analysis.plotting.plot_pareto` read. A finished point is reused
 only if it was fitted with the same config on the same pairs.
+
+Points run one after another, in ``workers`` local processes, or as tasks of any
+``concurrent.futures``-style executor (``submit(fn, *args)`` returning something with
+``result()``): a process pool, Dask (``Client.get_executor()``), submitit (Slurm) or Ray.
+A task receives the model, or loads it itself with ``load_model`` (a TransformerBridge
+cannot be pickled, and a remote worker had better read weights from its own disk).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import concurrent.futures
+import pickle
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +34,12 @@ from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from ..core.model_api import check_model_and_pairs, model_device, model_dims
+from ..core.model_api import (
+    check_model_and_pairs,
+    is_hooked_transformer,
+    model_device,
+    model_dims,
+)
 from ..runtime.guard import exclusive
 from ..runtime.layout import forward_layout
 from .checkpoint import dataset_fingerprint, model_fingerprint
@@ -42,6 +56,8 @@ def sweep(
     validation: PairedDataset | None = None,
     out_dir: str | Path | None = None,
     workers: int = 1,
+    executor=None,
+    load_model: Callable[[], object] | None = None,
     progress: bool = True,
 ) -> list[Circuit]:
     """One circuit per target, in the order given.
@@ -58,6 +74,14 @@ def sweep(
             same folder and the same settings skips finished points and resumes the others.
         workers: points trained at once, each in its own process (CPU only; the cores are
             shared among them). On a GPU, points run one after another.
+        executor: runs each unfinished point as a task instead, e.g. a Dask
+            ``Client(address).get_executor()``, a submitit executor or a
+            ``ProcessPoolExecutor``. With ``out_dir`` on a disk the workers share, a task
+            whose worker dies is resumed from its checkpoint when the executor retries it.
+        load_model: a picklable function returning the model (e.g.
+            ``functools.partial(load_model, name)``), called once per worker process
+            instead of sending it the model; needed for a TransformerBridge. The model it
+            returns must have the same weights as ``model`` (checked).
     """
     config = config or PruningConfig()
     if not isinstance(config, PruningConfig):
@@ -75,6 +99,21 @@ def sweep(
     if len(set(names)) < len(names):
         raise UsageError(f"targets repeat: {names}; give each sweep point once")
     check_positive_int("workers", workers)
+    if executor is not None and workers > 1:
+        raise UsageError("give either workers (local processes) or an executor, not both")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise UsageError(
+            f"executor must have a submit(fn, *args) method (concurrent.futures style), got "
+            f"{type(executor).__name__}"
+        )
+    if load_model is not None and not callable(load_model):
+        raise UsageError(f"load_model must be a function returning the model, got {load_model!r}")
+    remote = executor is not None or workers > 1
+    if remote and load_model is None and not is_hooked_transformer(model):
+        raise UsageError(
+            f"a {type(model).__name__} cannot be sent to other processes; pass "
+            "load_model=, a picklable function that builds the same model there"
+        )
     if workers > 1 and model_device(model).type != "cpu":
         raise UsageError(
             f"workers={workers} trains points in parallel CPU processes, but the model is on "
@@ -89,8 +128,13 @@ def sweep(
     done = [_finished(job, model, made_from) for job in jobs]
     todo = [i for i, c in enumerate(done) if c is None]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", disable=not progress)
+    source = _Source(model if load_model is None else load_model, made_from["model_fingerprint"])
     with bar, exclusive(model, "a sweep"):
-        for i, circuit in _run(jobs, todo, model, dataset, validation, workers):
+        if executor is not None:
+            points = _submit(executor, jobs, todo, source, dataset, validation)
+        else:
+            points = _run(jobs, todo, model, source, dataset, validation, workers)
+        for i, circuit in points:
             done[i] = circuit
             bar.update()
     return done
@@ -137,21 +181,64 @@ def _fit(job: _Job, model, dataset, validation) -> Circuit:
     return circuit
 
 
+@dataclass(frozen=True)
+class _Source:
+    """How a task gets the model: the model itself, or a function that loads it."""
+
+    model_or_loader: object
+    fingerprint: str
+
+    def model(self):
+        if isinstance(self.model_or_loader, torch.nn.Module):
+            return self.model_or_loader
+        key = (self.fingerprint, pickle.dumps(self.model_or_loader))
+        if key not in _LOADED:
+            model = self.model_or_loader()
+            if model_fingerprint(model) != self.fingerprint:
+                raise UsageError(
+                    "load_model returned a model with other weights than the sweep's model; "
+                    "it must build the same model"
+                )
+            _LOADED.clear()  # one model per worker process
+            _LOADED[key] = model
+        return _LOADED[key]
+
+
+_LOADED: dict[tuple[str, bytes], object] = {}
+"""The model a worker process loaded, kept for its next points."""
+
+
+def run_point(job: _Job, source: _Source, dataset, validation) -> Circuit:
+    """One sweep point as an executor task."""
+    return _fit(job, source.model(), dataset, validation)
+
+
+def _submit(executor, jobs, todo, source, dataset, validation):
+    """Yield ``(index, circuit)`` as the executor's tasks finish."""
+    futures = {executor.submit(run_point, jobs[i], source, dataset, validation): i for i in todo}
+    if all(isinstance(f, concurrent.futures.Future) for f in futures):
+        done = concurrent.futures.as_completed(futures)
+    else:  # e.g. submitit's jobs: wait for each in turn
+        done = iter(futures)
+    for future in done:
+        yield futures[future], future.result()
+
+
 _SHARED: dict = {}
-"""A worker's model and pairs, received once when the worker starts."""
+"""A worker's model source and pairs, received once when the worker starts."""
 
 
-def _start_worker(model, dataset, validation, threads: int) -> None:
+def _start_worker(source, dataset, validation, threads: int) -> None:
     torch.set_num_threads(threads)
-    _SHARED.update(model=model, dataset=dataset, validation=validation)
+    _SHARED.update(source=source, dataset=dataset, validation=validation)
 
 
 def _worker(args: tuple[int, _Job]) -> tuple[int, Circuit]:
     index, job = args
-    return index, _fit(job, _SHARED["model"], _SHARED["dataset"], _SHARED["validation"])
+    return index, run_point(job, _SHARED["source"], _SHARED["dataset"], _SHARED["validation"])
 
 
-def _run(jobs, todo, model, dataset, validation, workers):
+def _run(jobs, todo, model, source, dataset, validation, workers):
     """Yield ``(index, circuit)`` as points finish. Workers are spawned, not forked (a fork
     of a process that has run OpenMP threads can hang), and get the model's tensors through
     shared memory, already in the layout the forward pass reads: a worker must not re-lay
@@ -163,7 +250,7 @@ def _run(jobs, todo, model, dataset, validation, workers):
     workers = min(workers, len(todo))
     threads = max(1, torch.get_num_threads() // workers)
     context = torch.multiprocessing.get_context("spawn")
-    start = (model, dataset, validation, threads)
+    start = (source, dataset, validation, threads)
     with (
         forward_layout(model, include_shared=True),
         context.Pool(workers, initializer=_start_worker, initargs=start) as pool,

@@ -1,8 +1,5 @@
-"""What works without HookedTransformer (TransformerLens 4.x has only the TransformerBridge).
-
-``./run.sh test`` runs this file a second time with transformer-lens 4.x, as
-``pytest --noconftest tests/tl4`` (the shared fixtures build HookedTransformers).
-"""
+"""A TransformerBridge around a Hugging Face model (the way TransformerLens 4.x loads every
+model): fit, evaluate, patch, node effects, and TransformerLens's own attribution patching."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from transformer_lens_mgp.models import (
     default_model_path,
     is_default_model_available,
 )
-from transformer_lens_mgp.testing.tiny import tiny_llama
+from transformer_lens_mgp.testing.tiny import count_hooks, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +45,7 @@ def test_fit_evaluate_and_patch_on_a_bridge(bridge):
 
     circuit = CircuitPruner(bridge, seed=0, steps=20).fit(data, progress=False)
 
-    assert sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in bridge.hook_dict.values()) == 0
+    assert count_hooks(bridge) == 0
     assert [p.requires_grad for p in bridge.parameters()] == flags
     assert all(torch.equal(v, weights[k]) for k, v in bridge.state_dict().items())
     assert circuit.kept("head").shape == (2, 4) and circuit.kept("mlp_neuron").shape == (2, 96)
@@ -80,7 +77,7 @@ def test_node_effects_and_profiles_on_a_bridge(bridge):
     for head in anatomy.heads.heads:
         assert sum(head.attention.values()) == pytest.approx(1.0, abs=1e-4)
         assert head.direct_effect == head.direct_effect  # a number, not NaN
-    assert sum(len(h.fwd_hooks) + len(h.bwd_hooks) for h in bridge.hook_dict.values()) == 0
+    assert count_hooks(bridge) == 0
 
 
 def test_attribution_agrees_with_transformer_lens_attribution_patch(bridge):
