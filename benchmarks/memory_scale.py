@@ -1,4 +1,4 @@
-"""Peak memory per training step against model size, measured up to a ~1B-parameter Llama
+"""Peak memory per training step against model size, measured up to a 1.5B-parameter Llama
 shape and extrapolated to 8B and 70B: which GPU to ask for.
 
     python -m benchmarks.memory_scale --json runs/memory_scale.json
@@ -26,7 +26,7 @@ LLAMA_VOCAB = 128_256
 MEASURED = {
     "llama-0.2B": Shape(6, 768, 12, 2048, 64, LLAMA_VOCAB, 4, llama=True),
     "llama-0.5B": Shape(12, 1024, 16, 4096, 64, LLAMA_VOCAB, 8, llama=True),
-    "llama-1.2B": Shape(16, 2048, 32, 8192, 64, LLAMA_VOCAB, 8, llama=True),  # Llama-3.2-1B
+    "llama-1.5B": Shape(16, 2048, 32, 8192, 64, LLAMA_VOCAB, 8, llama=True),  # Llama-3.2-1B, untied
 }
 EXTRAPOLATED = {
     "llama-8B": Shape(32, 4096, 32, 14336, 128, LLAMA_VOCAB, 8, llama=True),  # Llama-3-8B

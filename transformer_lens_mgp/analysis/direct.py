@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..core.data import PAD_ANSWER, PairedDataset
 from ..core.errors import UsageError
-from ..core.model_api import model_device
+from ..core.model_api import attached, model_device
 from ..runtime.forward import answer_logits
 from ..runtime.guard import exclusive
 from ..runtime.layout import forward_layout
@@ -66,7 +66,7 @@ def through_final_norm(
     def fix(value, hook):
         return frozen.expand_as(value)
 
-    with model.hooks(fwd_hooks=[(FINAL_SCALE, fix)]), warnings.catch_warnings():
+    with attached(model, [(FINAL_SCALE, fix)]), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a bridge warns that the edit changes its numerics
         return model.ln_final(writes) - model.ln_final(torch.zeros_like(writes))
 
@@ -100,7 +100,7 @@ def capture_clean_runs(
 
                 return hook
 
-            with model.hooks(fwd_hooks=[(name, reader(name)) for name in readers]):
+            with attached(model, [(name, reader(name)) for name in readers]):
                 answer_logits(model, batch.clean_tokens, batch.answer_positions)
             yield batch, kept
 

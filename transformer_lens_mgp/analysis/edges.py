@@ -33,7 +33,7 @@ from ..core.data import PairedDataset
 from ..core.errors import UsageError, UsageTypeError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import task_metric
-from ..core.model_api import check_model_and_pairs, is_hooked_transformer, model_device
+from ..core.model_api import attached, check_model_and_pairs, is_hooked_transformer, model_device
 from ..core.nodes import NODE_NAMES, attn_hook_name, mlp_hook_name
 from ..runtime.guard import exclusive, frozen
 
@@ -180,7 +180,7 @@ def _batch_scores(
     hooks = [("blocks.0.hook_resid_pre", grad_leaf)] + masks
     hooks += [(name, store_into(written)) for name in dims.hook_names()]
     hooks += [(name, store_into(read)) for name in read_names]
-    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+    with torch.enable_grad(), attached(model, hooks):
         logits = model(batch.clean_tokens)
         rows = torch.arange(len(batch), device=device)
         metric = _metric(logits[rows, batch.answer_positions.to(device)], batch).sum()

@@ -21,7 +21,7 @@ from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence, task_metric
-from ..core.model_api import check_model_and_pairs, model_device
+from ..core.model_api import attached, check_model_and_pairs, model_device
 from ..core.nodes import NODE_NAMES, SiteMasks
 from ..runtime.forward import (
     answer_logits,
@@ -160,12 +160,12 @@ def _removal_totals(model, circuit, dataset, full, source, masks, candidates, ba
         streams: dict[int, Tensor] = {}
         keep = [(f"blocks.{layer}.hook_resid_pre", _saver(streams, layer))
                 for layer in sorted(set(layers))] if can_resume(model) else []  # fmt: skip
-        with model.hooks(fwd_hooks=mask_hooks(dims, masks, ablated) + keep):
+        with attached(model, mask_hooks(dims, masks, ablated) + keep):
             runs = [answer_logits(model, batch.clean_tokens, batch.answer_positions)]
         bar.update(len(batch))
         positions = batch.answer_positions
         for variant, layer in zip(variants, layers, strict=True):
-            with model.hooks(fwd_hooks=mask_hooks(dims, variant, ablated)):
+            with attached(model, mask_hooks(dims, variant, ablated)):
                 if streams:
                     logits = answer_logits_from(model, streams[layer], layer, positions)
                 else:

@@ -32,7 +32,7 @@ from .hooks import (
     summed_over_prompts,
     zero_activations,
 )
-from .model_api import FwdHooks, check_hook_points
+from .model_api import FwdHooks, attached, check_hook_points
 from .nodes import (
     GRANULARITIES,
     NODE_NAMES,
@@ -253,7 +253,7 @@ class Circuit:
         the circuit ablated); on exit its hooks are gone."""
         self.check_model(model)
         hooks = self.fwd_hooks(source, model=model, ablation=ablation, knockout=knockout)
-        with model.hooks(fwd_hooks=hooks):
+        with attached(model, hooks):
             yield model
 
     def _ablated_activations(self, source, model, ablation, answer_positions) -> dict:

@@ -3,7 +3,7 @@
 A masked site keeps the clean activation where the mask is 1 and the ablated one where it
 is 0. The ablated values come from an :class:`AblationSource`: the corrupted prompts' own
 activations (``"corrupted"``), their mean (``"mean"``) or zero (``"zero"``). Hooks are
-returned as ``fwd_hooks`` lists and attached only inside ``model.hooks(...)``, so the model
+returned as ``fwd_hooks`` lists and attached only inside ``model_api.attached(...)``, so the model
 is unchanged once a call returns or raises.
 """
 
@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .errors import UsageError
-from .model_api import FwdHooks, is_hooked_transformer, model_device
+from .model_api import FwdHooks, attached, is_hooked_transformer, model_device, run_until
 from .nodes import ModelDims, SiteMasks, attn_hook_name, mlp_hook_name
 from .placement import Placement
 
@@ -86,9 +86,14 @@ def storing_hooks(names: list[str], cache: dict) -> FwdHooks:
 def site_activations(model, tokens: Int[Tensor, "batch pos"], dims: ModelDims) -> dict[str, Tensor]:
     """Every masked site's activation on ``tokens`` (no gradient)."""
     cache: dict[str, Tensor] = {}
-    stop = {"stop_at_layer": dims.n_layers} if is_hooked_transformer(model) else {}
-    with model.hooks(fwd_hooks=storing_hooks(dims.hook_names(), cache)):
-        model(tokens.to(model_device(model)), **stop)
+    tokens = tokens.to(model_device(model))
+    store = storing_hooks(dims.hook_names(), cache)
+    if is_hooked_transformer(model):
+        with attached(model, store):
+            model(tokens, stop_at_layer=dims.n_layers)
+    else:  # a bridge: stop at the last site, before the final norm and the unembedding
+        site = mlp_hook_name if dims.has_mlp else attn_hook_name
+        run_until(model, tokens, site(dims.n_layers - 1), store)
     return cache
 
 

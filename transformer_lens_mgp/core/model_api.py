@@ -1,13 +1,14 @@
 """What the package relies on of a TransformerLens model, in one place.
 
-Everything else touches a model only through HookPoint names, ``model.hooks(...)`` and its
-forward pass, so one code path serves ``HookedTransformer`` (TransformerLens 3.9) and
-``TransformerBridge`` (3.9 and 4.x).
+Everything else touches a model only through HookPoint names, :func:`attached` (hooks for
+the length of a block) and its forward pass, so one code path serves ``HookedTransformer``
+(TransformerLens 3.9) and ``TransformerBridge`` (3.9 and 4.x).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -17,6 +18,53 @@ from .placement import first_device, module_device
 
 FwdHooks = list[tuple[str, Callable]]
 """TransformerLens ``fwd_hooks``: ``(hook name, fn(tensor, *, hook) -> tensor | None)``."""
+
+
+class _Reached(Exception):
+    """Ends a forward pass once the activation asked for is known."""
+
+
+def run_until(model, tokens, hook_name: str, fwd_hooks: FwdHooks = ()):
+    """The activation at ``hook_name`` of ``model`` on ``tokens`` (with ``fwd_hooks`` on),
+    and nothing after it: the pass ends there, its graph kept for a backward pass. A
+    TransformerBridge's ``stop_at_layer`` cannot stop inside or after its last block."""
+    reached = []
+
+    def stop(activation, hook) -> None:
+        reached.append(activation)
+        raise _Reached
+
+    try:
+        with attached(model, [*fwd_hooks, (hook_name, stop)]):
+            model(tokens)
+    except _Reached:
+        return reached[0]
+    raise UsageError(f"the forward pass never reached {hook_name!r}")
+
+
+@contextmanager
+def attached(model, fwd_hooks: FwdHooks) -> Iterator[None]:
+    """``model.hooks(fwd_hooks=...)``: the hooks are on inside the block, and only those are
+    taken off after it, however it ends.
+
+    The names are looked up once per block: a TransformerBridge rebuilds its table of hook
+    aliases on every ``hook_dict`` access, which ``hooks()`` makes twice per hook (for
+    SmolLM2, 15 ms each: more than its forward pass in a training step with 60 hooks).
+    """
+    points = model.hook_dict
+    added = []
+    try:
+        for name, fn in fwd_hooks:
+            point = points.get(name)
+            if point is None:
+                raise UsageError(f"the model has no hook point {name!r}")
+            point.add_hook(fn, dir="fwd")
+            added.append((point, point.fwd_hooks[-1]))
+        yield
+    finally:
+        for point, handle in reversed(added):
+            handle.hook.remove()
+            point.fwd_hooks.remove(handle)
 
 
 def has_hooked_transformer() -> bool:

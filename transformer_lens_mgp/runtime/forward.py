@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..core.data import PairedDataset
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence
-from ..core.model_api import is_hooked_transformer, model_device
+from ..core.model_api import attached, is_hooked_transformer, model_device, run_until
 from ..core.nodes import ModelDims, SiteMasks
 
 
@@ -42,26 +42,10 @@ def answer_logits(
 _FINAL_NORM_INPUT = "ln_final.hook_in"
 
 
-class _ReachedFinalNorm(Exception):
-    """Ends a bridge's forward pass once the final residual stream is known."""
-
-
 def _final_resid(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream after the last block, read from a TransformerBridge, whose
-    ``stop_at_layer`` cannot stop after its last block: the pass is ended at the final
-    norm's input (the graph up to there is kept for the backward pass)."""
-    reached: list[Tensor] = []
-
-    def stop(resid: Tensor, hook) -> None:
-        reached.append(resid)
-        raise _ReachedFinalNorm
-
-    try:
-        with model.hooks(fwd_hooks=[(_FINAL_NORM_INPUT, stop)]):
-            model(tokens)
-    except _ReachedFinalNorm:
-        pass
-    return reached[0]
+    """The residual stream after the last block, read from a TransformerBridge at the final
+    norm's input."""
+    return run_until(model, tokens, _FINAL_NORM_INPUT)
 
 
 def can_resume(model) -> bool:
@@ -112,7 +96,7 @@ def masked_answer_logits(
     ablated: dict[str, Tensor],
 ) -> Float[Tensor, "batch d_vocab"]:
     """Answer-position logits of the clean prompts with every site interpolated by its mask."""
-    with model.hooks(fwd_hooks=mask_hooks(dims, masks, ablated)):
+    with attached(model, mask_hooks(dims, masks, ablated)):
         return answer_logits(model, batch.clean_tokens, batch.answer_positions)
 
 

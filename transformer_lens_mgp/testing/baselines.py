@@ -23,7 +23,7 @@ from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from ..core.hooks import site_activations
 from ..core.metrics import task_metric
-from ..core.model_api import model_device
+from ..core.model_api import attached, model_device
 from ..core.nodes import ModelDims, attn_hook_name, mlp_hook_name
 from ..runtime.forward import answer_logits
 
@@ -89,14 +89,14 @@ def _gradient_scores(
 
     for batch in dataset.batches(batch_size):
         batch = batch.to(device)
-        with model.hooks(fwd_hooks=[("hook_embed", store_embed)]):
+        with attached(model, [("hook_embed", store_embed)]):
             corrupted = site_activations(model, batch.corrupted_tokens, dims)
         grads: dict[str, Tensor] = {}
         for alpha in alphas:
             clean.clear()
             hooks = [("hook_embed", start_graph_at(alpha))]
             hooks += [(n, keep_as(n)) for n in dims.hook_names()]
-            with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            with torch.enable_grad(), attached(model, hooks):
                 logits = answer_logits(model, batch.clean_tokens, batch.answer_positions)
                 task_metric(logits, batch).sum().backward()
             for name, activation in clean.items():

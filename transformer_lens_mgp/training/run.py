@@ -19,6 +19,7 @@ from ..core.data import PairedDataset
 from ..core.errors import TrainingDivergedError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence
+from ..core.model_api import attached
 from ..core.nodes import ModelDims, site_masks, with_ancestors
 from ..core.placement import Placement
 from ..runtime.forward import answer_logits, masked_kl, reference_logits
@@ -167,7 +168,7 @@ class PruningRun:
             penalty = self.budget.scale * penalty
         hooks = mask_hooks(self.dims, site_masks(sampled, self.dims), ablated)
         # The masks stay attached through the backward pass: recomputed blocks rerun them.
-        with self.model.hooks(fwd_hooks=hooks):
+        with attached(self.model, hooks):
             logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
             kl = kl_divergence(self.reference[indices.to(self.reference.device)], logits)
             # The masks' prices live with the masks, the KL with the unembedding.
