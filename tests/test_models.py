@@ -79,7 +79,9 @@ def test_config_shapes(model):
     if is_hooked_transformer(model):  # a bridge's rotary runs inside the Hugging Face model
         assert cfg.rotary_base == 100000.0
     assert model.blocks[0].attn.W_Q.shape == (9, 576, 64)
-    assert model.blocks[0].attn.W_K.shape == (9, 576, 64)  # 3 KV heads, each shared by 3
+    # 3 KV heads, each shared by 3: a HookedTransformer repeats them, a bridge does not.
+    n_keys = 9 if is_hooked_transformer(model) else 3
+    assert model.blocks[0].attn.W_K.shape == (n_keys, 576, 64)
     assert model.W_U.shape == (576, 49152)
     assert torch.equal(model.W_U, model.W_E.T)  # tied embeddings
     assert not model.training

@@ -131,30 +131,17 @@ def test_a_dask_cluster_gives_the_same_circuits_and_redoes_only_what_is_missing(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     )
     with cluster, distributed.Client(cluster) as client:
+
+        def on_cluster(executor):
+            kwargs = dict(executor=executor, load_model=load, out_dir=out, progress=False)
+            return sweep(model, train, targets, config, **kwargs)
+
         executor = Counting(client.get_executor())
-        found = sweep(
-            model,
-            train,
-            targets,
-            config,
-            executor=executor,
-            load_model=load,
-            out_dir=out,
-            progress=False,
-        )
+        found = on_cluster(executor)
         assert (tmp_path / "died").exists() and executor.submitted == 3
         (out / point_name(targets[1]) / "circuit.safetensors").unlink()
         executor = Counting(client.get_executor())
-        again = sweep(
-            model,
-            train,
-            targets,
-            config,
-            executor=executor,
-            load_model=load,
-            out_dir=out,
-            progress=False,
-        )
+        again = on_cluster(executor)
         assert executor.submitted == 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a Dask worker's torch computes on
