@@ -14,7 +14,7 @@ import torch
 
 from .errors import UsageError, UsageTypeError
 from .nodes import ModelDims
-from .placement import first_device, module_device
+from .placement import input_device
 
 FwdHooks = list[tuple[str, Callable]]
 """TransformerLens ``fwd_hooks``: ``(hook name, fn(tensor, *, hook) -> tensor | None)``."""
@@ -100,9 +100,9 @@ def is_hooked_transformer(model) -> bool:
 
 
 def model_device(model) -> torch.device:
-    """Where ``model`` reads its tokens: its embedding's device (the first parameter's for a
-    model without ``embed``). Per-site devices: :class:`~.placement.Placement`."""
-    return module_device(getattr(model, "embed", None), first_device(model))
+    """Where ``model`` reads its tokens (see :func:`~.placement.input_device`). Per-site
+    devices: :class:`~.placement.Placement`."""
+    return input_device(model)
 
 
 def model_dims(model) -> ModelDims:

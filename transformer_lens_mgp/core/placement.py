@@ -33,7 +33,7 @@ class Placement:
 
     @classmethod
     def of(cls, model, dims: ModelDims) -> Placement:
-        inputs = module_device(getattr(model, "embed", None), first_device(model))
+        inputs = input_device(model)
         sites = {
             name: module_device(site_module(model, name), inputs) for name in dims.hook_names()
         }
@@ -45,6 +45,12 @@ class Placement:
         """Every device the model uses, inputs first."""
         found = [self.inputs, *self.sites.values(), self.answers]
         return tuple(dict.fromkeys(found))
+
+
+def input_device(model) -> torch.device:
+    """Where ``model`` reads its tokens: its embedding's device (the first parameter's for a
+    model without ``embed``)."""
+    return module_device(getattr(model, "embed", None), first_device(model))
 
 
 def first_device(model) -> torch.device:

@@ -29,7 +29,7 @@ def answer_logits(
     unembedding of every position costs a SmolLM2 step a quarter of its time)."""
     if is_hooked_transformer(model):
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)
-    elif _FINAL_NORM_INPUT in model.hook_dict:
+    elif hasattr(model, "ln_final"):  # not hook_dict: a bridge rebuilds it on every access
         resid = _final_resid(model, tokens)
     else:
         logits = model(tokens)
