@@ -9,16 +9,20 @@ The package is a stack of layers, each importing only from those below it:
 from . import tasks
 from .analysis.compare import CircuitComparison, compare
 from .analysis.curves import FaithfulnessCurve, ParetoAreas, faithfulness_curve, pareto_areas
+from .analysis.edge_evaluation import attribution_edges, evaluate_edges, random_edges
 from .analysis.edges import edge_graph, edge_scores
 from .analysis.evaluation import Evaluation, evaluate, evaluate_many
 from .analysis.subcircuits import random_circuit
 from .core.circuit import Circuit
 from .core.data import PairedDataset
+from .core.edge_circuit import EdgeCircuit
+from .core.edge_graph import EdgeGraph, per_head_inputs
 from .core.errors import TrainingDivergedError, UsageError
 from .core.gates import HardConcrete
 from .core.nodes import GRANULARITIES, ModelDims
 from .models import load_model
 from .training.config import PruningConfig
+from .training.edges import EdgeConfig, EdgePruner
 from .training.pruner import CircuitPruner
 from .training.sparsity import DEFAULT_SPARSITY
 from .training.sweeps import sweep
@@ -29,6 +33,10 @@ __all__ = [
     "Circuit",
     "CircuitComparison",
     "CircuitPruner",
+    "EdgeCircuit",
+    "EdgeConfig",
+    "EdgeGraph",
+    "EdgePruner",
     "Evaluation",
     "FaithfulnessCurve",
     "HardConcrete",
@@ -38,15 +46,19 @@ __all__ = [
     "PruningConfig",
     "TrainingDivergedError",
     "UsageError",
+    "attribution_edges",
     "compare",
     "edge_graph",
     "edge_scores",
     "evaluate",
+    "evaluate_edges",
     "evaluate_many",
     "faithfulness_curve",
     "load_model",
     "pareto_areas",
+    "per_head_inputs",
     "random_circuit",
+    "random_edges",
     "sweep",
     "tasks",
 ]

@@ -18,8 +18,6 @@ ablated value, so they have no edges.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import einops
@@ -30,14 +28,13 @@ from torch import Tensor
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
+from ..core.edge_graph import HEAD_INPUTS, INPUT, LOGITS, per_head_inputs
 from ..core.errors import UsageError, UsageTypeError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import task_metric
 from ..core.model_api import attached, check_model_and_pairs, is_hooked_transformer, model_device
 from ..core.nodes import NODE_NAMES, attn_hook_name, mlp_hook_name
 from ..runtime.guard import exclusive, frozen
-
-INPUT, LOGITS = "input", "logits"
 
 
 def edge_scores(
@@ -47,10 +44,13 @@ def edge_scores(
     *,
     batch_size: int = 16,
     ablation: str | None = None,
+    by_input: bool = False,
 ) -> dict[tuple[str, str], float]:
     """``{(upstream, downstream): score}`` for every pair of kept nodes (heads, MLPs, plus
     ``input`` and ``logits``) where the upstream node writes before the downstream one reads.
-    Needs a HookedTransformer: per-head inputs are switched on inside, and off again after."""
+    With ``by_input`` a head's query, key and value inputs are readers of their own
+    (``L5.H3.q``, as in :class:`~transformer_lens_mgp.EdgeCircuit`). Needs a
+    HookedTransformer: per-head inputs are switched on inside, and off again after."""
     check_positive_int("batch_size", batch_size)
     circuit.check_model(model)
     if not is_hooked_transformer(model):
@@ -73,12 +73,20 @@ def edge_scores(
         for batch in dataset.batches(batch_size):
             batch = batch.to(device)
             ablated = source.values(model, batch)
-            for edge, value in _batch_scores(model, circuit, batch, ablated).items():
+            for edge, value in _batch_scores(model, circuit, batch, ablated, by_input).items():
                 totals[edge] = totals.get(edge, 0.0) + value
     kept = {name for name, _, _ in _kept_nodes(circuit)} | {INPUT, LOGITS}
     return {
-        (u, v): value / len(dataset) for (u, v), value in totals.items() if u in kept and v in kept
+        (u, v): value / len(dataset)
+        for (u, v), value in totals.items()
+        if u in kept and _reading_node(v) in kept
     }
+
+
+def _reading_node(reader: str) -> str:
+    """The node a reader belongs to: ``L5.H3.q`` -> ``L5.H3``."""
+    node, _, last = reader.rpartition(".")
+    return node if last in HEAD_INPUTS else reader
 
 
 def edge_graph(
@@ -111,22 +119,6 @@ def edge_graph(
     return graph
 
 
-@contextmanager
-def per_head_inputs(model) -> Iterator[None]:
-    """Give every head its own copy of the residual stream (grouped-query attention
-    ungrouped) and the MLP input its hook, so a gradient there belongs to one node; the
-    model's settings come back on exit."""
-    names = ("use_split_qkv_input", "ungroup_grouped_query_attention", "use_hook_mlp_in")
-    saved = {name: getattr(model.cfg, name) for name in names}
-    try:
-        for name in names:
-            setattr(model.cfg, name, True)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(model.cfg, name, value)
-
-
 def _kept_nodes(circuit: Circuit) -> list[tuple[str, int, str]]:
     """(name, layer, kind) of the kept heads and MLPs."""
     nodes = [
@@ -152,7 +144,7 @@ class _Stage:
 
 
 def _batch_scores(
-    model, circuit: Circuit, batch: PairedDataset, ablated: dict[str, Tensor]
+    model, circuit: Circuit, batch: PairedDataset, ablated: dict[str, Tensor], by_input: bool
 ) -> dict[tuple[str, str], float]:
     """Edge scores summed over one batch, for every node (kept or not)."""
     dims, cfg = circuit.dims, model.cfg
@@ -206,9 +198,12 @@ def _batch_scores(
                 einops.einsum(delta_z, block.attn.W_O, "b p h dh, h dh d -> b p h d"),
             )
         )
-        readers.append(
-            _Stage(heads, 2 * layer, sum(grad[f"blocks.{layer}.hook_{k}_input"] for k in "qkv"))
-        )
+        inputs = [grad[f"blocks.{layer}.hook_{k}_input"] for k in HEAD_INPUTS]
+        if by_input:
+            for k, values in zip(HEAD_INPUTS, inputs, strict=True):
+                readers.append(_Stage([f"{h}.{k}" for h in heads], 2 * layer, values))
+        else:
+            readers.append(_Stage(heads, 2 * layer, sum(inputs)))
         if dims.has_mlp:
             mlp = [NODE_NAMES["mlp"].format(layer)]
             post = mlp_hook_name(layer)

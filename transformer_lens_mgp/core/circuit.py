@@ -304,12 +304,11 @@ class Circuit:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the ``log_alpha`` tensors plus JSON metadata."""
-        path = Path(path)
-        if path.is_dir():
-            raise UsageError(
-                f"{path} is a folder; give the circuit file's path, e.g. {path}/circuit.safetensors"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors, meta = self.file_parts()
+        return write_safetensors(path, tensors, {_METADATA_KEY: meta}, "circuit.safetensors")
+
+    def file_parts(self) -> tuple[dict[str, Tensor], dict]:
+        """The tensors and the JSON metadata of the circuit's file."""
         meta = {
             "schema_version": SCHEMA_VERSION,
             "dims": self.dims.to_dict(),
@@ -320,30 +319,24 @@ class Circuit:
             "metrics": self.metrics,
         }
         tensors = {g: t.detach().cpu().float().contiguous() for g, t in self.log_alpha.items()}
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return tensors, meta
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> Circuit:
         """Read a file written by :meth:`save`; with ``model``, check it fits that model."""
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"no circuit file at {path}")
-        try:
-            tensors = load_file(str(path))
-
-            with safe_open(str(path), framework="pt") as f:
-                raw = (f.metadata() or {}).get(_METADATA_KEY)
-            meta = json.loads(raw) if raw is not None else None
-        except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
-            raise UsageError(f"{path} is not a readable circuit file ({err})") from None
+        tensors, meta = read_safetensors(path, "circuit")
+        meta = meta.get(_METADATA_KEY)
         if not isinstance(meta, dict) or "dims" not in meta:
             raise UsageError(f"{path} is a safetensors file but not a circuit (no metadata)")
+        circuit = cls.from_file_parts(tensors, meta, path)
+        if model is not None:
+            circuit.check_model(model)
+        return circuit
+
+    @classmethod
+    def from_file_parts(cls, tensors: dict[str, Tensor], meta: dict, path) -> Circuit:
+        """The circuit whose :meth:`file_parts` are these, with clear errors for a file
+        that was changed or written by another tool."""
         if meta.get("schema_version") == 1:
             meta = _from_schema_1(meta)
         if meta.get("schema_version") != SCHEMA_VERSION:
@@ -358,7 +351,7 @@ class Circuit:
                 "written by another tool: save the circuit again with Circuit.save"
             )
         try:
-            circuit = cls(
+            return cls(
                 dims=ModelDims(**meta["dims"]),
                 log_alpha={g: tensors[g] for g in GRANULARITIES if g in tensors},
                 hard_concrete=HardConcrete(**meta["hard_concrete"]),
@@ -374,9 +367,36 @@ class Circuit:
                 f"{path} has damaged circuit metadata ({type(err).__name__}: {err}); it was "
                 "changed or written by another tool: save the circuit again with Circuit.save"
             ) from None
-        if model is not None:
-            circuit.check_model(model)
-        return circuit
+
+
+def write_safetensors(path: str | Path, tensors: dict, meta: dict, example: str) -> Path:
+    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give the file's path, e.g. {path}/{example}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Tensor], dict]:
+    """The tensors of a file and its metadata entries parsed from JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"no {what} file at {path}")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
+        raise UsageError(f"{path} is not a readable {what} file ({err})") from None
+    return tensors, meta
 
 
 _MEASURED_IN_SCHEMA_1 = (

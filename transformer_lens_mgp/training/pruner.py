@@ -20,7 +20,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
@@ -30,9 +29,10 @@ from ..runtime.guard import exclusive, frozen
 from ..runtime.layout import forward_layout
 from ..runtime.recompute import checkpointable_blocks, recomputed_blocks
 from .budget import split_validation
-from .checkpoint import checkpoint_path, fit_identity, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
 from .config import PruningConfig
 from .run import PruningRun
+from .steps import step_to_end
 
 
 class CircuitPruner:
@@ -86,7 +86,7 @@ class CircuitPruner:
                 run.prepare(progress)
                 if state is not None:
                     run.load_state_dict(state)
-                _train(run, checkpoint, identity, progress)
+                step_to_end(run, checkpoint, identity, progress, "pruning")
         except BaseException:
             self.circuit_ = None if run is None else run.circuit()
             raise
@@ -150,30 +150,3 @@ class CircuitPruner:
             )
         check_pairs(self.model, validation, "validation pairs")
         return config, dims, train, validation
-
-
-def _train(run: PruningRun, checkpoint: Path | None, identity: dict, progress: bool) -> None:
-    """Step the run to its end, with a progress bar and checkpoints."""
-    config = run.config
-    bar = tqdm(
-        total=config.steps,
-        initial=run.step_index,
-        desc="pruning",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    with bar:
-        while not run.done:
-            record = run.step()
-            bar.update()
-            if progress and (record.step % 5 == 0 or run.done):
-                bar.set_postfix_str(_progress_text(record, run.dims))
-            if checkpoint and (run.step_index % config.checkpoint_every == 0 or run.done):
-                save_checkpoint(checkpoint, identity, run.state_dict())
-
-
-def _progress_text(record, dims) -> str:
-    """Loss, KL and the kept nodes of the circuit extracted after the step."""
-    sizes = {k.removeprefix("size/"): v for k, v in record.values.items() if k.startswith("size/")}
-    counts = " ".join(f"{g}={round(size * dims.n_nodes(g))}" for g, size in sizes.items())
-    return f"loss={record.loss:.3f} kl={record.kl:.3f} kept: {counts}"

@@ -60,6 +60,26 @@ class StepRecord:
         return self.values["kl"]
 
 
+def cosine_lr(config, step: int) -> float:
+    """``config.lr``, falling along a half cosine to 0 over the last ``config.lr_decay`` of
+    the steps: a function of the step alone, so a resumed run follows the same schedule."""
+    decay_steps = round(config.lr_decay * config.steps)
+    start = config.steps - decay_steps
+    if step < start:
+        return config.lr
+    progress = (step - start + 1) / decay_steps
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_at(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The pairs of a step: a function of (seed, step) alone, each epoch a new order."""
+    batch_size = min(batch_size, n)
+    per_epoch = math.ceil(n / batch_size)
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch)))
+    return order[index * batch_size : (index + 1) * batch_size]
+
+
 class PruningRun:
     """The state of one fit of ``config`` on ``train`` (and ``validation``, for a budget).
 
@@ -224,26 +244,10 @@ class PruningRun:
         return shares
 
     def learning_rate(self, step: int) -> float:
-        """``lr``, falling along a half cosine to 0 over the last ``lr_decay`` of the steps:
-        a function of the step alone, so a resumed run follows the same schedule."""
-        config = self.config
-        decay_steps = round(config.lr_decay * config.steps)
-        start = config.steps - decay_steps
-        if step < start:
-            return config.lr
-        progress = (step - start + 1) / decay_steps
-        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return cosine_lr(self.config, step)
 
     def batch_indices(self, step: int) -> torch.Tensor:
-        """The pairs of a step: a function of (seed, step) alone."""
-        n = len(self.train)
-        batch_size = min(self.config.batch_size, n)
-        per_epoch = math.ceil(n / batch_size)
-        epoch, index = divmod(step, per_epoch)
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(step_seed(self.config.seed, epoch))
-        )
-        return order[index * batch_size : (index + 1) * batch_size]
+        return batch_at(len(self.train), self.config.batch_size, self.config.seed, step)
 
     def _measure(self, step: int) -> Snapshot:
         """The held-out KL and size of the circuit extracted after ``step`` steps."""
@@ -261,6 +265,14 @@ class PruningRun:
         for key, value in (("val_step", step), ("val_kl", kl), ("val_size", snapshot.size)):
             self.history.setdefault(key, []).append(value)
         return snapshot
+
+    def progress_text(self, record: StepRecord) -> str:
+        """Loss, KL and the kept nodes of the circuit extracted after the step."""
+        sizes = {
+            k.removeprefix("size/"): v for k, v in record.values.items() if k.startswith("size/")
+        }
+        counts = " ".join(f"{g}={round(size * self.dims.n_nodes(g))}" for g, size in sizes.items())
+        return f"loss={record.loss:.3f} kl={record.kl:.3f} kept: {counts}"
 
     # --- results ------------------------------------------------------------------------
 

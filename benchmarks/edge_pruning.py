@@ -1,0 +1,204 @@
+"""Learned edges among a node circuit's kept nodes, against attribution-ranked and random edges
+at equal count, on pairs and templates the fits never saw; and what an edge step costs.
+
+    python -m benchmarks.edge_pruning --circuit runs/ioi/circuit.safetensors --out runs/edges-ioi
+
+The node circuit comes from a node fit (``./run.sh demo`` writes ``runs/ioi/circuit.safetensors``).
+Edges are fitted on new IOI pairs (``--seed``), built from part of the templates and names
+(``tasks.vocabulary_split``); a tenth of them are held out ("in-template"), and a second set
+comes from the templates and names left out ("unseen templates"). For each ``--sparsity``
+the learned edge circuit is compared with the same number of edges ranked by attribution
+patching (``edge_scores`` per query, key and value input, on the training pairs) and drawn at
+random; the node circuit itself is every edge.
+
+Cost (``--cost``): seconds and peak memory of one step on one batch: the node fit's step, the
+edge fit's step, and edge attribution patching over the whole model (every node kept), the
+one-pass score that edge-level peers start from. Memory is the process's peak resident set
+above what it held before the step (``VmHWM`` after ``/proc/self/clear_refs``).
+
+Writes ``edges.json``, ``edges.safetensors`` (the circuit of the first sparsity) and prints
+markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.perf import peak_mib, start_peak
+from transformer_lens_mgp import (
+    Circuit,
+    CircuitPruner,
+    EdgeCircuit,
+    EdgePruner,
+    attribution_edges,
+    edge_scores,
+    evaluate_edges,
+    load_model,
+    random_edges,
+    tasks,
+)
+from transformer_lens_mgp.core.edge_graph import per_head_inputs
+from transformer_lens_mgp.core.model_api import model_device
+from transformer_lens_mgp.training.edges import EdgeRun
+from transformer_lens_mgp.training.run import PruningRun
+
+TESTS = ("in-template", "unseen templates")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--circuit", required=True, help="the node circuit's file")
+    parser.add_argument("--n", type=int, default=600, help="IOI pairs to fit the edges on")
+    parser.add_argument("--n-unseen", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the edge fit's pairs")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--cost", action="store_true", help="also time one step of each kind")
+    parser.add_argument("--out", type=Path, default=Path("runs/edges-ioi"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    model = load_model()
+    nodes = Circuit.load(args.circuit, model)
+    split = tasks.vocabulary_split("ioi")
+    pairs = tasks.ioi(model, n=args.n, seed=args.seed, **split.train)
+    train, test = pairs.split(0.1, seed=args.seed)
+    unseen = tasks.ioi(model, n=args.n_unseen, seed=args.seed + 1, **split.held_out)
+    print(f"node circuit: {nodes!r}; {len(train)} training, {len(test)} + {len(unseen)} test pairs")
+    scores = edge_scores(model, nodes, train, by_input=True)
+
+    rows = []
+    for i, sparsity in enumerate(args.sparsity):
+        start = time.perf_counter()
+        learned = EdgePruner(
+            model, nodes, sparsity=sparsity, steps=args.steps, batch_size=args.batch
+        ).fit(train)
+        seconds = time.perf_counter() - start
+        if i == 0:
+            learned.save(args.out / "edges.safetensors")
+        k = max(1, learned.n_kept)
+        rivals = {
+            "learned": learned,
+            "attribution": attribution_edges(model, nodes, train, k, scores=scores),
+            "random": random_edges(model, nodes, k),
+        }
+        every_edge = torch.ones(learned.n_total, dtype=torch.bool)
+        rivals["node circuit (every edge)"] = EdgeCircuit.from_kept(
+            nodes, learned.graph, every_edge
+        )
+        for test_name, data in zip(TESTS, (test, unseen), strict=True):
+            results = evaluate_edges(model, list(rivals.values()), data)
+            for rule, result in zip(rivals, results, strict=True):
+                rows.append(
+                    dict(
+                        sparsity=sparsity,
+                        test=test_name,
+                        rule=rule,
+                        edges=result.kept["edge"],
+                        of=result.total["edge"],
+                        kl=result.kl,
+                        recovered=result.recovered,
+                        accuracy=result.accuracy_circuit,
+                        accuracy_full=result.accuracy_full,
+                        fit_seconds=seconds if rule == "learned" else None,
+                    )
+                )
+        print_rows([r for r in rows if r["sparsity"] == sparsity])
+
+    cost = measure_cost(model, nodes, train, args.batch) if args.cost else None
+    if cost:
+        print_cost(cost)
+    report = {
+        "circuit": str(args.circuit),
+        "nodes": {g: nodes.n_kept(g) for g in nodes.dims.available()},
+        "pairs": {"train": len(train), "in-template": len(test), "unseen": len(unseen)},
+        "steps": args.steps,
+        "batch": args.batch,
+        "rows": rows,
+        "cost": cost,
+    }
+    path = args.out / "edges.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+
+
+def measure_cost(model, nodes: Circuit, train, batch: int, steps: int = 3) -> dict:
+    """Seconds per step (mean of ``steps`` after one warm-up) and peak MiB above the start."""
+    data = train[torch.arange(batch * (steps + 1))]
+    out = {}
+
+    def node_run():
+        pruner = CircuitPruner(model, steps=steps + 1, batch_size=batch)
+        execution = pruner.execution()
+        execution.__enter__()
+        run = PruningRun(model, pruner.config.resolved(nodes.dims), nodes.dims, data)
+        run.prepare()
+        return run, execution
+
+    def edge_run():
+        pruner = EdgePruner(model, nodes, steps=steps + 1, batch_size=batch)
+        execution = pruner.execution()
+        execution.__enter__()
+        run = EdgeRun(model, pruner.config, nodes, pruner.graph, data)
+        run.prepare()
+        return run, execution
+
+    for name, make in (("node step", node_run), ("edge step", edge_run)):
+        run, execution = make()
+        try:
+            run.step()
+            base = start_peak(False)
+            start = time.perf_counter()
+            for _ in range(steps):
+                run.step()
+            out[name] = {
+                "seconds": (time.perf_counter() - start) / steps,
+                "peak_mib": peak_mib(False) - base,
+            }
+        finally:
+            execution.__exit__(None, None, None)
+    everything = Circuit.from_kept(
+        nodes.dims, {"head": torch.ones(nodes.dims.shape("head"), dtype=torch.bool)}
+    )
+    one_batch = data[torch.arange(batch)]
+    edge_scores(model, everything, one_batch, batch_size=batch)  # warm-up
+    base = start_peak(False)
+    start = time.perf_counter()
+    with per_head_inputs(model):
+        scores = edge_scores(model, everything, one_batch, batch_size=batch)
+    out["edge attribution, whole model"] = {
+        "seconds": time.perf_counter() - start,
+        "peak_mib": peak_mib(False) - base,
+        "edges": len(scores),
+    }
+    out["device"] = str(model_device(model))
+    return out
+
+
+def print_rows(rows: list[dict]) -> None:
+    print("| sparsity | test pairs | edges chosen by | edges | KL | recovered | accuracy |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['sparsity']} | {r['test']} | {r['rule']} | {r['edges']} / {r['of']} | "
+            f"{r['kl']:.3f} | {r['recovered']:.2f} | {r['accuracy']:.3f} "
+            f"(full {r['accuracy_full']:.3f}) |"
+        )
+
+
+def print_cost(cost: dict) -> None:
+    print("| one step of | seconds | peak MiB above start |")
+    print("|---|---|---|")
+    for name, value in cost.items():
+        if isinstance(value, dict):
+            print(f"| {name} | {value['seconds']:.2f} | {value['peak_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

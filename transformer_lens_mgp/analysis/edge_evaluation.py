@@ -1,0 +1,131 @@
+"""Faithfulness of edge circuits, and edge circuits chosen by other rules at the same size.
+
+:func:`evaluate_edges` runs the model with only an edge circuit's edges (every other edge
+carries its corrupted write) and measures it like :func:`~.evaluation.evaluate` measures a node
+circuit. :func:`attribution_edges` and :func:`random_edges` keep ``k`` edges of the same graph
+by attribution score or at random: the baselines a learned edge circuit must beat at equal
+count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..core.checks import check_positive_int
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.edge_circuit import EdgeCircuit
+from ..core.edge_graph import EdgeGraph, corrupted_activations, per_head_inputs
+from ..core.errors import UsageError
+from ..core.metrics import accuracy, kl_divergence, recovered, task_metric
+from ..core.model_api import attached, check_model_and_pairs, model_device
+from ..runtime.forward import answer_logits, batches_with_rows
+from ..runtime.guard import exclusive
+from ..runtime.layout import forward_layout
+from .edges import edge_scores
+from .evaluation import Evaluation
+
+
+@torch.no_grad()
+def evaluate_edges(
+    model,
+    circuits: Sequence[EdgeCircuit],
+    dataset: PairedDataset,
+    *,
+    batch_size: int = 32,
+) -> list[Evaluation]:
+    """Faithfulness of each edge circuit on ``dataset``: KL to the full model, logit
+    difference recovered between the corrupted run (no edge) and the full model, accuracy.
+    ``kept`` and ``total`` count edges (``edge``) and the node circuit's nodes."""
+    if not circuits:
+        raise UsageError("give at least one edge circuit to evaluate")
+    check_positive_int("batch_size", batch_size)
+    for circuit in circuits:
+        circuit.nodes.check_model(model)
+    check_model_and_pairs(model, circuits[0].nodes.dims, dataset=dataset)
+    has_metric = dataset.wrong_answer_tokens is not None
+    sums = dict.fromkeys(["acc_full", "metric_full", "metric_empty"], 0.0)
+    own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]
+    device = model_device(model)
+    with exclusive(model, "evaluate_edges"), forward_layout(model), per_head_inputs(model):
+        for circuit in circuits:
+            circuit.graph.check_model(model)
+        masks = [(c.nodes.site_masks().to(device), c.mask().to(device)) for c in circuits]
+        for batch, _ in batches_with_rows(dataset, batch_size, device):
+            full = answer_logits(model, batch.clean_tokens, batch.answer_positions)
+            empty = answer_logits(model, batch.corrupted_tokens, batch.answer_positions)
+            sums["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
+            if has_metric:
+                sums["metric_full"] += task_metric(full, batch).sum().item()
+                sums["metric_empty"] += task_metric(empty, batch).sum().item()
+            corrupted: dict[EdgeGraph, dict] = {}
+            for circuit, (node_masks, edge_masks), totals in zip(circuits, masks, own, strict=True):
+                graph = circuit.graph
+                if graph not in corrupted:
+                    corrupted[graph] = corrupted_activations(model, graph, batch.corrupted_tokens)
+                hooks = graph.hooks(model, node_masks, edge_masks, corrupted[graph])
+                with attached(model, hooks):
+                    logits = answer_logits(model, batch.clean_tokens, batch.answer_positions)
+                totals["kl"] += kl_divergence(full, logits).item() * len(batch)
+                totals["acc"] += accuracy(logits, batch.answer_tokens).item() * len(batch)
+                if has_metric:
+                    totals["metric"] += task_metric(logits, batch).sum().item()
+    n = len(dataset)
+    nan = float("nan")
+    full_m = sums["metric_full"] / n if has_metric else nan
+    empty_m = sums["metric_empty"] / n if has_metric else nan
+    out = []
+    for circuit, totals in zip(circuits, own, strict=True):
+        dims = circuit.nodes.dims
+        out.append(
+            Evaluation(
+                kl=totals["kl"] / n,
+                metric_full=full_m,
+                metric_circuit=totals["metric"] / n if has_metric else nan,
+                metric_empty=empty_m,
+                recovered=recovered(totals["metric"] / n, full_m, empty_m) if has_metric else nan,
+                accuracy_full=sums["acc_full"] / n,
+                accuracy_circuit=totals["acc"] / n,
+                kept={"edge": circuit.n_kept}
+                | {g: circuit.nodes.n_kept(g) for g in dims.available()},
+                total={"edge": circuit.n_total}
+                | {g: circuit.nodes.n_total(g) for g in dims.available()},
+                n_pairs=n,
+            )
+        )
+    return out
+
+
+def attribution_edges(
+    model,
+    nodes: Circuit,
+    dataset: PairedDataset,
+    k: int,
+    *,
+    batch_size: int = 16,
+    scores: dict[tuple[str, str], float] | None = None,
+) -> EdgeCircuit:
+    """The ``k`` edges among ``nodes``' kept nodes with the largest ``|attribution score|``
+    (:func:`~.edges.edge_scores` per query, key and value input); pass ``scores`` to reuse
+    them for several ``k``."""
+    graph = EdgeGraph.of(nodes, bool(getattr(model.cfg, "parallel_attn_mlp", False)))
+    if scores is None:
+        scores = edge_scores(model, nodes, dataset, batch_size=batch_size, by_input=True)
+    values = torch.tensor([abs(scores.get(edge, 0.0)) for edge in graph.edge_names])
+    return EdgeCircuit.from_kept(nodes, graph, _top(values, k), metrics={"rule": "attribution"})
+
+
+def random_edges(model, nodes: Circuit, k: int, seed: int = 0) -> EdgeCircuit:
+    """``k`` edges among ``nodes``' kept nodes drawn at random."""
+    graph = EdgeGraph.of(nodes, bool(getattr(model.cfg, "parallel_attn_mlp", False)))
+    values = torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(seed))
+    return EdgeCircuit.from_kept(nodes, graph, _top(values, k), metrics={"rule": "random"})
+
+
+def _top(values: torch.Tensor, k: int) -> torch.Tensor:
+    check_positive_int("k", k)
+    kept = torch.zeros(values.shape[0], dtype=torch.bool)
+    kept[values.topk(min(k, values.shape[0])).indices] = True
+    return kept

@@ -1,0 +1,351 @@
+"""EdgePruner: learn which edges among a node circuit's kept nodes a behaviour needs.
+
+Node pruning says which heads and MLPs matter; edges say which of them feed which. After node
+pruning the graph is small, so one Hard Concrete mask per edge among the kept nodes is cheap:
+each step is one masked forward and backward of the model, and what it keeps beyond the node
+fit's step grows with the kept writers (one write per kept head, MLP and the embeddings), not
+with the model. The fit mirrors :class:`~.pruner.CircuitPruner`: the same gates, an L0 price or
+a target edge count, checkpoints, and the model untouched however the fit ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..analysis.edge_evaluation import evaluate_edges
+from ..core.checks import check_positive_int, is_int, is_number
+from ..core.circuit import Circuit
+from ..core.data import PairedDataset
+from ..core.edge_circuit import EdgeCircuit
+from ..core.edge_graph import EdgeGraph, corrupted_activations, per_head_inputs
+from ..core.errors import TrainingDivergedError, UsageError, UsageTypeError
+from ..core.gates import HardConcrete
+from ..core.metrics import kl_divergence
+from ..core.model_api import attached, check_model_and_pairs, model_device
+from ..runtime.forward import answer_logits, reference_logits
+from ..runtime.guard import exclusive, frozen
+from ..runtime.layout import forward_layout
+from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
+from .run import (
+    EMPTY_KL_PAIRS,
+    MIN_KL_EMPTY,
+    NO_GRAD_BATCHES,
+    StepRecord,
+    batch_at,
+    cosine_lr,
+    step_seed,
+)
+from .sparsity import SparsityControl
+from .steps import step_to_end
+
+EDGE = "edge"
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """How to train the edge masks among a node circuit's kept nodes.
+
+    Args:
+        sparsity: ``lambda``: the price of keeping every edge, in units of the KL of the
+            corrupted run (every edge dropped). Ignored with ``target_edges``.
+        target_edges: instead of a price, the number of edges to keep: a Lagrangian whose
+            multipliers grow until the circuit has that many (reached by the end of the
+            warm-up).
+        target_warmup: share of the steps over which the target comes down from every edge.
+        steps: optimiser steps.
+        batch_size: pairs per step.
+        lr: Adam's learning rate on ``log_alpha``.
+        lr_decay: share of the steps, at the end, over which the learning rate falls to 0.
+        init_log_alpha: initial ``log_alpha`` of every edge; 3 starts every edge on.
+        seed: seeds the mask noise, the initialisation and the batch order.
+        hard_concrete: the gate constants.
+        bf16: run the model's forward passes under bfloat16 autocast.
+        checkpoint_every: with a checkpoint folder, steps between checkpoints.
+    """
+
+    sparsity: float = 1.0
+    target_edges: int | None = None
+    target_warmup: float = 0.4
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 0.1
+    lr_decay: float = 0.5
+    init_log_alpha: float = 3.0
+    seed: int = 0
+    hard_concrete: HardConcrete = field(default_factory=HardConcrete)
+    bf16: bool = False
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        if isinstance(self.hard_concrete, dict):
+            object.__setattr__(self, "hard_concrete", HardConcrete(**self.hard_concrete))
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            check_positive_int(name, getattr(self, name))
+        if self.target_edges is not None:
+            check_positive_int("target_edges", self.target_edges)
+        for name in ("sparsity", "lr", "init_log_alpha"):
+            value = getattr(self, name)
+            if not is_number(value) or not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, got {value!r}")
+        if self.sparsity < 0 or self.lr <= 0:
+            raise UsageError(f"need sparsity >= 0 and lr > 0; got {self.sparsity}, {self.lr}")
+        for name in ("target_warmup", "lr_decay"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value <= 1:
+                raise UsageError(f"{name} is a share of the steps, in [0, 1]; got {value!r}")
+        if not is_int(self.seed) or self.seed < 0:
+            raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.bf16, bool):
+            raise UsageTypeError(f"bf16 is True or False, got {self.bf16!r}")
+
+    def replace(self, **overrides) -> EdgeConfig:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise UsageTypeError(
+                f"unknown setting(s) {unknown}; EdgeConfig has "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["hard_concrete"] = self.hard_concrete.to_dict()
+        return out
+
+
+class EdgeRun:
+    """The state of one edge fit: the masks, their optimiser and the sparsity price."""
+
+    def __init__(self, model, config: EdgeConfig, nodes: Circuit, graph: EdgeGraph, train):
+        self.model, self.config, self.nodes, self.graph = model, config, nodes, graph
+        self.train = train
+        self.gates = config.hard_concrete
+        device = model_device(model)
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn(graph.n_edges, generator=generator)
+        self.log_alpha = torch.nn.Parameter((config.init_log_alpha + 0.01 * noise).to(device))
+        self.optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr)
+        targets = {}
+        if config.target_edges is not None:
+            targets[EDGE] = min(1.0, config.target_edges / graph.n_edges)
+        self.sparsity = SparsityControl(
+            lambdas={EDGE: config.sparsity},
+            targets=targets,
+            warmup_steps=round(config.target_warmup * config.steps),
+            device=device,
+        )
+        self.node_masks = nodes.site_masks().to(device)
+        self.noise = torch.Generator(device=device)
+        self.history: dict[str, list[float]] = {}
+        self.step_index = 0
+        self.reference: torch.Tensor | None = None
+        self.kl_empty: float | None = None
+
+    def prepare(self, progress: bool = False) -> None:
+        """The full model's answers and the KL of the corrupted run (every edge dropped), the
+        unit of the price."""
+        batch_size = NO_GRAD_BATCHES * self.config.batch_size
+        self.reference = reference_logits(self.model, self.train, batch_size, progress)
+        n = min(len(self.train), EMPTY_KL_PAIRS)
+        sample = self.train[torch.arange(n)].to(model_device(self.model))
+        with torch.no_grad():
+            corrupted = answer_logits(self.model, sample.corrupted_tokens, sample.answer_positions)
+        kl_empty = kl_divergence(self.reference[:n].to(corrupted.device), corrupted).item()
+        self.kl_empty = max(kl_empty, MIN_KL_EMPTY)
+        self.sparsity.kl_scale = self.kl_empty
+
+    def step(self) -> StepRecord:
+        step, config = self.step_index, self.config
+        indices = batch_at(len(self.train), config.batch_size, config.seed, step)
+        batch = self.train[indices].trimmed().to(model_device(self.model))
+        corrupted = corrupted_activations(self.model, self.graph, batch.corrupted_tokens)
+        self.noise.manual_seed(step_seed(config.seed, step))
+        sampled = self.gates.sample(self.log_alpha, self.noise)
+        l0 = {EDGE: self.gates.expected_l0(self.log_alpha).mean()}
+        kept = self._kept_share(step)
+        penalty = self.sparsity.penalty(l0, kept, step)
+        hooks = self.graph.hooks(self.model, self.node_masks, sampled, corrupted)
+        with attached(self.model, hooks):
+            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
+            kl = kl_divergence(self.reference[indices.to(self.reference.device)], logits)
+            loss = kl + penalty.to(kl.device)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the loss became {loss.item()} at step {step}; lower lr or check the "
+                    "model's logits for NaN/inf on this dataset"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        lr = cosine_lr(config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.sparsity.ascend()
+        kept_now = int((self.log_alpha.detach() > self.gates.keep_threshold).sum())
+        values = {"loss": loss.item(), "kl": kl.item(), "lr": lr, "l0/edge": l0[EDGE].item()}
+        values["edges"] = kept_now
+        values.update(self.sparsity.record(step))
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
+        self.step_index += 1
+        return StepRecord(step, values)
+
+    def _kept_share(self, step: int) -> dict[str, torch.Tensor]:
+        """The share of edges extraction keeps, measured sharply, with the gradient of the
+        same measure at temperature 1 (see ``PruningRun._kept_share``)."""
+        if not self.sparsity.targets:
+            return {}
+        with torch.no_grad():
+            sharp = self.gates.kept_softly(self.log_alpha, self.sparsity.temperature_at(step))
+        carrier = self.gates.kept_softly(self.log_alpha).mean()
+        return {EDGE: carrier + (sharp.mean() - carrier).detach()}
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.config.steps
+
+    def progress_text(self, record) -> str:
+        return f"loss={record.loss:.3f} kl={record.kl:.3f} edges={record.values['edges']}"
+
+    def circuit(self, fit_info: dict | None = None) -> EdgeCircuit:
+        return EdgeCircuit(
+            nodes=self.nodes,
+            graph=self.graph,
+            log_alpha=self.log_alpha.detach().cpu().clone(),
+            hard_concrete=self.gates,
+            config=self.config.to_dict(),
+            fit_info=dict(fit_info or {}),
+            history={k: list(v) for k, v in self.history.items()},
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_index,
+            "log_alpha": self.log_alpha.detach().cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "sparsity": self.sparsity.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sparsity.load_state_dict(state["sparsity"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.step_index = int(state["step"])
+
+
+class EdgePruner:
+    """Finds the edges among ``circuit``'s kept nodes that a behaviour needs.
+
+    Args:
+        model: the HookedTransformer the node circuit was found on. It is never modified:
+            after ``fit`` returns or raises it has no hooks, the same weights, settings and
+            ``requires_grad`` flags.
+        circuit: the node circuit (trained with ``ablation="corrupted"``).
+        config: an :class:`EdgeConfig` (default: the defaults).
+        **overrides: settings of :class:`EdgeConfig` to change, e.g. ``target_edges=50``.
+    """
+
+    def __init__(self, model, circuit: Circuit, config: EdgeConfig | None = None, **overrides):
+        if not isinstance(circuit, Circuit):
+            raise UsageTypeError(f"circuit must be a Circuit, got {type(circuit).__name__}")
+        if config is not None and not isinstance(config, EdgeConfig):
+            raise UsageTypeError(f"config must be an EdgeConfig, got {type(config).__name__}")
+        if circuit.ablation != "corrupted":
+            raise UsageError(
+                f"edge masks mix clean and corrupted writes, but this circuit was trained with "
+                f"ablation={circuit.ablation!r}; fit the node circuit with ablation='corrupted'"
+            )
+        circuit.check_model(model)
+        self.model, self.circuit = model, circuit
+        self.config = (config or EdgeConfig()).replace(**overrides)
+        self.graph = EdgeGraph.of(circuit, bool(getattr(model.cfg, "parallel_attn_mlp", False)))
+
+    def fit(
+        self,
+        train: PairedDataset,
+        validation: PairedDataset | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> EdgeCircuit:
+        """Train the edge masks and return the EdgeCircuit; with ``validation``, its held-out
+        faithfulness goes into ``metrics``. Checkpoints and ``resume`` work as in
+        :meth:`CircuitPruner.fit <transformer_lens_mgp.CircuitPruner.fit>`; if training stops
+        early, the edges learned so far are left in ``self.circuit_``."""
+        for label, data in (("train", train), ("validation", validation)):
+            if data is not None and not isinstance(data, PairedDataset):
+                raise UsageTypeError(f"{label} must be a PairedDataset, got {type(data).__name__}")
+        dims = self.circuit.dims
+        check_model_and_pairs(self.model, dims, dataset=train)
+        with per_head_inputs(self.model):
+            self.graph.check_model(self.model)
+        if resume and checkpoint_dir is None:
+            raise UsageError("resume=True needs the checkpoint_dir of the fit to continue")
+        checkpoint = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
+        identity = fit_identity(self.model, self.config, dims, train, None)
+        identity["nodes"] = _circuit_digest(self.circuit)
+        state = load_checkpoint(checkpoint, identity) if resume else None
+        self.circuit_ = run = None
+        start = time.perf_counter()
+        try:
+            with self.execution():
+                run = EdgeRun(self.model, self.config, self.circuit, self.graph, train)
+                run.prepare(progress)
+                if state is not None:
+                    run.load_state_dict(state)
+                step_to_end(run, checkpoint, identity, progress, "edges")
+        except BaseException:
+            self.circuit_ = None if run is None else run.circuit()
+            raise
+        result = run.circuit(
+            {
+                "dataset": train.name,
+                "n_pairs": len(train),
+                "kl_empty": round(run.kl_empty, 6),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+        if validation is not None:
+            held_out = evaluate_edges(self.model, [result], validation)[0]
+            result.metrics.update(
+                validation_kl=held_out.kl, validation_recovered=held_out.recovered
+            )
+        self.circuit_ = result
+        return result
+
+    @contextmanager
+    def execution(self) -> Iterator[None]:
+        """How the model runs during an edge fit: weights frozen and laid out, per-head
+        inputs on, gradients on, bf16 autocast if asked; all undone on exit."""
+        with ExitStack() as stack:
+            stack.enter_context(exclusive(self.model, "an edge fit"))
+            stack.enter_context(frozen(self.model))
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(forward_layout(self.model))
+            stack.enter_context(per_head_inputs(self.model))
+            if self.config.bf16:
+                device_type = model_device(self.model).type
+                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+            yield
+
+
+def _circuit_digest(circuit: Circuit) -> str:
+    """Which nodes the circuit keeps, as a short digest (the identity of an edge fit)."""
+    digest = hashlib.sha256()
+    for g in circuit.dims.available():
+        digest.update(g.encode() + circuit.kept(g).numpy().tobytes())
+    return digest.hexdigest()[:16]
