@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600, help="IOI pairs to fit the edges on")
     parser.add_argument("--n-unseen", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1, help="seed of the edge fit's pairs")
+    parser.add_argument(
+        "--score-pairs", type=int, default=256, help="training pairs the attribution scores use"
+    )
     parser.add_argument("--sparsity", type=float, nargs="+", default=[1.0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
@@ -71,7 +74,8 @@ def main() -> None:
     train, test = pairs.split(0.1, seed=args.seed)
     unseen = tasks.ioi(model, n=args.n_unseen, seed=args.seed + 1, **split.held_out)
     print(f"node circuit: {nodes!r}; {len(train)} training, {len(test)} + {len(unseen)} test pairs")
-    scores = edge_scores(model, nodes, train, by_input=True)
+    scored = train[torch.arange(min(args.score_pairs, len(train)))]
+    scores = edge_scores(model, nodes, scored, by_input=True)
 
     rows = []
     for i, sparsity in enumerate(args.sparsity):
@@ -117,7 +121,12 @@ def main() -> None:
     report = {
         "circuit": str(args.circuit),
         "nodes": {g: nodes.n_kept(g) for g in nodes.dims.available()},
-        "pairs": {"train": len(train), "in-template": len(test), "unseen": len(unseen)},
+        "pairs": {
+            "train": len(train),
+            "scored": len(scored),
+            "in-template": len(test),
+            "unseen": len(unseen),
+        },
         "steps": args.steps,
         "batch": args.batch,
         "rows": rows,

@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import needs_hooked_transformer
 
-from transformer_lens_mgp import DEFAULT_SPARSITY, Circuit, models
+from transformer_lens_mgp import DEFAULT_SPARSITY, Circuit, EdgeCircuit, models
 from transformer_lens_mgp.cli import main
 
 FAST = ["--n", "40", "--steps", "3", "--batch-size", "8", "--quiet"]
@@ -172,6 +172,33 @@ def test_max_kl_and_edges_reach_the_circuit_and_the_report(tiny_default, tmp_pat
     edges = json.loads((out / "edges.json").read_text())
     assert all(set(e) == {"from", "to", "score"} for e in edges)
     assert "edges between kept nodes" in (out / "report.html").read_text()
+
+
+@needs_hooked_transformer
+def test_learned_edges_from_discover_and_from_a_run_folder(tiny_default, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", "--task", "ioi", *FAST, "--edges", "learned", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "edges chosen by" in printed and "attribution" in printed
+    learned = json.loads((out / "learned_edges.json").read_text())
+    edges = EdgeCircuit.load(out / "edges.safetensors", tiny_default)
+    assert learned["n_kept"] == edges.n_kept and learned["n_total"] == edges.n_total
+    rules = learned["evaluation"]
+    assert set(rules) == {"learned", "random", "attribution", "node circuit (every edge)"}
+    assert rules["node circuit (every edge)"]["kept"]["edge"] == edges.n_total
+    assert "Learned edges among the kept nodes" in (out / "report.html").read_text()
+
+    args = ["edges", str(out), "--task", "ioi", "--n", "40", "--steps", "4", "--quiet"]
+    assert main([*args, "--target-edges", "3", "--out", str(tmp_path / "e")]) == 0
+    again = EdgeCircuit.load(tmp_path / "e" / "edges.safetensors")
+    assert again.config["target_edges"] == 3 and again.config["steps"] == 4
+    assert "Learned edges" in (tmp_path / "e" / "edges.html").read_text()
+    assert "strongest kept edges" in capsys.readouterr().out
+
+
+def test_edges_of_a_missing_run_is_one_line(tiny_default, tmp_path, capsys):
+    assert main(["edges", str(tmp_path / "nowhere"), "--n", "40"]) == 2
+    assert "no circuit at" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

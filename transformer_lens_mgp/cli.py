@@ -17,13 +17,19 @@ from pathlib import Path
 import torch
 
 from . import models
+from .analysis.edges import edge_scores
 from .analysis.run_folder import (
+    CIRCUIT_FILE,
+    EDGES_FILE,
+    LEARNED_EDGES_FILE,
     check_out_dir,
     measure_circuit,
+    measure_edges,
     peak_memory_mib,
     point_name,
     sweep_summary,
     write_comparison_folder,
+    write_edges_folder,
     write_metrics,
     write_run_folder,
     write_sweep_folder,
@@ -35,6 +41,7 @@ from .core.nodes import GRANULARITIES, ModelDims
 from .tasks import TASKS
 from .tasks.ioi import CORRUPTIONS as IOI_CORRUPTIONS
 from .training.config import PRESETS, SMALL_CIRCUIT_TARGETS, Preset, PruningConfig
+from .training.edges import EdgeConfig, EdgePruner
 from .training.pruner import CircuitPruner
 from .training.sparsity import DEFAULT_SPARSITY
 from .training.sweeps import sweep
@@ -163,8 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument(
         "--edges",
-        action="store_true",
-        help="also score the edges between the kept heads and MLPs (edges.json, in the report)",
+        nargs="?",
+        const="scored",
+        choices=("scored", "learned"),
+        default=None,
+        help="also the edges between the kept heads and MLPs: 'scored' (the default of a bare "
+        "--edges) ranks them by attribution (edges.json); 'learned' trains edge masks among "
+        "the kept nodes (edges.safetensors, learned_edges.json); both go in the report. "
+        "Edges need a HookedTransformer (TransformerLens 3.x)",
     )
     discover.add_argument(
         "--no-node-effects",
@@ -206,6 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--names", nargs=2, default=None, metavar="NAME", help="labels (default: the folders)"
     )
 
+    edges = sub.add_parser(
+        "edges",
+        help="learn the edges among a saved circuit's kept nodes (needs a HookedTransformer)",
+    )
+    _add_data_args(edges, out_required=False)
+    edges.add_argument(
+        "run", type=Path, help="a run folder written by discover, or a circuit file in one"
+    )
+    edges.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="price of keeping every edge, in units of the corrupted run's KL (default 1.0)",
+    )
+    edges.add_argument(
+        "--target-edges", type=int, default=None, help="instead of a price, edges to keep"
+    )
+    edges.add_argument("--steps", type=int, default=None, help="optimiser steps (default 200)")
+    edges.add_argument("--batch-size", type=int, default=None)
+    edges.add_argument("--lr", type=float, default=None)
+    edges.add_argument("--quiet", action="store_true", help="no progress bar")
+
     evaluate = sub.add_parser("evaluate", help="evaluate a saved circuit on a task")
     _add_data_args(evaluate, out_required=False)
     evaluate.add_argument("circuit", type=Path, help="a circuit file written by discover")
@@ -214,7 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"discover": _discover, "sweep": _sweep, "evaluate": _evaluate, "compare": _compare}
+    commands = {
+        "discover": _discover,
+        "sweep": _sweep,
+        "evaluate": _evaluate,
+        "compare": _compare,
+        "edges": _edges,
+    }
     command = commands[args.command]
     try:
         return command(args)
@@ -324,10 +365,15 @@ def _discover(args) -> int:
         test,
         seed=args.seed,
         curve=args.curve,
-        edges=args.edges,
+        edges=args.edges == "scored",
         anatomy=not args.no_node_effects,
         facts=_facts(args, train),
     )
+    learned = None
+    if args.edges == "learned":
+        config = EdgeConfig(seed=args.seed)
+        learned, summary = _fit_edges(model, circuit, train, test, config, args)
+        run.metrics["learned_edges"] = summary
     run.metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
     run.metrics["peak_rss_mib"] = peak_memory_mib()
     write_run_folder(args.out, run, title=f"{args.task} circuit")
@@ -337,12 +383,15 @@ def _discover(args) -> int:
     print(_metrics_table(run))
     if args.curve:
         print(_curve_line(run.metrics["faithfulness_curve"]))
-    if args.edges:
+    if args.edges == "scored":
         edges = run.metrics["edges"]
         print(
             f"{len(edges)} edges; strongest: "
             + ", ".join(f"{e['from']}->{e['to']} {e['score']:+.3f}" for e in edges[:5])
         )
+    if learned is not None:
+        learned.save(args.out / EDGES_FILE)
+        print(_edges_table(run.metrics["learned_edges"]))
     if run.anatomy is not None:
         print(_top_nodes_line(run.anatomy))
     memory = run.metrics["peak_rss_mib"]
@@ -351,8 +400,65 @@ def _discover(args) -> int:
         + ("" if memory is None else f", peak memory {memory:.1f} MiB")
     )
     nodes = ", nodes.json" if run.anatomy is not None else ""
+    nodes += f", {EDGES_FILE}, {LEARNED_EDGES_FILE}" if learned is not None else ""
     print(f"wrote {args.out}/circuit.safetensors, metrics.json{nodes}, report.html")
     return 0
+
+
+SCORED_PAIRS = 256
+"""Training pairs on which attribution ranks edges, for the comparison at equal count."""
+
+
+def _fit_edges(model, circuit: Circuit, train, test, config: EdgeConfig, args):
+    """Learn the edges among ``circuit``'s kept nodes on ``train``; measure them on ``test``
+    against attribution-ranked and random edges at equal count."""
+    pruner = EdgePruner(model, circuit, config)  # refuses a bridge or a mean-ablated circuit
+    edges = pruner.fit(train, progress=not args.quiet)
+    scored = train[torch.arange(min(SCORED_PAIRS, len(train)))]
+    scores = edge_scores(model, circuit, scored, by_input=True)
+    return edges, measure_edges(model, edges, test, scores, seed=args.seed)
+
+
+def _edges(args) -> int:
+    wall = time.perf_counter()
+    path = args.run / CIRCUIT_FILE if args.run.is_dir() else args.run
+    if not path.is_file():
+        raise MissingFileError(
+            f"no circuit at {path}; give a run folder written by tl-mgp discover or its "
+            "circuit.safetensors"
+        )
+    out = args.out or path.parent
+    given = dict(
+        sparsity=args.sparsity,
+        target_edges=args.target_edges,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+    )
+    config = EdgeConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    check_out_dir(out)
+    model, train, test = _load(args)
+    circuit = Circuit.load(path, model=model)
+    edges, summary = _fit_edges(model, circuit, train, test, config, args)
+    summary["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    write_edges_folder(out, edges, summary)
+    print(edges.summary())
+    print(_edges_table(summary))
+    print(
+        "strongest kept edges: "
+        + ", ".join(f"{e['from']}->{e['to']}({e['inputs']})" for e in summary["edges"][:6])
+    )
+    print(f"wrote {out}/{EDGES_FILE}, {LEARNED_EDGES_FILE}, edges.html")
+    return 0
+
+
+def _edges_table(summary: dict) -> str:
+    lines = [f"{'held-out, edges chosen by':<28} {'edges':>7} {'KL':>8} {'recovered':>10}"]
+    for rule, r in summary["evaluation"].items():
+        lines.append(
+            f"{rule:<28} {r['kept']['edge']:>7} {_fmt(r['kl']):>8} {_fmt(r['recovered']):>10}"
+        )
+    return "\n".join(lines)
 
 
 def _settling_line(rows: list[dict]) -> str:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
-from ..core.edge_graph import HEAD_INPUTS, INPUT, LOGITS, per_head_inputs
+from ..core.edge_graph import HEAD_INPUTS, INPUT, LOGITS, per_head_inputs, reader_node
 from ..core.errors import UsageError, UsageTypeError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import task_metric
@@ -79,14 +79,8 @@ def edge_scores(
     return {
         (u, v): value / len(dataset)
         for (u, v), value in totals.items()
-        if u in kept and _reading_node(v) in kept
+        if u in kept and reader_node(v)[0] in kept
     }
-
-
-def _reading_node(reader: str) -> str:
-    """The node a reader belongs to: ``L5.H3.q`` -> ``L5.H3``."""
-    node, _, last = reader.rpartition(".")
-    return node if last in HEAD_INPUTS else reader
 
 
 def edge_graph(

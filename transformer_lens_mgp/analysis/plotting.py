@@ -173,11 +173,11 @@ def plot_pareto(circuits: list[Circuit]) -> go.Figure:
     return fig
 
 
-def plot_edge_graph(edges, max_edges: int = 150) -> go.Figure:
+def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go.Figure:
     """The circuit's edges (a graph from :func:`~transformer_lens_mgp.analysis.edges.edge_graph`, or
-    its ``[{"from", "to", "score"}]`` list): nodes by layer from input to logits, the
-    ``max_edges`` strongest edges drawn with width by ``|score|``, blue positive, red
-    negative."""
+    its ``[{"from", "to", "score"}]`` list, where an entry may add a ``label`` for its hover
+    text): nodes by layer from input to logits, the ``max_edges`` strongest edges drawn with
+    width by ``|score|``, blue positive, red negative."""
     if not isinstance(edges, list):
         edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in edges.edges(data=True)]
     edges = sorted(edges, key=lambda e: -abs(e["score"]))[:max_edges]
@@ -201,7 +201,7 @@ def plot_edge_graph(edges, max_edges: int = 150) -> go.Figure:
             line_color="#1f77b4" if e["score"] > 0 else "#d62728",
             opacity=0.7,
             hoverinfo="text",
-            text=f"{e['from']} -> {e['to']}: {e['score']:+.4f}",
+            text=f"{e['from']} -> {e['to']}{e.get('label', '')}: {e['score']:+.4f}",
             showlegend=False,
         )
     fig.add_scatter(
@@ -216,7 +216,7 @@ def plot_edge_graph(edges, max_edges: int = 150) -> go.Figure:
     )
     fig.update_xaxes(title_text="layer (input left, logits right)")
     fig.update_yaxes(visible=False)
-    fig.update_layout(title=f"edges between kept nodes ({len(edges)} strongest)")
+    fig.update_layout(title=title or f"edges between kept nodes ({len(edges)} strongest)")
     return fig
 
 

@@ -97,6 +97,8 @@ def write_report(
     if metrics.get("edges"):
         page.section("Edges between the kept nodes (attribution scores)")
         page.figure(plot_edge_graph(metrics["edges"]))
+    if metrics.get("learned_edges"):
+        _learned_edges_section(page, metrics["learned_edges"])
     if circuit.history:
         page.section("Training")
         page.figure(plot_training_curves(circuit))
@@ -106,6 +108,37 @@ def write_report(
         page.raw(_table(["fact", "value"], facts))
     path.write_text(page.html(title), encoding="utf-8")
     return path
+
+
+def write_edge_report(summary: dict, path: str | Path, title: str = "Learned edges") -> Path:
+    """A page of its own for an edge circuit (``tl-mgp edges``): its faithfulness against
+    attribution-ranked and random edges at equal count, and its graph."""
+    path = Path(path)
+    page = _Page()
+    page.raw(f"<h1>{html.escape(title)}</h1>")
+    _learned_edges_section(page, summary)
+    path.write_text(page.html(title), encoding="utf-8")
+    return path
+
+
+def _learned_edges_section(page: _Page, summary: dict) -> None:
+    page.section("Learned edges among the kept nodes")
+    page.raw(
+        f"<p class='lead'>{summary['n_kept']} of {summary['n_total']} possible edges kept; "
+        f"every other edge carries its corrupted write. Held-out faithfulness on "
+        f"{summary['n_test']} pairs, against as many edges chosen by other rules:</p>"
+    )
+    rows = [
+        [rule, str(r["kept"]["edge"]), _num(r["kl"]), _num(r["recovered"]),
+         _num(r["accuracy_circuit"])]
+        for rule, r in summary["evaluation"].items()
+    ]  # fmt: skip
+    page.raw(_table(["edges chosen by", "edges", "KL(full || ·)", "recovered", "accuracy"], rows))
+    width = "attribution score" if summary["score"] == "attribution" else "learned log_alpha"
+    edges = [{**e, "label": f" ({e['inputs']})" if e["inputs"] else ""} for e in summary["edges"]]
+    page.figure(
+        plot_edge_graph(edges, title=f"learned edges (width: {width}; q/k/v inputs on hover)")
+    )
 
 
 def write_sweep_report(

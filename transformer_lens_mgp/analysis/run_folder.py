@@ -2,8 +2,10 @@
 
 A discovery folder holds ``circuit.safetensors``, ``metrics.json`` (the held-out numbers of
 the circuit and of a random circuit of the same size, and the run's facts), ``report.html``,
-``nodes.json`` when the nodes were ranked and profiled, and ``edges.json`` when edges were
-scored. A sweep folder holds one subfolder per point, ``sweep.json`` and ``sweep.html``.
+``nodes.json`` when the nodes were ranked and profiled, ``edges.json`` when edges were
+scored, and ``edges.safetensors`` with ``learned_edges.json`` when edges were learned
+(``tl-mgp edges`` adds those two and ``edges.html``). A sweep folder holds one subfolder per
+point, ``sweep.json`` and ``sweep.html``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from pathlib import Path
 from ..core.checks import check_writable_folder
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
+from ..core.edge_circuit import EdgeCircuit
+from ..core.edge_graph import reader_node
 from .anatomy import CircuitAnatomy, dissect
 from .compare import CircuitComparison, compare
 from .convergence import settling
 from .curves import faithfulness_curve, pareto_areas
+from .edge_evaluation import attribution_edges, evaluate_edges, random_edges
 from .edges import edge_graph
 from .evaluation import Evaluation, evaluate_many
 from .subcircuits import random_circuit
@@ -109,6 +114,58 @@ def measure_circuit(
     return CircuitRun(circuit, result, baseline, metrics, parts)
 
 
+EDGES_FILE = "edges.safetensors"
+LEARNED_EDGES_FILE = "learned_edges.json"
+
+
+def measure_edges(
+    model,
+    edges: EdgeCircuit,
+    test: PairedDataset,
+    scores: Mapping[tuple[str, str], float] | None = None,
+    seed: int = 0,
+) -> dict:
+    """``learned_edges``: the kept edges (with their attribution ``score`` where ``scores``
+    are given, else their ``log_alpha``) and the held-out faithfulness of the learned edges,
+    of as many edges ranked by attribution (with ``scores``) and drawn at random, and of the
+    node circuit (every edge)."""
+    k = max(1, edges.n_kept)
+    rivals = {"learned": edges, "random": random_edges(model, edges.nodes, k, seed=seed)}
+    if scores is not None:
+        rivals["attribution"] = attribution_edges(model, edges.nodes, test, k, scores=scores)
+    every = EdgeCircuit.from_kept(edges.nodes, edges.graph, [True] * edges.n_total)
+    rivals["node circuit (every edge)"] = every
+    results = evaluate_edges(model, list(rivals.values()), test)
+    merged: dict[tuple[str, str], dict] = {}
+    for u, v, alpha in edges.kept_rows():
+        reader, inputs = reader_node(v)
+        row = merged.setdefault((u, reader), {"from": u, "to": reader, "inputs": "", "score": 0.0})
+        row["inputs"] += inputs
+        row["score"] += scores.get((u, v), 0.0) if scores is not None else alpha
+    rows = sorted(merged.values(), key=lambda r: -abs(r["score"]))
+    return {
+        "n_kept": edges.n_kept,
+        "n_total": edges.n_total,
+        "score": "attribution" if scores is not None else "log_alpha",
+        "edges": rows,
+        "evaluation": {rule: r.to_dict() for rule, r in zip(rivals, results, strict=True)},
+        "n_test": len(test),
+        "fit_seconds": edges.fit_info.get("seconds"),
+    }
+
+
+def write_edges_folder(out_dir: str | Path, edges: EdgeCircuit, summary: dict) -> list[Path]:
+    """``edges.safetensors``, ``learned_edges.json`` and the page ``edges.html``."""
+    from .report import write_edge_report
+
+    out = prepare_out_dir(out_dir)
+    return [
+        edges.save(out / EDGES_FILE),
+        _write_json(out / LEARNED_EDGES_FILE, summary),
+        write_edge_report(summary, out / "edges.html"),
+    ]
+
+
 def write_run_folder(out_dir: str | Path, run: CircuitRun, title: str = "Circuit") -> list[Path]:
     """Write the circuit, ``metrics.json``, ``nodes.json`` and ``edges.json`` (if measured) and
     the report."""
@@ -120,6 +177,8 @@ def write_run_folder(out_dir: str | Path, run: CircuitRun, title: str = "Circuit
         written.append(_write_json(out / NODES_FILE, run.anatomy.to_dict()))
     if "edges" in run.metrics:
         written.append(_write_json(out / "edges.json", run.metrics["edges"]))
+    if "learned_edges" in run.metrics:
+        written.append(_write_json(out / LEARNED_EDGES_FILE, run.metrics["learned_edges"]))
     report = write_report(
         run.circuit, out / "report.html", run.metrics, title=title, anatomy=run.anatomy
     )

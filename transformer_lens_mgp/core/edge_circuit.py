@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .circuit import SURELY_DROPPED, SURELY_KEPT, Circuit, read_safetensors, write_safetensors
 from .data import PairedDataset
-from .edge_graph import HEAD_INPUTS, EdgeGraph, corrupted_activations, per_head_inputs
+from .edge_graph import EdgeGraph, corrupted_activations, per_head_inputs, reader_node
 from .errors import UsageError
 from .gates import HardConcrete
 from .model_api import FwdHooks, attached, model_device
@@ -105,8 +105,8 @@ class EdgeCircuit:
         import networkx as nx
 
         graph = nx.DiGraph()
-        for u, v, alpha in self._kept_rows():
-            reader, inputs = _reader_node(v)
+        for u, v, alpha in self.kept_rows():
+            reader, inputs = reader_node(v)
             for name in (u, reader):
                 if name not in graph:
                     graph.add_node(name, **_node_attrs(name, self.graph.n_layers))
@@ -118,7 +118,8 @@ class EdgeCircuit:
                 graph.add_edge(u, reader, inputs=inputs, weight=alpha)
         return graph
 
-    def _kept_rows(self) -> list[tuple[str, str, float]]:
+    def kept_rows(self) -> list[tuple[str, str, float]]:
+        """``(writer, reader, log_alpha)`` of every kept edge."""
         keep = self.kept().tolist()
         alphas = self.log_alpha.tolist()
         return [
@@ -225,13 +226,6 @@ class EdgeCircuit:
         if model is not None:
             nodes.check_model(model)
         return circuit
-
-
-def _reader_node(reader: str) -> tuple[str, str]:
-    """The node a reader belongs to and which of its inputs it is: ``L3.H2.q`` -> (``L3.H2``,
-    ``q``), ``L3.mlp`` -> (``L3.mlp``, "")."""
-    node, _, last = reader.rpartition(".")
-    return (node, last) if last in HEAD_INPUTS else (reader, "")
 
 
 def _node_attrs(name: str, n_layers: int) -> dict:

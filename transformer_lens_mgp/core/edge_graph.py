@@ -47,6 +47,13 @@ def mlp_name(layer: int) -> str:
     return NODE_NAMES["mlp"].format(layer)
 
 
+def reader_node(reader: str) -> tuple[str, str]:
+    """The node a reader belongs to and which of its inputs it is: ``L3.H2.q`` -> (``L3.H2``,
+    ``q``), ``L3.mlp`` -> (``L3.mlp``, "")."""
+    node, _, last = reader.rpartition(".")
+    return (node, last) if last in HEAD_INPUTS else (reader, "")
+
+
 def mlp_out_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_out"
 
