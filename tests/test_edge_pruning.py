@@ -285,7 +285,11 @@ def test_a_bridge_is_refused_with_a_hint():
     model, dims = tiny()
     nodes = some_nodes(dims)
     with pytest.raises(UsageError, match="HookedTransformer"):
-        EdgePruner(model, nodes).fit(build_dataset(model, n=8), progress=False)
+        EdgePruner(model, nodes)
+    graph = EdgeGraph.of(nodes)
+    edges = EdgeCircuit.from_kept(nodes, graph, torch.ones(graph.n_edges, dtype=torch.bool))
+    with pytest.raises(UsageError, match="HookedTransformer"):
+        evaluate_edges(model, [edges], build_dataset(model, n=8))
 
 
 def test_node_pruner_still_fits_after_the_loop_moved():

@@ -28,11 +28,18 @@ from torch import Tensor
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
-from ..core.edge_graph import HEAD_INPUTS, INPUT, LOGITS, per_head_inputs, reader_node
-from ..core.errors import UsageError, UsageTypeError
+from ..core.edge_graph import (
+    HEAD_INPUTS,
+    INPUT,
+    LOGITS,
+    check_hooked,
+    per_head_inputs,
+    reader_node,
+)
+from ..core.errors import UsageError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import task_metric
-from ..core.model_api import attached, check_model_and_pairs, is_hooked_transformer, model_device
+from ..core.model_api import attached, check_model_and_pairs, model_device
 from ..core.nodes import NODE_NAMES, attn_hook_name, mlp_hook_name
 from ..runtime.guard import exclusive, frozen
 
@@ -53,12 +60,7 @@ def edge_scores(
     HookedTransformer: per-head inputs are switched on inside, and off again after."""
     check_positive_int("batch_size", batch_size)
     circuit.check_model(model)
-    if not is_hooked_transformer(model):
-        raise UsageTypeError(
-            "edge scores need per-head residual inputs, which a HookedTransformer provides; "
-            f"got {type(model).__name__}. Build one with transformer_lens_mgp.bridge."
-            "hooked_from_hf (same weights) and score the edges there"
-        )
+    check_hooked(model)
     check_model_and_pairs(model, circuit.dims, dataset=dataset)
     device = model_device(model)
     totals: dict[tuple[str, str], float] = {}

@@ -176,12 +176,7 @@ class EdgeGraph:
 
     def check_model(self, model) -> None:
         """Raise unless ``model`` gives every head its own inputs (see :func:`per_head_inputs`)."""
-        if not is_hooked_transformer(model):
-            raise UsageTypeError(
-                "edges need per-head residual inputs, which a HookedTransformer provides; got "
-                f"{type(model).__name__}. Build one with transformer_lens_mgp.bridge."
-                "hooked_from_hf (same weights), or on TransformerLens 4.x score whole nodes"
-            )
+        check_hooked(model)
         cfg = model.cfg
         needed = ["use_split_qkv_input"] + (["use_hook_mlp_in"] if self.mlps else [])
         if cfg.n_key_value_heads not in (None, cfg.n_heads):
@@ -298,11 +293,23 @@ def corrupted_activations(
     return cache
 
 
+def check_hooked(model) -> None:
+    """Edges need a HookedTransformer: only it gives each head its own residual input."""
+    if not is_hooked_transformer(model):
+        raise UsageTypeError(
+            "edges need per-head residual inputs, which a HookedTransformer provides; got "
+            f"{type(model).__name__}. On TransformerLens 3.x load one with load_model() or "
+            "build one with transformer_lens_mgp.models.bridge.hooked_from_hf (same weights); "
+            "TransformerLens 4.x has none, so there circuits stop at nodes"
+        )
+
+
 @contextmanager
 def per_head_inputs(model) -> Iterator[None]:
     """Give every head its own copy of the residual stream (grouped-query attention
     ungrouped) and the MLP input its hook, so each can be patched alone; the model's settings
     come back on exit."""
+    check_hooked(model)
     names = ("use_split_qkv_input", "ungroup_grouped_query_attention", "use_hook_mlp_in")
     saved = {name: getattr(model.cfg, name) for name in names}
     try:

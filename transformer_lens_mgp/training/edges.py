@@ -26,7 +26,7 @@ from ..core.checks import check_positive_int, is_int, is_number
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.edge_circuit import EdgeCircuit
-from ..core.edge_graph import EdgeGraph, corrupted_activations, per_head_inputs
+from ..core.edge_graph import EdgeGraph, check_hooked, corrupted_activations, per_head_inputs
 from ..core.errors import TrainingDivergedError, UsageError, UsageTypeError
 from ..core.gates import HardConcrete
 from ..core.metrics import kl_divergence
@@ -268,6 +268,7 @@ class EdgePruner:
                 f"ablation={circuit.ablation!r}; fit the node circuit with ablation='corrupted'"
             )
         circuit.check_model(model)
+        check_hooked(model)
         self.model, self.circuit = model, circuit
         self.config = (config or EdgeConfig()).replace(**overrides)
         self.graph = EdgeGraph.of(circuit, bool(getattr(model.cfg, "parallel_attn_mlp", False)))
