@@ -50,7 +50,7 @@ from transformer_lens_mgp.training.run import PruningRun
 TESTS = ("in-template", "unseen templates")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--circuit", required=True, help="the node circuit's file")
     parser.add_argument("--n", type=int, default=600, help="IOI pairs to fit the edges on")
@@ -63,8 +63,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cost", action="store_true", help="also time one step of each kind")
+    parser.add_argument("--cost-only", action="store_true", help="only time the steps")
     parser.add_argument("--out", type=Path, default=Path("runs/edges-ioi"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     model = load_model()
@@ -75,9 +76,11 @@ def main() -> None:
     unseen = tasks.ioi(model, n=args.n_unseen, seed=args.seed + 1, **split.held_out)
     print(f"node circuit: {nodes!r}; {len(train)} training, {len(test)} + {len(unseen)} test pairs")
     scored = train[torch.arange(min(args.score_pairs, len(train)))]
-    scores = edge_scores(model, nodes, scored, by_input=True)
+    scores = {} if args.cost_only else edge_scores(model, nodes, scored, by_input=True)
 
     rows = []
+    if args.cost_only:
+        args.sparsity, args.cost = [], True
     for i, sparsity in enumerate(args.sparsity):
         start = time.perf_counter()
         learned = EdgePruner(
@@ -150,15 +153,27 @@ def measure_cost(model, nodes: Circuit, train, batch: int, steps: int = 3) -> di
         run.prepare()
         return run, execution
 
-    def edge_run():
-        pruner = EdgePruner(model, nodes, steps=steps + 1, batch_size=batch)
-        execution = pruner.execution()
-        execution.__enter__()
-        run = EdgeRun(model, pruner.config, nodes, pruner.graph, data)
-        run.prepare()
-        return run, execution
+    everything = Circuit.from_kept(
+        nodes.dims, {"head": torch.ones(nodes.dims.shape("head"), dtype=torch.bool)}
+    )
 
-    for name, make in (("node step", node_run), ("edge step", edge_run)):
+    def edge_run(circuit):
+        def make():
+            pruner = EdgePruner(model, circuit, steps=steps + 1, batch_size=batch)
+            execution = pruner.execution()
+            execution.__enter__()
+            run = EdgeRun(model, pruner.config, circuit, pruner.graph, data)
+            run.prepare()
+            return run, execution
+
+        return make
+
+    kinds = {
+        "node step": node_run,
+        "edge step, the circuit's nodes": edge_run(nodes),
+        "edge step, every node kept": edge_run(everything),
+    }
+    for name, make in kinds.items():
         run, execution = make()
         try:
             run.step()
@@ -170,11 +185,10 @@ def measure_cost(model, nodes: Circuit, train, batch: int, steps: int = 3) -> di
                 "seconds": (time.perf_counter() - start) / steps,
                 "peak_mib": peak_mib(False) - base,
             }
+            if isinstance(run, EdgeRun):
+                out[name].update(writers=len(run.graph.writers), edges=run.graph.n_edges)
         finally:
             execution.__exit__(None, None, None)
-    everything = Circuit.from_kept(
-        nodes.dims, {"head": torch.ones(nodes.dims.shape("head"), dtype=torch.bool)}
-    )
     one_batch = data[torch.arange(batch)]
     edge_scores(model, everything, one_batch, batch_size=batch)  # warm-up
     base = start_peak(False)
@@ -202,11 +216,14 @@ def print_rows(rows: list[dict]) -> None:
 
 
 def print_cost(cost: dict) -> None:
-    print("| one step of | seconds | peak MiB above start |")
-    print("|---|---|---|")
+    print("| one step of | writers | edges | seconds | peak MiB above start |")
+    print("|---|---|---|---|---|")
     for name, value in cost.items():
         if isinstance(value, dict):
-            print(f"| {name} | {value['seconds']:.2f} | {value['peak_mib']:.0f} |")
+            print(
+                f"| {name} | {value.get('writers', '')} | {value.get('edges', '')} | "
+                f"{value['seconds']:.2f} | {value['peak_mib']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

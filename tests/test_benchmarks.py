@@ -6,7 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import needs_hooked_transformer
+
+from transformer_lens_mgp import Circuit, ModelDims
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -295,3 +298,32 @@ def test_convergence_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsy
         assert all(len(h) == 10 for h in record["size_history"].values())
         assert all(row["target"] is not None and row["change"] >= 0 for row in rows.values())
     assert "| ioi | mlp_neuron |" in capsys.readouterr().out
+
+
+@needs_hooked_transformer
+def test_edge_pruning_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, task_model):
+    bench = load("edge_pruning")
+    monkeypatch.setattr(bench, "load_model", lambda name=None: task_model)
+    dims = ModelDims.from_cfg(task_model.cfg)
+    heads = torch.zeros(dims.shape("head"), dtype=torch.bool)
+    heads[:, 0] = True  # one head per layer: fewer writers than the whole model
+    Circuit.from_kept(dims, {"head": heads}).save(tmp_path / "circuit.safetensors")
+    out = tmp_path / "e"
+    args = ["--circuit", str(tmp_path / "circuit.safetensors"), "--n", "40", "--n-unseen", "12"]
+    args += ["--steps", "4", "--score-pairs", "8", "--sparsity", "0.5", "4", "--cost"]
+    bench.main([*args, "--out", str(out)])
+    record = json.loads((out / "edges.json").read_text())
+    rules = {r["rule"] for r in record["rows"]}
+    assert rules == {"learned", "attribution", "random", "node circuit (every edge)"}
+    assert {r["test"] for r in record["rows"]} == {"in-template", "unseen templates"}
+    for sparsity in (0.5, 4.0):
+        counts = {r["rule"]: r["edges"] for r in record["rows"] if r["sparsity"] == sparsity}
+        assert counts["attribution"] == counts["random"] == max(1, counts["learned"])
+    cost = record["cost"]
+    assert (
+        cost["edge step, every node kept"]["writers"]
+        > cost["edge step, the circuit's nodes"]["writers"]
+    )
+    assert all(cost[k]["seconds"] > 0 for k in ("node step", "edge attribution, whole model"))
+    assert (out / "edges.safetensors").is_file()
+    assert "| one step of |" in capsys.readouterr().out
