@@ -19,13 +19,12 @@ from ..core.data import PairedDataset
 from ..core.edge_circuit import EdgeCircuit
 from ..core.edge_graph import EdgeGraph, corrupted_activations, per_head_inputs
 from ..core.errors import UsageError
-from ..core.metrics import accuracy, kl_divergence, recovered, task_metric
 from ..core.model_api import attached, check_model_and_pairs, model_device
 from ..runtime.forward import answer_logits, batches_with_rows
 from ..runtime.guard import exclusive
 from ..runtime.layout import forward_layout
 from .edges import edge_scores
-from .evaluation import Evaluation
+from .evaluation import Evaluation, FaithfulnessSums
 
 
 @torch.no_grad()
@@ -45,57 +44,30 @@ def evaluate_edges(
     for circuit in circuits:
         circuit.nodes.check_model(model)
     check_model_and_pairs(model, circuits[0].nodes.dims, dataset=dataset)
-    has_metric = dataset.wrong_answer_tokens is not None
-    sums = dict.fromkeys(["acc_full", "metric_full", "metric_empty"], 0.0)
-    own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]
+    sums = FaithfulnessSums(len(circuits), dataset.wrong_answer_tokens is not None)
     device = model_device(model)
     with exclusive(model, "evaluate_edges"), forward_layout(model), per_head_inputs(model):
         for circuit in circuits:
             circuit.graph.check_model(model)
-        masks = [(c.nodes.site_masks().to(device), c.mask().to(device)) for c in circuits]
+        node_masks = [c.nodes.site_masks().to(device) for c in circuits]
         for batch, _ in batches_with_rows(dataset, batch_size, device):
             full = answer_logits(model, batch.clean_tokens, batch.answer_positions)
             empty = answer_logits(model, batch.corrupted_tokens, batch.answer_positions)
-            sums["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
-            if has_metric:
-                sums["metric_full"] += task_metric(full, batch).sum().item()
-                sums["metric_empty"] += task_metric(empty, batch).sum().item()
+            sums.add_reference(full, empty, batch)
             corrupted: dict[EdgeGraph, dict] = {}
-            for circuit, (node_masks, edge_masks), totals in zip(circuits, masks, own, strict=True):
+            for i, circuit in enumerate(circuits):
                 graph = circuit.graph
                 if graph not in corrupted:
                     corrupted[graph] = corrupted_activations(model, graph, batch.corrupted_tokens)
-                hooks = graph.hooks(model, node_masks, edge_masks, corrupted[graph])
+                edge_masks = circuit.mask().to(device)
+                hooks = graph.hooks(model, node_masks[i], edge_masks, corrupted[graph])
                 with attached(model, hooks):
                     logits = answer_logits(model, batch.clean_tokens, batch.answer_positions)
-                totals["kl"] += kl_divergence(full, logits).item() * len(batch)
-                totals["acc"] += accuracy(logits, batch.answer_tokens).item() * len(batch)
-                if has_metric:
-                    totals["metric"] += task_metric(logits, batch).sum().item()
-    n = len(dataset)
-    nan = float("nan")
-    full_m = sums["metric_full"] / n if has_metric else nan
-    empty_m = sums["metric_empty"] / n if has_metric else nan
-    out = []
-    for circuit, totals in zip(circuits, own, strict=True):
-        dims = circuit.nodes.dims
-        out.append(
-            Evaluation(
-                kl=totals["kl"] / n,
-                metric_full=full_m,
-                metric_circuit=totals["metric"] / n if has_metric else nan,
-                metric_empty=empty_m,
-                recovered=recovered(totals["metric"] / n, full_m, empty_m) if has_metric else nan,
-                accuracy_full=sums["acc_full"] / n,
-                accuracy_circuit=totals["acc"] / n,
-                kept={"edge": circuit.n_kept}
-                | {g: circuit.nodes.n_kept(g) for g in dims.available()},
-                total={"edge": circuit.n_total}
-                | {g: circuit.nodes.n_total(g) for g in dims.available()},
-                n_pairs=n,
-            )
-        )
-    return out
+                sums.add(i, full, logits, batch)
+    available = circuits[0].nodes.dims.available()
+    kept = [{"edge": c.n_kept} | {g: c.nodes.n_kept(g) for g in available} for c in circuits]
+    total = [{"edge": c.n_total} | {g: c.nodes.n_total(g) for g in available} for c in circuits]
+    return sums.evaluations(kept, total)
 
 
 def attribution_edges(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import Tensor
 
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
@@ -94,8 +95,7 @@ def evaluate_many(
     has_metric = dataset.wrong_answer_tokens is not None
     # The empty circuit comes first: its metric is the floor of "recovered".
     runs = ([masks[0].zeros()] if has_metric else []) + masks
-    sums = {"acc_full": 0.0, "metric_full": 0.0, "metric_empty": 0.0}
-    own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in circuits]
+    sums = FaithfulnessSums(len(circuits), has_metric)
     with exclusive(model, "evaluate"), forward_layout(model):
         full_logits = reference_logits(model, dataset, batch_size)
         if not torch.isfinite(full_logits).all():
@@ -105,33 +105,60 @@ def evaluate_many(
             )
         source = AblationSource.for_dataset(model, ablation, dataset, dims)
         for batch, rows, logits in masked_answer_batches(model, dataset, runs, source, batch_size):
-            full = full_logits[rows]
-            sums["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
-            if has_metric:
-                empty, *logits = logits
-                sums["metric_full"] += task_metric(full, batch).sum().item()
-                sums["metric_empty"] += task_metric(empty, batch).sum().item()
-            for circuit_logits, totals in zip(logits, own, strict=True):
-                totals["kl"] += kl_divergence(full, circuit_logits).item() * len(batch)
-                totals["acc"] += accuracy(circuit_logits, batch.answer_tokens).item() * len(batch)
-                if has_metric:
-                    totals["metric"] += task_metric(circuit_logits, batch).sum().item()
-    n = len(dataset)
-    nan = float("nan")
-    full_m = sums["metric_full"] / n if has_metric else nan
-    empty_m = sums["metric_empty"] / n if has_metric else nan
-    return [
-        Evaluation(
-            kl=totals["kl"] / n,
-            metric_full=full_m,
-            metric_circuit=totals["metric"] / n if has_metric else nan,
-            metric_empty=empty_m,
-            recovered=recovered(totals["metric"] / n, full_m, empty_m) if has_metric else nan,
-            accuracy_full=sums["acc_full"] / n,
-            accuracy_circuit=totals["acc"] / n,
-            kept={g: circuit.n_kept(g) for g in dims.available()},
-            total={g: circuit.n_total(g) for g in dims.available()},
-            n_pairs=n,
-        )
-        for circuit, totals in zip(circuits, own, strict=True)
-    ]
+            empty, *logits = logits if has_metric else (None, *logits)
+            sums.add_reference(full_logits[rows], empty, batch)
+            for i, circuit_logits in enumerate(logits):
+                sums.add(i, full_logits[rows], circuit_logits, batch)
+    kept = [{g: c.n_kept(g) for g in dims.available()} for c in circuits]
+    total = [{g: c.n_total(g) for g in dims.available()} for c in circuits]
+    return sums.evaluations(kept, total)
+
+
+class FaithfulnessSums:
+    """Running sums over batches of what an :class:`Evaluation` reports, for several circuits
+    measured on the same pairs (node circuits here, edge circuits in ``edge_evaluation``)."""
+
+    def __init__(self, n_circuits: int, has_metric: bool):
+        self.has_metric = has_metric
+        self.n = 0
+        self.shared = dict.fromkeys(["acc_full", "metric_full", "metric_empty"], 0.0)
+        self.own = [dict.fromkeys(["kl", "metric", "acc"], 0.0) for _ in range(n_circuits)]
+
+    def add_reference(self, full: Tensor, empty: Tensor | None, batch: PairedDataset) -> None:
+        """The full model's and the empty circuit's logits on ``batch`` (once per batch)."""
+        self.n += len(batch)
+        self.shared["acc_full"] += accuracy(full, batch.answer_tokens).item() * len(batch)
+        if self.has_metric:
+            self.shared["metric_full"] += task_metric(full, batch).sum().item()
+            self.shared["metric_empty"] += task_metric(empty, batch).sum().item()
+
+    def add(self, i: int, full: Tensor, logits: Tensor, batch: PairedDataset) -> None:
+        """Circuit ``i``'s logits on ``batch``."""
+        totals = self.own[i]
+        totals["kl"] += kl_divergence(full, logits).item() * len(batch)
+        totals["acc"] += accuracy(logits, batch.answer_tokens).item() * len(batch)
+        if self.has_metric:
+            totals["metric"] += task_metric(logits, batch).sum().item()
+
+    def evaluations(self, kept: list[dict], total: list[dict]) -> list[Evaluation]:
+        n, nan = self.n, float("nan")
+        full_m = self.shared["metric_full"] / n if self.has_metric else nan
+        empty_m = self.shared["metric_empty"] / n if self.has_metric else nan
+        out = []
+        for totals, kept_i, total_i in zip(self.own, kept, total, strict=True):
+            metric = totals["metric"] / n if self.has_metric else nan
+            out.append(
+                Evaluation(
+                    kl=totals["kl"] / n,
+                    metric_full=full_m,
+                    metric_circuit=metric,
+                    metric_empty=empty_m,
+                    recovered=recovered(metric, full_m, empty_m) if self.has_metric else nan,
+                    accuracy_full=self.shared["acc_full"] / n,
+                    accuracy_circuit=totals["acc"] / n,
+                    kept=kept_i,
+                    total=total_i,
+                    n_pairs=n,
+                )
+            )
+        return out

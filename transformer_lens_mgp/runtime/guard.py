@@ -8,7 +8,11 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+
 from ..core.errors import UsageError
+from ..core.model_api import model_device
+from .layout import forward_layout
 
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -53,3 +57,23 @@ def exclusive(model, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def fitting(model, what: str, bf16: bool = False) -> Iterator[None]:
+    """How the model runs while masks are learned on it: one call at a time, weights frozen
+    and laid out for the forward pass (see ``layout``), gradients on even inside a caller's
+    ``no_grad`` or ``inference_mode``, and bf16 autocast if asked. Everything is undone on
+    exit."""
+    with (
+        exclusive(model, what),
+        frozen(model),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        forward_layout(model),
+    ):
+        if not bf16:
+            yield
+            return
+        with torch.autocast(model_device(model).type, dtype=torch.bfloat16):
+            yield

@@ -15,7 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +27,12 @@ from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.edge_circuit import EdgeCircuit
 from ..core.edge_graph import EdgeGraph, check_hooked, corrupted_activations, per_head_inputs
-from ..core.errors import TrainingDivergedError, UsageError, UsageTypeError
+from ..core.errors import UsageError, UsageTypeError
 from ..core.gates import HardConcrete
 from ..core.metrics import kl_divergence
-from ..core.model_api import attached, check_model_and_pairs, model_device
+from ..core.model_api import check_model_and_pairs, model_device
 from ..runtime.forward import answer_logits, reference_logits
-from ..runtime.guard import exclusive, frozen
-from ..runtime.layout import forward_layout
+from ..runtime.guard import fitting
 from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
 from .run import (
     EMPTY_KL_PAIRS,
@@ -42,6 +41,7 @@ from .run import (
     StepRecord,
     batch_at,
     cosine_lr,
+    descend,
     step_seed,
 )
 from .sparsity import SparsityControl
@@ -174,21 +174,9 @@ class EdgeRun:
         kept = self._kept_share(step)
         penalty = self.sparsity.penalty(l0, kept, step)
         hooks = self.graph.hooks(self.model, self.node_masks, sampled, corrupted)
-        with attached(self.model, hooks):
-            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
-            kl = kl_divergence(self.reference[indices.to(self.reference.device)], logits)
-            loss = kl + penalty.to(kl.device)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the loss became {loss.item()} at step {step}; lower lr or check the "
-                    "model's logits for NaN/inf on this dataset"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        reference = self.reference[indices.to(self.reference.device)]
+        loss, kl = descend(self, hooks, batch, reference, penalty, step)
         lr = cosine_lr(config, step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
         self.sparsity.ascend()
         kept_now = int((self.log_alpha.detach() > self.gates.keep_threshold).sum())
         values = {"loss": loss.item(), "kl": kl.item(), "lr": lr, "l0/edge": l0[EDGE].item()}
@@ -331,16 +319,10 @@ class EdgePruner:
     def execution(self) -> Iterator[None]:
         """How the model runs during an edge fit: weights frozen and laid out, per-head
         inputs on, gradients on, bf16 autocast if asked; all undone on exit."""
-        with ExitStack() as stack:
-            stack.enter_context(exclusive(self.model, "an edge fit"))
-            stack.enter_context(frozen(self.model))
-            stack.enter_context(torch.inference_mode(False))
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(forward_layout(self.model))
-            stack.enter_context(per_head_inputs(self.model))
-            if self.config.bf16:
-                device_type = model_device(self.model).type
-                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+        with (
+            fitting(self.model, "an edge fit", self.config.bf16),
+            per_head_inputs(self.model),
+        ):
             yield
 
 

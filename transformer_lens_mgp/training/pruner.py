@@ -19,14 +19,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import torch
-
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError, UsageTypeError
-from ..core.model_api import check_model_and_pairs, check_pairs, model_device, model_dims
-from ..runtime.guard import exclusive, frozen
-from ..runtime.layout import forward_layout
+from ..core.model_api import check_model_and_pairs, check_pairs, model_dims
+from ..runtime.guard import fitting
 from ..runtime.recompute import checkpointable_blocks, recomputed_blocks
 from .budget import split_validation
 from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
@@ -110,14 +107,7 @@ class CircuitPruner:
         caller's ``no_grad`` or ``inference_mode``, bf16 autocast and block recomputation if
         asked. Everything is undone on exit."""
         with ExitStack() as stack:
-            stack.enter_context(exclusive(self.model, "a fit"))
-            stack.enter_context(frozen(self.model))
-            stack.enter_context(torch.inference_mode(False))
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(forward_layout(self.model))
-            if self.config.bf16:
-                device_type = model_device(self.model).type
-                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+            stack.enter_context(fitting(self.model, "a fit", self.config.bf16))
             if self.config.gradient_checkpointing:
                 stack.enter_context(recomputed_blocks(self.model))
             yield

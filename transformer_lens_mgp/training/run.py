@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
@@ -78,6 +79,29 @@ def batch_at(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     epoch, index = divmod(step, per_epoch)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch)))
     return order[index * batch_size : (index + 1) * batch_size]
+
+
+def descend(run, hooks, batch, reference, penalty, step: int) -> tuple[Tensor, Tensor]:
+    """One optimiser step of ``run`` (a node or an edge fit): the KL of the model run with
+    ``hooks`` on ``batch`` against the full model's ``reference`` logits, plus ``penalty``,
+    back-propagated to the masks; returns (loss, KL)."""
+    # The masks stay attached through the backward pass: recomputed blocks rerun them.
+    with attached(run.model, hooks):
+        logits = answer_logits(run.model, batch.clean_tokens, batch.answer_positions)
+        kl = kl_divergence(reference, logits)
+        # The masks' prices live with the masks, the KL with the unembedding.
+        loss = kl + penalty.to(kl.device)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr "
+                "or check the model's logits for NaN/inf on this dataset"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    for group in run.optimizer.param_groups:
+        group["lr"] = cosine_lr(run.config, step)
+    run.optimizer.step()
+    return loss.detach(), kl.detach()
 
 
 class PruningRun:
@@ -187,22 +211,8 @@ class PruningRun:
         if self.budget is not None:
             penalty = self.budget.scale * penalty
         hooks = mask_hooks(self.dims, site_masks(sampled, self.dims), ablated)
-        # The masks stay attached through the backward pass: recomputed blocks rerun them.
-        with attached(self.model, hooks):
-            logits = answer_logits(self.model, batch.clean_tokens, batch.answer_positions)
-            kl = kl_divergence(self.reference[indices.to(self.reference.device)], logits)
-            # The masks' prices live with the masks, the KL with the unembedding.
-            loss = kl + penalty.to(kl.device)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the loss became {loss.item()} at step {step} (KL {kl.item()}); lower lr "
-                    "or check the model's logits for NaN/inf on this dataset"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(step)
-        self.optimizer.step()
+        reference = self.reference[indices.to(self.reference.device)]
+        loss, kl = descend(self, hooks, batch, reference, penalty, step)
         self.sparsity.ascend()
         values = {"loss": loss.item(), "kl": kl.item(), "lr": self.learning_rate(step)}
         values.update({f"l0/{g}": v.item() for g, v in l0.items()})
