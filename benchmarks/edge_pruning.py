@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,12 +44,11 @@ from transformer_lens_mgp import (
     random_edges,
     tasks,
 )
-from transformer_lens_mgp.core.edge_graph import per_head_inputs
-from transformer_lens_mgp.core.model_api import model_device
 from transformer_lens_mgp.training.edges import EdgeRun
 from transformer_lens_mgp.training.run import PruningRun
 
 TESTS = ("in-template", "unseen templates")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cost", action="store_true", help="also time one step of each kind")
     parser.add_argument("--cost-only", action="store_true", help="only time the steps")
+    parser.add_argument("--cost-kind", choices=COST_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("runs/edges-ioi"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     split = tasks.vocabulary_split("ioi")
     pairs = tasks.ioi(model, n=args.n, seed=args.seed, **split.train)
     train, test = pairs.split(0.1, seed=args.seed)
+    if args.cost_kind is not None:  # one measurement, in this fresh process
+        print(
+            COST_PREFIX + json.dumps(measure_one(args.cost_kind, model, nodes, train, args.batch))
+        )
+        return
     unseen = tasks.ioi(model, n=args.n_unseen, seed=args.seed + 1, **split.held_out)
     print(f"node circuit: {nodes!r}; {len(train)} training, {len(test)} + {len(unseen)} test pairs")
     scored = train[torch.arange(min(args.score_pairs, len(train)))]
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
         print_rows([r for r in rows if r["sparsity"] == sparsity])
 
-    cost = measure_cost(model, nodes, train, args.batch) if args.cost else None
+    cost = measure_cost(args) if args.cost else None
     if cost:
         print_cost(cost)
     report = {
@@ -140,67 +147,66 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {path}")
 
 
-def measure_cost(model, nodes: Circuit, train, batch: int, steps: int = 3) -> dict:
-    """Seconds per step (mean of ``steps`` after one warm-up) and peak MiB above the start."""
-    data = train[torch.arange(batch * (steps + 1))]
+COST_KINDS = ("node step", "edge step, the circuit's nodes", "edge step, every node kept")
+COST_KINDS += ("edge attribution, whole model",)
+
+
+def measure_cost(args) -> dict:
+    """Each kind of step in a fresh process (a process's resident peak never comes down, so
+    one that already ran a fit would hide a step's memory)."""
     out = {}
+    for kind in COST_KINDS:
+        cmd = [sys.executable, "-m", "benchmarks.edge_pruning", "--circuit", str(args.circuit)]
+        cmd += ["--n", str(args.n), "--seed", str(args.seed), "--batch", str(args.batch)]
+        done = subprocess.run(
+            [*cmd, "--cost-kind", kind], capture_output=True, text=True, cwd=ROOT, check=False
+        )
+        lines = [line for line in done.stdout.splitlines() if line.startswith(COST_PREFIX)]
+        if done.returncode or not lines:
+            out[kind] = {"error": done.stderr[-1500:]}
+            continue
+        out[kind] = json.loads(lines[-1].removeprefix(COST_PREFIX))
+    return out
 
-    def node_run():
-        pruner = CircuitPruner(model, steps=steps + 1, batch_size=batch)
-        execution = pruner.execution()
-        execution.__enter__()
-        run = PruningRun(model, pruner.config.resolved(nodes.dims), nodes.dims, data)
-        run.prepare()
-        return run, execution
 
+COST_PREFIX = "COST "
+
+
+def measure_one(kind: str, model, nodes: Circuit, train, batch: int, steps: int = 3) -> dict:
+    """Seconds per step (mean of ``steps`` after one warm-up) and peak MiB above what the
+    process held before the first measured step."""
+    data = train[torch.arange(batch * (steps + 1))]
     everything = Circuit.from_kept(
         nodes.dims, {"head": torch.ones(nodes.dims.shape("head"), dtype=torch.bool)}
     )
-
-    def edge_run(circuit):
-        def make():
-            pruner = EdgePruner(model, circuit, steps=steps + 1, batch_size=batch)
-            execution = pruner.execution()
-            execution.__enter__()
-            run = EdgeRun(model, pruner.config, circuit, pruner.graph, data)
-            run.prepare()
-            return run, execution
-
-        return make
-
-    kinds = {
-        "node step": node_run,
-        "edge step, the circuit's nodes": edge_run(nodes),
-        "edge step, every node kept": edge_run(everything),
-    }
-    for name, make in kinds.items():
-        run, execution = make()
-        try:
-            run.step()
-            base = start_peak(False)
-            start = time.perf_counter()
-            for _ in range(steps):
-                run.step()
-            out[name] = {
-                "seconds": (time.perf_counter() - start) / steps,
-                "peak_mib": peak_mib(False) - base,
-            }
-            if isinstance(run, EdgeRun):
-                out[name].update(writers=len(run.graph.writers), edges=run.graph.n_edges)
-        finally:
-            execution.__exit__(None, None, None)
-    one_batch = data[torch.arange(batch)]
-    edge_scores(model, everything, one_batch, batch_size=batch)  # warm-up
-    base = start_peak(False)
-    start = time.perf_counter()
-    with per_head_inputs(model):
+    if kind == "edge attribution, whole model":
+        one_batch = data[torch.arange(batch)]
+        edge_scores(model, everything, one_batch, batch_size=batch)  # warm-up
+        base = start_peak(False)
+        start = time.perf_counter()
         scores = edge_scores(model, everything, one_batch, batch_size=batch)
-    out["edge attribution, whole model"] = {
-        "seconds": time.perf_counter() - start,
-        "peak_mib": peak_mib(False) - base,
-        "edges": len(scores),
-    }
-    out["device"] = str(model_device(model))
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "peak_mib": peak_mib(False) - base, "edges": len(scores)}
+    if kind == "node step":
+        pruner = CircuitPruner(model, steps=steps + 1, batch_size=batch)
+        execution = pruner.execution()
+        make = lambda: PruningRun(model, pruner.config.resolved(nodes.dims), nodes.dims, data)  # noqa: E731
+    else:
+        circuit = nodes if kind == "edge step, the circuit's nodes" else everything
+        pruner = EdgePruner(model, circuit, steps=steps + 1, batch_size=batch)
+        execution = pruner.execution()
+        make = lambda: EdgeRun(model, pruner.config, circuit, pruner.graph, data)  # noqa: E731
+    with execution:
+        run = make()
+        run.prepare()
+        run.step()
+        base = start_peak(False)
+        start = time.perf_counter()
+        for _ in range(steps):
+            run.step()
+        out = {"seconds": (time.perf_counter() - start) / steps, "peak_mib": peak_mib(False) - base}
+        if isinstance(run, EdgeRun):
+            out.update(writers=len(run.graph.writers), edges=run.graph.n_edges)
     return out
 
 
@@ -219,7 +225,9 @@ def print_cost(cost: dict) -> None:
     print("| one step of | writers | edges | seconds | peak MiB above start |")
     print("|---|---|---|---|---|")
     for name, value in cost.items():
-        if isinstance(value, dict):
+        if "error" in value:
+            print(f"| {name} | failed: {value['error'].splitlines()[-1:]} | | | |")
+        else:
             print(
                 f"| {name} | {value.get('writers', '')} | {value.get('edges', '')} | "
                 f"{value['seconds']:.2f} | {value['peak_mib']:.0f} |"
