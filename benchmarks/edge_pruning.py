@@ -173,18 +173,18 @@ COST_PREFIX = "COST "
 
 
 def measure_one(kind: str, model, nodes: Circuit, train, batch: int, steps: int = 3) -> dict:
-    """Seconds per step (mean of ``steps`` after one warm-up) and peak MiB above what the
-    process held before the first measured step."""
+    """Seconds per step (mean of ``steps`` after one warm-up) and peak MiB of the steps
+    (warm-up included) above what the process held once the run was prepared."""
     data = train[torch.arange(batch * (steps + 1))]
     everything = Circuit.from_kept(
         nodes.dims, {"head": torch.ones(nodes.dims.shape("head"), dtype=torch.bool)}
     )
     if kind == "edge attribution, whole model":
         one_batch = data[torch.arange(batch)]
-        edge_scores(model, everything, one_batch, batch_size=batch)  # warm-up
         base = start_peak(False)
+        edge_scores(model, everything, one_batch, batch_size=batch, by_input=True)  # warm-up
         start = time.perf_counter()
-        scores = edge_scores(model, everything, one_batch, batch_size=batch)
+        scores = edge_scores(model, everything, one_batch, batch_size=batch, by_input=True)
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "peak_mib": peak_mib(False) - base, "edges": len(scores)}
     if kind == "node step":
@@ -199,8 +199,8 @@ def measure_one(kind: str, model, nodes: Circuit, train, batch: int, steps: int 
     with execution:
         run = make()
         run.prepare()
+        base = start_peak(False)  # the steps' peak, the warm-up's included
         run.step()
-        base = start_peak(False)
         start = time.perf_counter()
         for _ in range(steps):
             run.step()
