@@ -27,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from transformer_lens_mgp import (
     edge_scores,
     evaluate_edges,
     load_model,
+    per_head_inputs,
     random_edges,
     tasks,
 )
@@ -196,7 +198,7 @@ def measure_one(kind: str, model, nodes: Circuit, train, batch: int, steps: int 
         pruner = EdgePruner(model, circuit, steps=steps + 1, batch_size=batch)
         execution = pruner.execution()
         make = lambda: EdgeRun(model, pruner.config, circuit, pruner.graph, data)  # noqa: E731
-    with execution:
+    with execution, per_head_inputs(model) if kind != "node step" else nullcontext():
         run = make()
         run.prepare()
         base = start_peak(False)  # the steps' peak, the warm-up's included

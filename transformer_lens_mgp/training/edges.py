@@ -292,10 +292,11 @@ class EdgePruner:
         try:
             with self.execution():
                 run = EdgeRun(self.model, self.config, self.circuit, self.graph, train)
-                run.prepare(progress)
+                run.prepare(progress)  # the full model's answers: no per-head inputs needed
                 if state is not None:
                     run.load_state_dict(state)
-                step_to_end(run, checkpoint, identity, progress, "edges")
+                with per_head_inputs(self.model):
+                    step_to_end(run, checkpoint, identity, progress, "edges")
         except BaseException:
             self.circuit_ = None if run is None else run.circuit()
             raise
@@ -317,12 +318,10 @@ class EdgePruner:
 
     @contextmanager
     def execution(self) -> Iterator[None]:
-        """How the model runs during an edge fit: weights frozen and laid out, per-head
-        inputs on, gradients on, bf16 autocast if asked; all undone on exit."""
-        with (
-            fitting(self.model, "an edge fit", self.config.bf16),
-            per_head_inputs(self.model),
-        ):
+        """How the model runs during an edge fit: weights frozen and laid out, gradients on,
+        bf16 autocast if asked; all undone on exit. The steps also need
+        :func:`~transformer_lens_mgp.per_head_inputs`."""
+        with fitting(self.model, "an edge fit", self.config.bf16):
             yield
 
 
