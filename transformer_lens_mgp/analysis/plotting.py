@@ -182,20 +182,14 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
         edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in edges.edges(data=True)]
     edges = sorted(edges, key=lambda e: -abs(e["score"]))[:max_edges]
     names = sorted({e[k] for e in edges for k in ("from", "to")}, key=_node_order)
-    column: dict[float, int] = {}
-    position = {}
-    finite = [_node_order(n)[0] for n in names if n != "logits"]
-    for name in names:
-        x = _node_order(name)[0] if name != "logits" else max(finite, default=0) + 1
-        position[name] = (x, column.get(x, 0))
-        column[x] = column.get(x, 0) + 1
+    position = _edge_graph_layout(names)
     largest = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
     fig = go.Figure()
     for e in reversed(edges):
-        (x0, y0), (x1, y1) = position[e["from"]], position[e["to"]]
+        xs, ys = _arc(position[e["from"]], position[e["to"]])
         fig.add_scatter(
-            x=[x0, x1],
-            y=[y0, y1],
+            x=xs,
+            y=ys,
             mode="lines",
             line_width=0.5 + 6 * abs(e["score"]) / largest,
             line_color="#1f77b4" if e["score"] > 0 else "#d62728",
@@ -218,6 +212,40 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
     fig.update_yaxes(visible=False)
     fig.update_layout(title=title or f"edges between kept nodes ({len(edges)} strongest)")
     return fig
+
+
+def _edge_graph_layout(names: list[str]) -> dict[str, tuple[float, float]]:
+    """Nodes by layer from left to right; in a layer the heads stacked upwards from 1 and
+    the MLP below them at 0, so that edges between neighbours do not run along one line;
+    the input and the logits half-way up."""
+    finite = [_node_order(n)[0] for n in names if n != "logits"]
+    stacked: dict[float, int] = {}
+    position = {}
+    for name in names:
+        x = _node_order(name)[0] if name != "logits" else max(finite, default=0) + 1
+        if name.endswith(".mlp"):
+            position[name] = (x, 0.0)
+        elif "." in name:
+            stacked[x] = stacked.get(x, 0) + 1
+            position[name] = (x, float(stacked[x]))
+    middle = (max(stacked.values(), default=0) + 1) / 2
+    for name in names:
+        if "." not in name:
+            position[name] = (_node_order(name)[0] if name != "logits" else max(finite) + 1, middle)
+    return position
+
+
+def _arc(
+    start: tuple[float, float], end: tuple[float, float], bend: float = 0.15, points: int = 12
+) -> tuple[list[float], list[float]]:
+    """A quadratic Bezier from ``start`` to ``end``, bent to the left of its direction by
+    ``bend`` of its length: edges that share a line stay apart."""
+    (x0, y0), (x1, y1) = start, end
+    cx, cy = (x0 + x1) / 2 - bend * (y1 - y0), (y0 + y1) / 2 + bend * (x1 - x0)
+    ts = [i / (points - 1) for i in range(points)]
+    xs = [(1 - t) ** 2 * x0 + 2 * (1 - t) * t * cx + t**2 * x1 for t in ts]
+    ys = [(1 - t) ** 2 * y0 + 2 * (1 - t) * t * cy + t**2 * y1 for t in ts]
+    return xs, ys
 
 
 def _node_order(name: str) -> tuple[float, str]:
