@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import einops
 import torch
@@ -202,8 +202,9 @@ class EdgeGraph:
         self.check_model(model)
         dims = ModelDims.from_cfg(model.cfg)
         dropped = 1 - self.dense(edge_masks.float())
-        written: list[tuple[slice, Tensor]] = []
+        written: list[tuple[list[int], Tensor]] = []  # (writer rows, their writes' deltas)
         readers = {name: i for i, name in enumerate(self.readers)}
+        writers = {name: i for i, name in enumerate(self.writers)}
 
         def removed(reader_rows: list[int]) -> Float[Tensor, "batch pos r d"] | None:
             """What each reader's dropped edges take away from its input (None: nothing
@@ -228,7 +229,7 @@ class EdgeGraph:
 
         def on_mlp_out(out, *, hook, layer):
             delta = out - corrupted[mlp_out_hook(layer)].to(out)
-            written.append(([self.writers.index(mlp_name(layer))], delta[:, :, None]))
+            written.append(([writers[mlp_name(layer)]], delta[:, :, None]))
 
         pending: dict[str, Tensor] = {}
 
@@ -257,28 +258,21 @@ class EdgeGraph:
         for layer in range(self.n_layers):
             if layer in self._head_writers:
                 for k in HEAD_INPUTS:
-                    read = _bound(on_head_input, layer=layer, kind=k)
+                    read = partial(on_head_input, layer=layer, kind=k)
                     hooks.append((f"blocks.{layer}.hook_{k}_input", read))
-                hooks.append((attn_hook_name(layer), _bound(on_z, layer=layer)))
+                hooks.append((attn_hook_name(layer), partial(on_z, layer=layer)))
             if layer in self.mlps:
-                read = _bound(on_single_reader, reader=mlp_name(layer))
+                read = partial(on_single_reader, reader=mlp_name(layer))
                 hooks.append((f"blocks.{layer}.hook_mlp_in", read))
-                hooks.append((mlp_out_hook(layer), _bound(on_mlp_out, layer=layer)))
+                hooks.append((mlp_out_hook(layer), partial(on_mlp_out, layer=layer)))
         last = f"blocks.{self.n_layers - 1}.hook_resid_post"
-        hooks.append((last, _bound(on_single_reader, reader=LOGITS)))
+        hooks.append((last, partial(on_single_reader, reader=LOGITS)))
         return hooks
 
     def corrupted_hook_names(self, dims: ModelDims) -> list[str]:
         """Sites whose corrupted activations the hooks need: every masked site (the node
         circuit's ablation), the embeddings and the kept MLPs' outputs."""
         return [*dims.hook_names(), INPUT_HOOK, *(mlp_out_hook(layer) for layer in self.mlps)]
-
-
-def _bound(fn, **bound):
-    def hook(activation, *, hook):
-        return fn(activation, hook=hook, **bound)
-
-    return hook
 
 
 @torch.no_grad()
