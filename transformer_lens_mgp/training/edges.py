@@ -164,6 +164,7 @@ class EdgeRun:
         self.sparsity.kl_scale = self.kl_empty
 
     def step(self) -> StepRecord:
+        """One optimiser step on a batch of pairs (a function of the seed and the step)."""
         step, config = self.step_index, self.config
         indices = batch_at(len(self.train), config.batch_size, config.seed, step)
         batch = self.train[indices].trimmed().to(model_device(self.model))
@@ -278,9 +279,7 @@ class EdgePruner:
             if data is not None and not isinstance(data, PairedDataset):
                 raise UsageTypeError(f"{label} must be a PairedDataset, got {type(data).__name__}")
         dims = self.circuit.dims
-        check_model_and_pairs(self.model, dims, dataset=train)
-        with per_head_inputs(self.model):
-            self.graph.check_model(self.model)
+        check_model_and_pairs(self.model, dims, dataset=train, validation_pairs=validation)
         if resume and checkpoint_dir is None:
             raise UsageError("resume=True needs the checkpoint_dir of the fit to continue")
         checkpoint = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
