@@ -203,14 +203,18 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
         y=[position[n][1] for n in names],
         mode="markers+text",
         text=names,
-        textposition="top center",
+        textposition=["bottom center" if n.endswith(".mlp") else "top center" for n in names],
         marker=dict(size=12, color="#333", symbol=[_node_symbol(n) for n in names]),
         hoverinfo="text",
         showlegend=False,
     )
     fig.update_xaxes(title_text="layer (input left, logits right)")
     fig.update_yaxes(visible=False)
-    fig.update_layout(title=title or f"edges between kept nodes ({len(edges)} strongest)")
+    tallest = max((y for _, y in position.values()), default=0)
+    fig.update_layout(
+        title=title or f"edges between kept nodes ({len(edges)} strongest)",
+        height=max(450, 200 + 55 * tallest),
+    )
     return fig
 
 
