@@ -10,6 +10,7 @@ from conftest import needs_hooked_transformer
 
 from transformer_lens_mgp import DEFAULT_SPARSITY, Circuit, EdgeCircuit, models
 from transformer_lens_mgp.cli import main
+from transformer_lens_mgp.core.model_api import has_hooked_transformer
 
 FAST = ["--n", "40", "--steps", "3", "--batch-size", "8", "--quiet"]
 
@@ -194,6 +195,15 @@ def test_learned_edges_from_discover_and_from_a_run_folder(tiny_default, tmp_pat
     assert again.config["target_edges"] == 3 and again.config["steps"] == 4
     assert "Learned edges" in (tmp_path / "e" / "edges.html").read_text()
     assert "strongest kept edges" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(has_hooked_transformer(), reason="3.9's tiny models are HookedTransformers")
+@pytest.mark.parametrize("edges", ["scored", "learned"])
+def test_edges_on_a_bridge_are_refused_before_the_fit(edges, tiny_default, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", *FAST, "--edges", edges, "--out", str(out)]) == 2
+    assert "HookedTransformer" in capsys.readouterr().err
+    assert not (out / "circuit.safetensors").exists()
 
 
 def test_edges_of_a_missing_run_is_one_line(tiny_default, tmp_path, capsys):

@@ -35,6 +35,7 @@ from .analysis.run_folder import (
     write_sweep_folder,
 )
 from .core.circuit import Circuit
+from .core.edge_graph import check_hooked
 from .core.errors import MissingFileError, TrainingDivergedError, UsageError
 from .core.hooks import ABLATIONS
 from .core.nodes import GRANULARITIES, ModelDims
@@ -357,6 +358,8 @@ def _discover(args) -> int:
     wall = time.perf_counter()
     _discover_config(args)  # a bad setting fails before the model loads
     model, train, test = _load(args)
+    if args.edges:
+        check_hooked(model)  # before the fit, not after it
     config = _discover_config(args, model)
     circuit = CircuitPruner(model, config).fit(train, progress=not args.quiet)
     run = measure_circuit(
@@ -438,6 +441,7 @@ def _edges(args) -> int:
     config = EdgeConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     check_out_dir(out)
     model, train, test = _load(args)
+    check_hooked(model)
     circuit = Circuit.load(path, model=model)
     edges, summary = _fit_edges(model, circuit, train, test, config, args)
     summary["wall_seconds"] = round(time.perf_counter() - wall, 1)
