@@ -36,16 +36,13 @@ from benchmarks.perf import peak_mib, start_peak
 from transformer_lens_mgp import (
     Circuit,
     CircuitPruner,
-    EdgeCircuit,
     EdgePruner,
-    attribution_edges,
     edge_scores,
-    evaluate_edges,
     load_model,
     per_head_inputs,
-    random_edges,
     tasks,
 )
+from transformer_lens_mgp.analysis.run_folder import measure_edges
 from transformer_lens_mgp.training.edges import EdgeRun
 from transformer_lens_mgp.training.run import PruningRun
 
@@ -98,30 +95,20 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
         if i == 0:
             learned.save(args.out / "edges.safetensors")
-        k = max(1, learned.n_kept)
-        rivals = {
-            "learned": learned,
-            "attribution": attribution_edges(model, nodes, train, k, scores=scores),
-            "random": random_edges(model, nodes, k),
-        }
-        every_edge = torch.ones(learned.n_total, dtype=torch.bool)
-        rivals["node circuit (every edge)"] = EdgeCircuit.from_kept(
-            nodes, learned.graph, every_edge
-        )
         for test_name, data in zip(TESTS, (test, unseen), strict=True):
-            results = evaluate_edges(model, list(rivals.values()), data)
-            for rule, result in zip(rivals, results, strict=True):
+            summary = measure_edges(model, learned, data, scores)
+            for rule, result in summary["evaluation"].items():
                 rows.append(
                     dict(
                         sparsity=sparsity,
                         test=test_name,
                         rule=rule,
-                        edges=result.kept["edge"],
-                        of=result.total["edge"],
-                        kl=result.kl,
-                        recovered=result.recovered,
-                        accuracy=result.accuracy_circuit,
-                        accuracy_full=result.accuracy_full,
+                        edges=result["kept"]["edge"],
+                        of=result["total"]["edge"],
+                        kl=result["kl"],
+                        recovered=result["recovered"],
+                        accuracy=result["accuracy_circuit"],
+                        accuracy_full=result["accuracy_full"],
                         fit_seconds=seconds if rule == "learned" else None,
                     )
                 )

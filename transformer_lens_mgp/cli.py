@@ -83,15 +83,18 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_args(parser: argparse.ArgumentParser, out_required: bool = True) -> None:
+def _add_data_args(
+    parser: argparse.ArgumentParser, out_required: bool = True, curve: bool = True
+) -> None:
     parser.add_argument(
         "--out", type=Path, required=out_required, default=None, help="output folder"
     )
-    parser.add_argument(
-        "--curve",
-        action="store_true",
-        help="also measure faithfulness against circuit size (MIB CPR/CMD) on held-out pairs",
-    )
+    if curve:
+        parser.add_argument(
+            "--curve",
+            action="store_true",
+            help="also measure faithfulness against circuit size (MIB CPR/CMD) on held-out pairs",
+        )
     parser.add_argument("--task", choices=sorted(TASKS), default="ioi", help="task (default: ioi)")
     parser.add_argument(
         "--model",
@@ -224,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "edges",
         help="learn the edges among a saved circuit's kept nodes (needs a HookedTransformer)",
     )
-    _add_data_args(edges, out_required=False)
+    _add_data_args(edges, out_required=False, curve=False)  # a curve is of nodes
     edges.add_argument(
         "run", type=Path, help="a run folder written by discover, or a circuit file in one"
     )
@@ -380,6 +383,8 @@ def _discover(args) -> int:
     run.metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
     run.metrics["peak_rss_mib"] = peak_memory_mib()
     write_run_folder(args.out, run, title=f"{args.task} circuit")
+    if learned is not None:
+        learned.save(args.out / EDGES_FILE)
     print(circuit.summary())
     if run.metrics["settling"]:
         print(_settling_line(run.metrics["settling"]))
@@ -393,7 +398,6 @@ def _discover(args) -> int:
             + ", ".join(f"{e['from']}->{e['to']} {e['score']:+.3f}" for e in edges[:5])
         )
     if learned is not None:
-        learned.save(args.out / EDGES_FILE)
         print(_edges_table(run.metrics["learned_edges"]))
     if run.anatomy is not None:
         print(_top_nodes_line(run.anatomy))

@@ -73,10 +73,6 @@ class EdgeCircuit:
         log_alpha = torch.where(kept, SURELY_KEPT, SURELY_DROPPED)
         return cls(nodes=nodes, graph=graph, log_alpha=log_alpha, **fields)
 
-    @property
-    def ablation(self) -> str:
-        return "corrupted"
-
     def mask(self) -> Float[Tensor, " edge"]:
         """Binary deterministic mask per edge."""
         return (self.hard_concrete.deterministic(self.log_alpha) > 0.5).float()

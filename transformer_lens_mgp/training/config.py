@@ -27,6 +27,16 @@ SMALL_CIRCUIT_STEPS = 250
 THOROUGH_STEPS, THOROUGH_PAIRS = 1000, 8000
 
 
+def replaced(config, overrides: Mapping):
+    """A copy of the frozen dataclass ``config`` with ``overrides`` (checked like the original);
+    a setting it does not have is refused by name."""
+    names = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise UsageTypeError(f"unknown setting(s) {unknown}; {type(config).__name__} has {names}")
+    return dataclasses.replace(config, **overrides)
+
+
 @dataclass(frozen=True)
 class PruningConfig:
     """How to train the masks of one circuit.
@@ -149,13 +159,7 @@ class PruningConfig:
 
     def replace(self, **overrides) -> PruningConfig:
         """A copy with some settings changed (checked like the original)."""
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise UsageTypeError(
-                f"unknown setting(s) {unknown}; PruningConfig has "
-                f"{[f.name for f in dataclasses.fields(self)]}"
-            )
-        return dataclasses.replace(self, **overrides)
+        return replaced(self, overrides)
 
     def resolved(self, dims: ModelDims) -> PruningConfig:
         """The settings made explicit for one model: its granularities, a lambda for every

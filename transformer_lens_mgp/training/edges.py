@@ -34,6 +34,7 @@ from ..core.model_api import check_model_and_pairs, model_device
 from ..runtime.forward import answer_logits, reference_logits
 from ..runtime.guard import fitting
 from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
+from .config import replaced
 from .run import (
     EMPTY_KL_PAIRS,
     MIN_KL_EMPTY,
@@ -108,13 +109,8 @@ class EdgeConfig:
             raise UsageTypeError(f"bf16 is True or False, got {self.bf16!r}")
 
     def replace(self, **overrides) -> EdgeConfig:
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise UsageTypeError(
-                f"unknown setting(s) {unknown}; EdgeConfig has "
-                f"{[f.name for f in dataclasses.fields(self)]}"
-            )
-        return dataclasses.replace(self, **overrides)
+        """A copy with some settings changed (checked like the original)."""
+        return replaced(self, overrides)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
