@@ -283,7 +283,11 @@ def test_compare_two_runs(tiny_default, tmp_path, capsys):
 
 
 def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
-    from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, has_bf16
+    from transformer_lens_mgp.training.config import (
+        SMALL_CIRCUIT_METRIC_WEIGHT,
+        SMALL_CIRCUIT_TARGETS,
+        has_bf16,
+    )
 
     runs = {
         "small": [],
@@ -291,6 +295,7 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
         "lambda": ["--preset", "lambda"],
         "thorough": ["--preset", "thorough"],
         "sized": ["--target", "head=0.5"],
+        "weighted": ["--metric-weight", "1.5"],
     }
     configs = {}
     for name, extra in runs.items():
@@ -305,6 +310,10 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
     assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
     assert configs["thorough"]["target"] == expected
     assert configs["sized"]["target"] == {"head": 0.5}
+    assert configs["small"]["metric_weight"] == SMALL_CIRCUIT_METRIC_WEIGHT
+    assert configs["thorough"]["metric_weight"] == SMALL_CIRCUIT_METRIC_WEIGHT
+    assert configs["lambda"]["metric_weight"] == configs["sized"]["metric_weight"] == 0
+    assert configs["weighted"]["metric_weight"] == 1.5
 
 
 def test_discover_with_the_s2_swap_corruption(tiny_default, tmp_path):

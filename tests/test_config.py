@@ -53,6 +53,8 @@ def test_resolved_makes_the_model_s_settings_explicit():
         (dict(seed=1.5), ValueError, "seed must be an integer"),
         (dict(seed=2**70), ValueError, "seed must be an integer"),
         (dict(lr=float("nan")), ValueError, "lr must be a finite number"),
+        (dict(metric_weight=-1.0), ValueError, "metric_weight must be a finite number"),
+        (dict(metric_weight="1"), ValueError, "metric_weight must be a finite number"),
         (dict(target="mlp_neuron=0.05"), TypeError, "mapping"),
         (dict(target={"mlp_neuron": "0.05"}), ValueError, "must be a number"),
         (dict(ablation="noise"), ValueError, "unknown ablation"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from transformer_lens_mgp import PruningConfig
+from transformer_lens_mgp import PairedDataset, PruningConfig
+from transformer_lens_mgp.core.errors import UsageError
 from transformer_lens_mgp.core.model_api import model_dims
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 from transformer_lens_mgp.training.pruner import CircuitPruner
-from transformer_lens_mgp.training.run import PruningRun, StepRecord
+from transformer_lens_mgp.training.run import PruningRun, StepRecord, metric_gap
 
 
 def new_run(model, data, **settings):
@@ -63,3 +65,41 @@ def test_the_learning_rate_falls_to_zero_over_the_decay_share():
     assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True)) and rates[-1] == 0.0
     _, constant = new_run(model, build_dataset(model), lr=0.2)
     assert {constant.learning_rate(step) for step in range(8)} == {0.2}
+
+
+def test_the_metric_gap_is_in_units_of_the_behaviour():
+    """0 where the circuit's logit difference is the full model's, 1 where it is off by the
+    whole gap between the full model and the empty circuit."""
+    model = build_model()
+    batch = build_dataset(model, n=4)
+    reference = torch.randn(4, model.cfg.d_vocab)
+    assert metric_gap(reference, reference, batch, scale=2.0) == 0
+    shifted = reference.clone()
+    shifted[torch.arange(4), batch.answer_tokens] += 2.0  # the logit difference grows by 2
+    assert metric_gap(shifted, reference, batch, scale=2.0) == pytest.approx(1.0)
+
+
+def test_a_metric_weight_pulls_the_logit_difference_to_the_full_models():
+    """The same fit with the metric term ends with logit differences closer to the full
+    model's, pair by pair, on the pairs it trained on."""
+    model = build_model()
+    data = build_dataset(model, n=64)
+    with torch.no_grad():
+        full = model(data.clean_tokens)[:, -1]
+    gaps = {}
+    for weight in (0.0, 20.0):
+        circuit = CircuitPruner(
+            model, sparsity={"head": 1.0, "mlp_neuron": 2.0}, steps=100, metric_weight=weight
+        ).fit(data, progress=False)
+        with torch.no_grad(), circuit.applied(model, data):
+            logits = model(data.clean_tokens)[:, -1]
+        gaps[weight] = metric_gap(logits, full, data, scale=1.0).item()
+    assert gaps[20.0] < 0.5 * gaps[0.0], gaps
+
+
+def test_a_metric_weight_needs_wrong_answers():
+    model = build_model()
+    data = build_dataset(model)
+    no_wrong = PairedDataset(data.clean_tokens, data.corrupted_tokens, data.answer_tokens)
+    with pytest.raises(UsageError, match="no wrong_answer_tokens"):
+        CircuitPruner(model, metric_weight=1.0, steps=2).fit(no_wrong, progress=False)

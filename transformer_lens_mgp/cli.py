@@ -70,6 +70,12 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument(
+        "--metric-weight",
+        type=float,
+        default=None,
+        help="weight of the logit-difference gap to the full model, added to the KL",
+    )
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
     parser.add_argument("--ablation", choices=ABLATIONS, default="corrupted")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -273,6 +279,7 @@ def _config(args, **settings) -> PruningConfig:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        metric_weight=args.metric_weight,
         granularities=args.granularities,
     )
     chosen = dict(

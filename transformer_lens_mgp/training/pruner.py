@@ -123,6 +123,12 @@ class CircuitPruner:
         dims = model_dims(self.model)
         config = self.config.resolved(dims)
         check_model_and_pairs(self.model, dims, dataset=train)
+        if config.metric_weight and train.wrong_answer_tokens is None:
+            raise UsageError(
+                "metric_weight holds the circuit's task metric to the full model's, but these "
+                "pairs have no wrong_answer_tokens (no logit difference): add wrong answers "
+                "or set metric_weight=0"
+            )
         if config.gradient_checkpointing:
             checkpointable_blocks(self.model)
         if config.max_kl is None:
