@@ -44,7 +44,7 @@ INITIAL_TEMPERATURE, FINAL_TEMPERATURE = 0.5, 0.1
 """Temperature of the kept-share measure at the first step and from the end of the warm-up on:
 at the end a node 0.3 below the extraction threshold counts 0.05 of a node."""
 
-MULTIPLIER_LR = 10.0
+MULTIPLIER_LR = 3.0
 """Gain of the multipliers' ascent per unit of gap; multipliers price in units of kl_empty."""
 
 
