@@ -25,9 +25,9 @@ of heads, 6.2 % of attention neurons and 4.5 % of MLP neurons (docs/results.md).
 
 SMALL_CIRCUIT_STEPS = 250
 SMALL_CIRCUIT_METRIC_WEIGHT = 0.0
-"""The presets train on the KL alone: a metric weight of 3 brought IOI's logit difference
-recovered from 1.51 to 1.30 but raised Gendered Pronouns' KL from 0.165 to 0.68
-(docs/results.md)."""
+"""The presets train on the KL alone: a metric weight of 3 (with larger targets and a faster
+controller) brought IOI's logit difference recovered from 1.51 to 1.30, but Gendered
+Pronouns' KL rose from 0.165 to 0.68 (docs/results.md)."""
 THOROUGH_STEPS, THOROUGH_PAIRS = 1000, 8000
 
 
