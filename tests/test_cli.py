@@ -283,11 +283,7 @@ def test_compare_two_runs(tiny_default, tmp_path, capsys):
 
 
 def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
-    from transformer_lens_mgp.training.config import (
-        SMALL_CIRCUIT_METRIC_WEIGHT,
-        SMALL_CIRCUIT_TARGETS,
-        has_bf16,
-    )
+    from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, has_bf16
 
     runs = {
         "small": [],
@@ -310,8 +306,7 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
     assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
     assert configs["thorough"]["target"] == expected
     assert configs["sized"]["target"] == {"head": 0.5}
-    assert configs["small"]["metric_weight"] == SMALL_CIRCUIT_METRIC_WEIGHT
-    assert configs["thorough"]["metric_weight"] == SMALL_CIRCUIT_METRIC_WEIGHT
+    assert configs["small"]["metric_weight"] == configs["thorough"]["metric_weight"] == 0
     assert configs["lambda"]["metric_weight"] == configs["sized"]["metric_weight"] == 0
     assert configs["weighted"]["metric_weight"] == 1.5
 

@@ -3,6 +3,7 @@ before any work (a path is checked before the job that writes to it, not at its 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def is_int(value) -> bool:
 
 def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_finite(value) -> bool:
+    """A number that is neither inf nor NaN (and not a bool)."""
+    return is_number(value) and math.isfinite(value)
 
 
 def check_positive_int(name: str, value) -> None:

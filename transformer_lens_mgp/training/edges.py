@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.edge_evaluation import evaluate_edges
-from ..core.checks import check_positive_int, is_int, is_number
+from ..core.checks import check_positive_int, is_finite, is_int, is_number
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.edge_circuit import EdgeCircuit
@@ -95,7 +94,7 @@ class EdgeConfig:
             check_positive_int("target_edges", self.target_edges)
         for name in ("sparsity", "lr", "init_log_alpha"):
             value = getattr(self, name)
-            if not is_number(value) or not math.isfinite(value):
+            if not is_finite(value):
                 raise UsageError(f"{name} must be a finite number, got {value!r}")
         if self.sparsity < 0 or self.lr <= 0:
             raise UsageError(f"need sparsity >= 0 and lr > 0; got {self.sparsity}, {self.lr}")
