@@ -7,6 +7,7 @@ import torch
 
 from transformer_lens_mgp import PairedDataset, PruningConfig
 from transformer_lens_mgp.core.errors import UsageError
+from transformer_lens_mgp.core.metrics import kl_divergence
 from transformer_lens_mgp.core.model_api import model_dims
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 from transformer_lens_mgp.training.pruner import CircuitPruner
@@ -103,3 +104,23 @@ def test_a_metric_weight_needs_wrong_answers():
     no_wrong = PairedDataset(data.clean_tokens, data.corrupted_tokens, data.answer_tokens)
     with pytest.raises(UsageError, match="no wrong_answer_tokens"):
         CircuitPruner(model, metric_weight=1.0, steps=2).fit(no_wrong, progress=False)
+
+
+def test_the_hard_finish_trains_the_circuit_extraction_returns():
+    """In the final phase a step's KL is the KL of the circuit extracted before it, on the
+    step's pairs; before that phase the masks are random samples, and it is not."""
+    model = build_model()
+    data = build_dataset(model)
+    pruner, run = new_run(model, data, target={"head": 0.5}, hard_finish=0.25)
+    assert [run.is_hard(step) for step in range(8)] == [False] * 6 + [True] * 2
+    with pruner.execution():
+        run.prepare()
+        gaps = []
+        for step in range(8):
+            circuit = run.circuit()
+            batch = data[run.batch_indices(step)]
+            with torch.no_grad(), circuit.applied(model, batch):
+                logits = model(batch.clean_tokens)[:, -1]
+            expected = kl_divergence(run.reference[run.batch_indices(step)], logits).item()
+            gaps.append(abs(run.step().kl - expected))
+    assert max(gaps[6:]) < 1e-4 < min(gaps[:6]), gaps

@@ -76,6 +76,12 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="weight of the logit-difference gap to the full model, added to the KL",
     )
+    parser.add_argument(
+        "--hard-finish",
+        type=float,
+        default=None,
+        help="share of the steps, at the end, that train the extracted circuit's on/off masks",
+    )
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=None)
     parser.add_argument("--ablation", choices=ABLATIONS, default="corrupted")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -280,6 +286,7 @@ def _config(args, **settings) -> PruningConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         metric_weight=args.metric_weight,
+        hard_finish=args.hard_finish,
         granularities=args.granularities,
     )
     chosen = dict(

@@ -64,6 +64,14 @@ class HardConcrete:
         fraction of the extracted circuit."""
         return torch.sigmoid((log_alpha - self.keep_threshold) / temperature)
 
+    def kept_straight_through(self, log_alpha: Float[Tensor, "*nodes"]) -> Float[Tensor, "*nodes"]:
+        """The extraction rule's binary mask (1 where ``log_alpha > keep_threshold``) in the
+        forward pass, with the gradient of :meth:`kept_softly` at ``T = 1``: trains the very
+        circuit that extraction will return, while every node can still move."""
+        soft = self.kept_softly(log_alpha)
+        hard = (log_alpha > self.keep_threshold).to(log_alpha.dtype)
+        return hard + soft - soft.detach()
+
     @property
     def keep_threshold(self) -> float:
         """``log_alpha`` above which the deterministic mask exceeds 0.5."""

@@ -241,7 +241,10 @@ class PruningRun:
         batch = self.train[indices].trimmed().to(self.placement.inputs)
         ablated = self.ablation.values(self.model, batch)
         self.noise.manual_seed(step_seed(config.seed, step))
-        sampled = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
+        if self.is_hard(step):
+            sampled = {g: self.gates.kept_straight_through(p) for g, p in self.log_alpha.items()}
+        else:
+            sampled = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
         l0 = {g: self.gates.expected_l0(p).mean() for g, p in self.log_alpha.items()}
         kept = self._kept_share(step)
         penalty = self.sparsity.penalty(l0, kept, step)
@@ -292,6 +295,11 @@ class PruningRun:
             carrier = (self.gates.kept_softly(self.log_alpha[g]) * above).mean()
             shares[g] = carrier + (sharp[g].mean() - carrier).detach()
         return shares
+
+    def is_hard(self, step: int) -> bool:
+        """Whether ``step`` is in the final phase that trains the extracted circuit's binary
+        masks (``config.hard_finish``)."""
+        return step >= self.config.steps - round(self.config.hard_finish * self.config.steps)
 
     def learning_rate(self, step: int) -> float:
         return cosine_lr(self.config, step)
