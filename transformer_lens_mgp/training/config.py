@@ -19,8 +19,8 @@ MAX_SEED = 2**63 - 1
 
 SMALL_CIRCUIT_TARGETS: dict[str, float] = {"head": 0.09, "attn_neuron": 0.06, "mlp_neuron": 0.045}
 """Kept-fraction targets of the presets (each a share of all the model's nodes of that kind, so
-the attention neurons' is under the heads'). On IOI with SmolLM2 the small preset ends at 10 %
-of heads, 6.2 % of attention neurons and 4.5 % of MLP neurons (docs/results.md)."""
+the attention neurons' is under the heads'). On IOI with SmolLM2 the small preset ends at
+9.3 % of heads, 5.9 % of attention neurons and 4.4 % of MLP neurons (docs/results.md)."""
 
 SMALL_CIRCUIT_STEPS = 250
 SMALL_CIRCUIT_HARD_FINISH = 0.3
@@ -233,9 +233,10 @@ class Preset:
         hard_finish: share of the steps, at the end, that train the extracted circuit's
             on/off masks instead of Hard Concrete samples.
 
-    The presets train on the KL alone (``metric_weight`` 0): a metric weight of 3 (with
-    larger targets and a faster controller) brought IOI's logit difference recovered from
-    1.51 to 1.30, but Gendered Pronouns' KL rose from 0.165 to 0.68 (docs/results.md).
+    The presets train on the KL alone (``metric_weight`` 0): with the small preset a metric
+    weight of 2 brings the logit difference recovered to 1.16 / 1.00 / 0.99 on IOI, Gendered
+    Pronouns and Greater-Than, but at more KL on each (IOI 0.52 against 0.42), and it needs
+    wrong answers (docs/results.md).
     """
 
     name: str

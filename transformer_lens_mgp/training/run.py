@@ -242,15 +242,15 @@ class PruningRun:
         ablated = self.ablation.values(self.model, batch)
         self.noise.manual_seed(step_seed(config.seed, step))
         if self.is_hard(step):
-            sampled = {g: self.gates.kept_straight_through(p) for g, p in self.log_alpha.items()}
+            masks = {g: self.gates.kept_straight_through(p) for g, p in self.log_alpha.items()}
         else:
-            sampled = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
+            masks = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
         l0 = {g: self.gates.expected_l0(p).mean() for g, p in self.log_alpha.items()}
         kept = self._kept_share(step)
         penalty = self.sparsity.penalty(l0, kept, step)
         if self.budget is not None:
             penalty = self.budget.scale * penalty
-        hooks = mask_hooks(self.dims, site_masks(sampled, self.dims), ablated)
+        hooks = mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
         reference = self.reference[indices.to(self.reference.device)]
         metric = None
         if self.metric_scale is not None:
