@@ -68,14 +68,18 @@ class StepRecord:
         return self.values["kl"]
 
 
+def final_share_start(steps: int, share: float) -> int:
+    """The first step of the last ``share`` of ``steps`` (``steps`` when the share is 0)."""
+    return steps - round(share * steps)
+
+
 def cosine_lr(config, step: int) -> float:
     """``config.lr``, falling along a half cosine to 0 over the last ``config.lr_decay`` of
     the steps: a function of the step alone, so a resumed run follows the same schedule."""
-    decay_steps = round(config.lr_decay * config.steps)
-    start = config.steps - decay_steps
+    start = final_share_start(config.steps, config.lr_decay)
     if step < start:
         return config.lr
-    progress = (step - start + 1) / decay_steps
+    progress = (step - start + 1) / (config.steps - start)
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -299,7 +303,7 @@ class PruningRun:
     def is_hard(self, step: int) -> bool:
         """Whether ``step`` is in the final phase that trains the extracted circuit's binary
         masks (``config.hard_finish``)."""
-        return step >= self.config.steps - round(self.config.hard_finish * self.config.steps)
+        return step >= final_share_start(self.config.steps, self.config.hard_finish)
 
     def learning_rate(self, step: int) -> float:
         return cosine_lr(self.config, step)
