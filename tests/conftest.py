@@ -84,15 +84,19 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def tokenizer_model(pytestconfig):
+def tokenizer_model(pytestconfig, tmp_path_factory):
     """A one-layer random model carrying SmolLM2's tokenizer: fast, for code where only the
     tokens matter. Converting the tokenizer out of the GGUF takes ~10 s, so it is kept in
-    pytest's cache."""
+    pytest's cache (in a temporary folder when the cache is off, ``-p no:cacheprovider``)."""
     if not is_default_model_available():
         pytest.skip(NO_GGUF)
     from transformers import AutoTokenizer
 
-    cached = pytestconfig.cache.mkdir("smollm2-tokenizer")
+    cache = getattr(pytestconfig, "cache", None)
+    if cache is not None:
+        cached = cache.mkdir("smollm2-tokenizer")
+    else:
+        cached = tmp_path_factory.mktemp("smollm2-tokenizer")
     if (cached / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(cached))
     else:

@@ -291,7 +291,7 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
         "lambda": ["--preset", "lambda"],
         "thorough": ["--preset", "thorough"],
         "sized": ["--target", "head=0.5"],
-        "weighted": ["--metric-weight", "1.5"],
+        "weighted": ["--metric-weight", "1.5", "--metric-share", "0.3"],
         "finished": ["--hard-finish", "0.5"],
     }
     configs = {}
@@ -310,6 +310,7 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
     assert configs["small"]["metric_weight"] == configs["thorough"]["metric_weight"] == 0
     assert configs["lambda"]["metric_weight"] == configs["sized"]["metric_weight"] == 0
     assert configs["weighted"]["metric_weight"] == 1.5
+    assert configs["weighted"]["metric_share"] == 0.3
     assert configs["finished"]["hard_finish"] == 0.5
     assert configs["small"]["hard_finish"] == 0.3 and configs["thorough"]["hard_finish"] == 0
 

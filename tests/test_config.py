@@ -63,6 +63,7 @@ def test_resolved_makes_the_model_s_settings_explicit():
         (dict(lr_decay=1.5), ValueError, r"lr_decay is a share of the steps, in \[0, 1\]"),
         (dict(lr_decay="half"), ValueError, "lr_decay is a share"),
         (dict(hard_finish=-0.1), ValueError, r"hard_finish is a share of the steps, in \[0, 1\]"),
+        (dict(metric_share=1.5), ValueError, r"metric_share is a share of the steps, in \[0, 1\]"),
         (dict(eval_every=5), ValueError, "set max_kl"),
         (dict(device="cuda"), TypeError, r"unknown setting\(s\) \['device'\]"),
     ],

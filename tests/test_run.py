@@ -124,3 +124,20 @@ def test_the_hard_finish_trains_the_circuit_extraction_returns():
             expected = kl_divergence(run.reference[run.batch_indices(step)], logits).item()
             gaps.append(abs(run.step().kl - expected))
     assert max(gaps[6:]) < 1e-4 < min(gaps[:6]), gaps
+
+
+def test_the_metric_term_joins_only_for_its_share_of_the_steps():
+    """With ``metric_share`` 0.25 of 8 steps, the fit follows the KL alone for 6 steps (the
+    same losses as a fit without the term), then adds the term for the last 2."""
+    model = build_model()
+    data = build_dataset(model)
+    losses = {}
+    for weight in (0.0, 5.0):
+        pruner, run = new_run(
+            model, data, target={"head": 0.5}, metric_weight=weight, metric_share=0.25
+        )
+        with pruner.execution():
+            run.prepare()
+            losses[weight] = [run.step().loss for _ in range(8)]
+    assert losses[5.0][:6] == losses[0.0][:6]
+    assert all(late > alone for late, alone in zip(losses[5.0][6:], losses[0.0][6:], strict=True))

@@ -77,6 +77,12 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
         help="weight of the logit-difference gap to the full model, added to the KL",
     )
     parser.add_argument(
+        "--metric-share",
+        type=float,
+        default=None,
+        help="share of the steps, at the end, in which the metric term is added (default 1)",
+    )
+    parser.add_argument(
         "--hard-finish",
         type=float,
         default=None,
@@ -286,6 +292,7 @@ def _config(args, **settings) -> PruningConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         metric_weight=args.metric_weight,
+        metric_share=args.metric_share,
         hard_finish=args.hard_finish,
         granularities=args.granularities,
     )

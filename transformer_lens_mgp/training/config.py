@@ -88,6 +88,9 @@ class PruningConfig:
             the nodes that argue against the answer, so its logit difference overshoots the
             full model's; this term holds it to the full model's. Needs pairs with wrong
             answers.
+        metric_share: share of the steps, at the end, in which the metric term is added
+            (1: every step). With ``hard_finish``, setting it to the same share holds the
+            returned circuit's metric while the earlier steps choose nodes by the KL alone.
     """
 
     granularities: tuple[str, ...] | None = None
@@ -109,6 +112,7 @@ class PruningConfig:
     bf16: bool = False
     checkpoint_every: int = 50
     metric_weight: float = 0.0
+    metric_share: float = 1.0
 
     def __post_init__(self):
         if self.granularities is not None:
@@ -147,7 +151,7 @@ class PruningConfig:
             raise UsageError(
                 f"metric_weight must be a finite number >= 0, got {self.metric_weight!r}"
             )
-        for name in ("target_warmup", "lr_decay", "hard_finish"):
+        for name in ("target_warmup", "lr_decay", "hard_finish", "metric_share"):
             value = getattr(self, name)
             if not is_number(value) or not 0 <= value <= 1:
                 raise UsageError(f"{name} is a share of the steps, in [0, 1]; got {value!r}")

@@ -257,7 +257,9 @@ class PruningRun:
         hooks = mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
         reference = self.reference[indices.to(self.reference.device)]
         metric = None
-        if self.metric_scale is not None:
+        if self.metric_scale is not None and step >= final_share_start(
+            config.steps, config.metric_share
+        ):
             metric = (config.metric_weight, self.metric_scale)
         loss, kl = descend(self, hooks, batch, reference, penalty, step, metric)
         self.sparsity.ascend()
