@@ -234,6 +234,13 @@ def test_python_dash_m_runs_the_command_line():
     assert done.returncode == 0 and "discover" in done.stdout
 
 
+@pytest.mark.parametrize("command", ["discover", "sweep", "compare", "edges", "evaluate"])
+def test_every_command_s_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "--" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("where", ["file", "under a file"])
 def test_an_unwritable_out_is_refused_before_the_model_loads(where, monkeypatch, tmp_path, capsys):
     def no_model(*args, **kwargs):
@@ -307,8 +314,9 @@ def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
     assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
     assert configs["thorough"]["target"] == expected
     assert configs["sized"]["target"] == {"head": 0.5}
-    assert configs["small"]["metric_weight"] == configs["thorough"]["metric_weight"] == 0
-    assert configs["lambda"]["metric_weight"] == configs["sized"]["metric_weight"] == 0
+    assert configs["small"]["metric_weight"] == 2 and configs["small"]["metric_share"] == 0.3
+    assert configs["thorough"]["metric_weight"] == configs["lambda"]["metric_weight"] == 0
+    assert configs["sized"]["metric_weight"] == 0
     assert configs["weighted"]["metric_weight"] == 1.5
     assert configs["weighted"]["metric_share"] == 0.3
     assert configs["finished"]["hard_finish"] == 0.5

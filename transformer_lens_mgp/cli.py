@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="without --sparsity, --target or --max-kl: 'small' (default) aims at "
         + ", ".join(f"{g}={t:g}" for g, t in SMALL_CIRCUIT_TARGETS.items())
         + f" for {PRESETS['small'].steps} steps on {PRESETS['small'].n_pairs} pairs with bf16 "
-        f"where the device has it; 'thorough' at the same with {PRESETS['thorough'].steps} "
+        f"where the device has it, the last {100 * PRESETS['small'].hard_finish:g} %% training "
+        "the extracted circuit with its logit difference held to the model's; 'thorough' at "
+        f"the same with {PRESETS['thorough'].steps} "
         f"steps on {PRESETS['thorough'].n_pairs} pairs; 'lambda' uses the fixed lambdas and "
         "200 steps of PruningConfig()",
     )
