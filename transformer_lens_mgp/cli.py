@@ -80,7 +80,8 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
         "--metric-share",
         type=float,
         default=None,
-        help="share of the steps, at the end, in which the metric term is added (default 1)",
+        help="share of the steps, at the end, in which the metric term is added (1: every "
+        "step; the small preset: its final phase)",
     )
     parser.add_argument(
         "--hard-finish",

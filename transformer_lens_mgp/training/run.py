@@ -256,11 +256,7 @@ class PruningRun:
             penalty = self.budget.scale * penalty
         hooks = mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
         reference = self.reference[indices.to(self.reference.device)]
-        metric = None
-        if self.metric_scale is not None and step >= final_share_start(
-            config.steps, config.metric_share
-        ):
-            metric = (config.metric_weight, self.metric_scale)
+        metric = (config.metric_weight, self.metric_scale) if self.prices_metric(step) else None
         loss, kl = descend(self, hooks, batch, reference, penalty, step, metric)
         self.sparsity.ascend()
         values = {"loss": loss.item(), "kl": kl.item(), "lr": self.learning_rate(step)}
@@ -306,6 +302,13 @@ class PruningRun:
         """Whether ``step`` is in the final phase that trains the extracted circuit's binary
         masks (``config.hard_finish``)."""
         return step >= final_share_start(self.config.steps, self.config.hard_finish)
+
+    def prices_metric(self, step: int) -> bool:
+        """Whether ``step`` adds the task metric's gap to the loss (``config.metric_weight``,
+        over the last ``config.metric_share`` of the steps)."""
+        if self.metric_scale is None:
+            return False
+        return step >= final_share_start(self.config.steps, self.config.metric_share)
 
     def learning_rate(self, step: int) -> float:
         return cosine_lr(self.config, step)
