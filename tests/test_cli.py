@@ -41,6 +41,11 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert metrics["task"] == "ioi" and metrics["n_train"] + metrics["n_test"] == 40
     assert metrics["circuit"]["kept"] == metrics["random_circuit_same_size"]["kept"]
     assert metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
+    # where the time went: four parts, the steps named by their count, adding up to the wall
+    parts = metrics["time_parts"]
+    assert list(parts)[2] == "3 steps" and min(parts.values()) >= 0
+    assert sum(parts.values()) == pytest.approx(metrics["wall_seconds"], abs=0.3)
+    assert re.search(r"wall time [\d.]+ s \(model and pairs [\d.]+ s, .*, 3 steps", printed)
     settled = {row["granularity"]: row for row in metrics["settling"]}
     assert settled["head"]["target"] == 0.09 and 0 <= settled["head"]["kept"] <= 1
 

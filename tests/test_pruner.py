@@ -205,6 +205,7 @@ def test_lambda_is_priced_in_units_of_the_empty_circuit_kl():
     )
     expected = evaluate(model, empty, ds).kl
     assert circuit.fit_info["kl_empty"] == pytest.approx(expected, rel=1e-4)
+    assert 0 < circuit.fit_info["prepare_seconds"] <= circuit.fit_info["seconds"]
 
 
 def test_a_corruption_that_changes_nothing_warns():

@@ -385,6 +385,7 @@ def _discover(args) -> int:
     wall = time.perf_counter()
     _discover_config(args)  # a bad setting fails before the model loads
     model, train, test = _load(args)
+    loaded = time.perf_counter() - wall
     if args.edges:
         check_hooked(model)  # before the fit, not after it
     config = _discover_config(args, model)
@@ -405,6 +406,7 @@ def _discover(args) -> int:
         learned, summary = _fit_edges(model, circuit, train, test, config, args)
         run.metrics["learned_edges"] = summary
     run.metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    run.metrics["time_parts"] = _time_parts(run.metrics["wall_seconds"], loaded, circuit)
     run.metrics["peak_rss_mib"] = peak_memory_mib()
     write_run_folder(args.out, run, title=f"{args.task} circuit")
     if learned is not None:
@@ -426,14 +428,32 @@ def _discover(args) -> int:
     if run.anatomy is not None:
         print(_top_nodes_line(run.anatomy))
     memory = run.metrics["peak_rss_mib"]
+    parts = ", ".join(
+        f"{name} {seconds:.0f} s" for name, seconds in run.metrics["time_parts"].items()
+    )
     print(
-        f"wall time {run.metrics['wall_seconds']} s"
+        f"wall time {run.metrics['wall_seconds']} s ({parts})"
         + ("" if memory is None else f", peak memory {memory:.1f} MiB")
     )
     nodes = ", nodes.json" if run.anatomy is not None else ""
     nodes += f", {EDGES_FILE}, {LEARNED_EDGES_FILE}" if learned is not None else ""
     print(f"wrote {args.out}/circuit.safetensors, metrics.json{nodes}, report.html")
     return 0
+
+
+def _time_parts(wall: float, loaded: float, circuit) -> dict[str, float]:
+    """Where a ``discover`` run's time went: loading the model and building the pairs, the
+    fit's once-per-fit passes (the full model's answers, the empty circuit), its steps, and
+    what came after (held-out evaluation, node effects, profiles; writing the report is
+    not counted)."""
+    fit, prepare = circuit.fit_info["seconds"], circuit.fit_info["prepare_seconds"]
+    steps = circuit.config["steps"]
+    return {
+        "model and pairs": round(loaded, 1),
+        "full model's answers and empty circuit": round(prepare, 1),
+        f"{steps} steps": round(fit - prepare, 1),
+        "evaluation and analysis": round(wall - loaded - fit, 1),
+    }
 
 
 SCORED_PAIRS = 256

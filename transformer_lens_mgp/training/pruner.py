@@ -81,6 +81,7 @@ class CircuitPruner:
             with self.execution():  # the run's tensors are made in it: never inference tensors
                 run = PruningRun(self.model, config, dims, train, validation)
                 run.prepare(progress)
+                prepared = time.perf_counter()
                 if state is not None:
                     run.load_state_dict(state)
                 step_to_end(run, checkpoint, identity, progress, "pruning")
@@ -96,6 +97,7 @@ class CircuitPruner:
                 "n_validation": None if validation is None else len(validation),
                 "kl_empty": round(run.kl_empty, 6),
                 "seconds": round(time.perf_counter() - start, 2),
+                "prepare_seconds": round(prepared - start, 2),
             }
         )
         return self.circuit_
