@@ -70,6 +70,16 @@ def test_node_effects_can_be_skipped(tiny_default, tmp_path, capsys):
     assert "The nodes that matter most" not in (out / "report.html").read_text()
 
 
+def test_every_long_part_of_discover_shows_progress(tiny_default, tmp_path, capsys):
+    loud = [a for a in FAST if a != "--quiet"]
+    assert main(["discover", *loud, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    for bar in ("full model's answers", "pruning", "held-out evaluation", "node effects"):
+        assert f"{bar}:" in err, bar
+    assert main(["discover", *FAST, "--out", str(tmp_path / "quiet")]) == 0
+    assert "held-out evaluation" not in capsys.readouterr().err
+
+
 def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
     out = tmp_path / "run"
     args = ["--granularities", "block", "head", "attn_neuron", "--sparsity", "head=2.5"]

@@ -399,6 +399,7 @@ def _discover(args) -> int:
         edges=args.edges == "scored",
         anatomy=not args.no_node_effects,
         facts=_facts(args, train),
+        progress=not args.quiet,
     )
     learned = None
     if args.edges == "learned":

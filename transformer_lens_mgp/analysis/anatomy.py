@@ -57,11 +57,14 @@ def dissect(
     n_neurons: int = 10,
     top_neurons: int = 20,
     max_pairs: int = MAX_PAIRS,
+    progress: bool = False,
 ) -> CircuitAnatomy:
     """Node effects on the first ``max_pairs`` pairs of ``dataset`` (held-out pairs), then
     profiles of the ``n_heads`` heads and ``n_neurons`` MLP neurons that matter most, on its
-    first ``MAX_PROFILE_PAIRS``."""
-    effects = node_effects(model, circuit, dataset[:max_pairs], top_neurons=top_neurons)
+    first ``MAX_PROFILE_PAIRS`` (with ``progress``, a bar over the node effects' runs)."""
+    effects = node_effects(
+        model, circuit, dataset[:max_pairs], top_neurons=top_neurons, progress=progress
+    )
     heads = [e.index for e in _mattering(effects, n_heads, "head")]
     neurons = [e.index for e in _mattering(effects, n_neurons, "mlp_neuron")]
     profiled = dataset[:MAX_PROFILE_PAIRS]

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
@@ -80,8 +81,10 @@ def evaluate_many(
     *,
     batch_size: int = 32,
     ablation: str | None = None,
+    progress: bool = False,
 ) -> list[Evaluation]:
-    """:func:`evaluate` for several circuits of one model, sharing the full and empty runs."""
+    """:func:`evaluate` for several circuits of one model, sharing the full and empty runs
+    (with ``progress``, a bar over the pairs)."""
     if not circuits:
         raise UsageError("give at least one circuit to evaluate")
     check_positive_int("batch_size", batch_size)
@@ -97,18 +100,23 @@ def evaluate_many(
     runs = ([masks[0].zeros()] if has_metric else []) + masks
     sums = FaithfulnessSums(len(circuits), has_metric)
     with exclusive(model, "evaluate"), forward_layout(model):
-        full_logits = reference_logits(model, dataset, batch_size)
+        full_logits = reference_logits(model, dataset, batch_size, progress)
         if not torch.isfinite(full_logits).all():
             raise UsageError(
                 "the full model gives NaN or infinite logits on these pairs, so no faithfulness "
                 "can be measured; check the model's weights (e.g. for NaN) and the token ids"
             )
         source = AblationSource.for_dataset(model, ablation, dataset, dims)
-        for batch, rows, logits in masked_answer_batches(model, dataset, runs, source, batch_size):
-            empty, *logits = logits if has_metric else (None, *logits)
-            sums.add_reference(full_logits[rows], empty, batch)
-            for i, circuit_logits in enumerate(logits):
-                sums.add(i, full_logits[rows], circuit_logits, batch)
+        batches = masked_answer_batches(model, dataset, runs, source, batch_size)
+        bar = tqdm(total=len(dataset), desc="held-out evaluation", disable=not progress,
+                   leave=False, dynamic_ncols=True)  # fmt: skip
+        with bar:
+            for batch, rows, logits in batches:
+                empty, *logits = logits if has_metric else (None, *logits)
+                sums.add_reference(full_logits[rows], empty, batch)
+                for i, circuit_logits in enumerate(logits):
+                    sums.add(i, full_logits[rows], circuit_logits, batch)
+                bar.update(len(batch))
     kept = [{g: c.n_kept(g) for g in dims.available()} for c in circuits]
     total = [{g: c.n_total(g) for g in dims.available()} for c in circuits]
     return sums.evaluations(kept, total)

@@ -84,11 +84,14 @@ def measure_circuit(
     edges: bool = False,
     anatomy: bool = False,
     facts: Mapping | None = None,
+    progress: bool = False,
 ) -> CircuitRun:
     """Evaluate ``circuit`` and a random circuit of its size on ``test`` (and, if asked, its
     faithfulness curve, edge scores and anatomy: node effects, top heads and neurons); the
-    headline numbers go to ``circuit.metrics``."""
-    result, baseline = evaluate_many(model, [circuit, random_circuit(circuit, seed=seed)], test)
+    headline numbers go to ``circuit.metrics``. ``progress`` shows bars for the evaluation
+    and the node effects."""
+    rivals = [circuit, random_circuit(circuit, seed=seed)]
+    result, baseline = evaluate_many(model, rivals, test, progress=progress)
     metrics = {
         **dict(facts or {}),
         "n_test": len(test),
@@ -110,7 +113,7 @@ def measure_circuit(
         scored = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in graph.edges(data=True)]
         scored.sort(key=lambda e: -abs(e["score"]))
         metrics["edges"] = circuit.metrics["edges"] = scored
-    parts = dissect(model, circuit, test) if anatomy else None
+    parts = dissect(model, circuit, test, progress=progress) if anatomy else None
     return CircuitRun(circuit, result, baseline, metrics, parts)
 
 
