@@ -445,8 +445,8 @@ def _discover(args) -> int:
 def _time_parts(wall: float, loaded: float, circuit) -> dict[str, float]:
     """Where a ``discover`` run's time went: loading the model and building the pairs, the
     fit's once-per-fit passes (the full model's answers, the empty circuit), its steps, and
-    what came after (held-out evaluation, node effects, profiles; writing the report is
-    not counted)."""
+    what came after (held-out evaluation, node effects, profiles and, with ``--edges``, the
+    edge scores or the edge fit; writing the report is not counted)."""
     fit, prepare = circuit.fit_info["seconds"], circuit.fit_info["prepare_seconds"]
     steps = circuit.config["steps"]
     return {
