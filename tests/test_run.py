@@ -12,6 +12,7 @@ from transformer_lens_mgp.core.model_api import model_dims
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 from transformer_lens_mgp.training.pruner import CircuitPruner
 from transformer_lens_mgp.training.run import PruningRun, StepRecord, metric_gap
+from transformer_lens_mgp.training.sparsity import MULTIPLIER_LR
 
 
 def new_run(model, data, **settings):
@@ -66,6 +67,27 @@ def test_the_learning_rate_falls_to_zero_over_the_decay_share():
     assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True)) and rates[-1] == 0.0
     _, constant = new_run(model, build_dataset(model), lr=0.2)
     assert {constant.learning_rate(step) for step in range(8)} == {0.2}
+
+
+def test_the_size_price_comes_to_rest_with_the_learning_rate():
+    """Each rise of the multiplier is the gap times the ascent's gain times the learning
+    rate's share of its peak: the last step, at learning rate 0, leaves the price as it was."""
+    model = build_model()
+    pruner, run = new_run(model, build_dataset(model), target={"head": 0.05}, lr_decay=0.5)
+    with pruner.execution():
+        run.prepare()
+        while not run.done:
+            run.step()
+    history = run.history
+    before = [0.0, *history["multiplier/head"][:-1]]
+    for step in range(8):
+        gap = history["kept/head"][step] - history["target/head"][step]
+        assert gap > 0, "the tiny circuit stays above its target throughout"
+        rise = history["multiplier/head"][step] - before[step]
+        share = history["lr"][step] / run.config.lr
+        assert rise == pytest.approx(MULTIPLIER_LR * share * gap, rel=1e-4, abs=1e-6), step
+    assert history["lr"][-1] == 0.0
+    assert history["multiplier/head"][-1] == history["multiplier/head"][-2] > 0
 
 
 def test_the_metric_gap_is_in_units_of_the_behaviour():

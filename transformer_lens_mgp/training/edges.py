@@ -173,7 +173,7 @@ class EdgeRun:
         reference = self.reference[indices.to(self.reference.device)]
         loss, kl = descend(self, hooks, batch, reference, penalty, step)
         lr = cosine_lr(config, step)
-        self.sparsity.ascend()
+        self.sparsity.ascend(lr / config.lr)
         kept_now = int((self.log_alpha.detach() > self.gates.keep_threshold).sum())
         values = {"loss": loss.item(), "kl": kl.item(), "lr": lr, "l0/edge": l0[EDGE].item()}
         values["edges"] = kept_now

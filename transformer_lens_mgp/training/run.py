@@ -258,8 +258,9 @@ class PruningRun:
         reference = self.reference[indices.to(self.reference.device)]
         metric = (config.metric_weight, self.metric_scale) if self.prices_metric(step) else None
         loss, kl = descend(self, hooks, batch, reference, penalty, step, metric)
-        self.sparsity.ascend()
-        values = {"loss": loss.item(), "kl": kl.item(), "lr": self.learning_rate(step)}
+        lr = self.learning_rate(step)
+        self.sparsity.ascend(lr / config.lr)
+        values = {"loss": loss.item(), "kl": kl.item(), "lr": lr}
         values.update({f"l0/{g}": v.item() for g, v in l0.items()})
         values.update({f"kept/{g}": v.item() for g, v in kept.items()})
         values.update({f"size/{g}": v for g, v in self.extracted_fractions().items()})

@@ -123,14 +123,18 @@ class SparsityControl:
                 terms.append(self.kl_scale * self.lambdas[g] * fraction)
         return torch.stack(terms).sum()
 
-    def ascend(self) -> None:
+    def ascend(self, rate: float = 1.0) -> None:
         """One gradient-ascent step on the multipliers after each optimiser step: their
         gradients are the gap and its square, so a small gap moves them a little. Once the
         circuit is under its target the linear multiplier is reset to 0 (what it gathered
         while the size came down would otherwise go on pushing it far below), and the
-        quadratic term, which never shrinks, pulls the size back up to the target."""
+        quadratic term, which never shrinks, pulls the size back up to the target.
+
+        ``rate`` is the masks' learning rate as a share of its peak: the price comes to rest
+        with the masks. A price that went on rising while the masks can barely move would
+        only tip the nodes balanced on the threshold out, one by one, in the last steps."""
         for g, gap in self._gaps.items():
-            phi = self.multipliers[g] + MULTIPLIER_LR * torch.stack([gap, gap**2])
+            phi = self.multipliers[g] + rate * MULTIPLIER_LR * torch.stack([gap, gap**2])
             if gap < 0:
                 phi[0] = 0.0
             self.multipliers[g] = phi
