@@ -15,7 +15,8 @@ over the warm-up. At ``T = 1`` (the chance that a sampled gate exceeds 0.5) a no
 threshold still counts (``sigmoid(-2) = 0.12``): a circuit of 6 % was priced as if it were twice
 as large and landed far under its target. The target starts at 1 (everything kept) and moves
 linearly to ``t_g`` over the warm-up, which lets the KL pick the important nodes before the
-pressure peaks.
+pressure peaks. The multipliers rise at the masks' learning rate's share of its peak, so that
+they come to rest with the masks when the learning rate decays.
 """
 
 from __future__ import annotations
