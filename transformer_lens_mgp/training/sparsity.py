@@ -124,7 +124,7 @@ class SparsityControl:
                 terms.append(self.kl_scale * self.lambdas[g] * fraction)
         return torch.stack(terms).sum()
 
-    def ascend(self, rate: float = 1.0) -> None:
+    def ascend(self, rate: float) -> None:
         """One gradient-ascent step on the multipliers after each optimiser step: their
         gradients are the gap and its square, so a small gap moves them a little. Once the
         circuit is under its target the linear multiplier is reset to 0 (what it gathered
