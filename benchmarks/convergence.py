@@ -2,8 +2,8 @@
 
     python -m benchmarks.convergence --tasks ioi gp gt --out runs/convergence
 
-One fit per task with a preset of ``tl-mgp discover`` (the small-circuit default unless told
-``--preset thorough``) or with settings changed by ``--set name=value``. For each fit: the
+One fit per task with the default ``PruningConfig()`` (what ``tl-mgp discover`` runs) or with
+settings changed by ``--set name=value`` (``--set steps=1000`` for a longer fit). For each fit: the
 kept fraction of the extracted circuit per granularity at the end and its relative change
 over the last fifth of the steps, the target it aimed at, held-out KL, logit difference
 recovered and accuracy, and the time in ``fit``. Writes ``convergence.json`` and prints a
@@ -18,11 +18,10 @@ import json
 import time
 from pathlib import Path
 
-from transformer_lens_mgp import CircuitPruner, ModelDims, evaluate, load_model
+from transformer_lens_mgp import CircuitPruner, evaluate, load_model
 from transformer_lens_mgp.analysis.convergence import settling
-from transformer_lens_mgp.core.model_api import model_device
 from transformer_lens_mgp.tasks import TASKS
-from transformer_lens_mgp.training.config import PRESETS
+from transformer_lens_mgp.training.config import PAIRS_PER_STEP, PruningConfig
 
 GRANULARITIES = ("head", "attn_neuron", "mlp_neuron")
 
@@ -31,7 +30,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the embedded SmolLM2")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["ioi"])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument(
         "--set",
         nargs="*",
@@ -39,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="PruningConfig settings to change, e.g. steps=300 'target={\"head\": 0.1}'",
     )
-    parser.add_argument("--n", type=int, default=None, help="pairs (default: the preset's)")
+    parser.add_argument("--n", type=int, default=None, help="pairs (default: 8 per step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/convergence"))
     return parser.parse_args(argv)
@@ -53,11 +51,10 @@ def settings(pairs: list[str]) -> dict:
     return out
 
 
-def measure(model, task: str, preset, overrides: dict, seed: int, n: int | None) -> dict:
-    dims = ModelDims.from_cfg(model.cfg)
-    config = preset.config(model_device(model), dims, seed=seed, **overrides)
-    data = TASKS[task](model, n=preset.n_pairs if n is None else n, seed=seed)
-    train, test = data.split(preset.test_fraction, seed=seed)
+def measure(model, task: str, overrides: dict, seed: int, n: int | None) -> dict:
+    config = PruningConfig(seed=seed, **overrides)
+    data = TASKS[task](model, n=PAIRS_PER_STEP * config.steps if n is None else n, seed=seed)
+    train, test = data.split(0.1, seed=seed)
     start = time.perf_counter()
     circuit = CircuitPruner(model, config).fit(train)
     seconds = time.perf_counter() - start
@@ -70,7 +67,7 @@ def measure(model, task: str, preset, overrides: dict, seed: int, n: int | None)
     }
     return {
         "task": task,
-        "config": config.to_dict(),
+        "config": circuit.config,
         "n_train": len(train),
         "n_test": len(test),
         "granularities": rows,
@@ -102,8 +99,8 @@ def table(results: list[dict]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     model = load_model(args.model)
-    preset, overrides = PRESETS[args.preset], settings(args.set)
-    results = [measure(model, task, preset, overrides, args.seed, args.n) for task in args.tasks]
+    overrides = settings(args.set)
+    results = [measure(model, task, overrides, args.seed, args.n) for task in args.tasks]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "convergence.json").write_text(json.dumps(results, indent=2))
     print(table(results))

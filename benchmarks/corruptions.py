@@ -19,11 +19,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from transformer_lens_mgp import CircuitPruner, ModelDims, load_model, tasks
+from transformer_lens_mgp import CircuitPruner, PruningConfig, load_model, tasks
 from transformer_lens_mgp.analysis.evaluation import evaluate_many
-from transformer_lens_mgp.core.model_api import model_device
 from transformer_lens_mgp.tasks.ioi import CORRUPTIONS
-from transformer_lens_mgp.training.config import small_circuit
 
 GRANULARITIES = ("head", "attn_neuron", "mlp_neuron")
 
@@ -49,13 +47,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     model = load_model(args.model)
-    dims = ModelDims.from_cfg(model.cfg)
     splits = {}
     for corruption in args.corruptions:  # same clean prompts and the same split for each
         data = tasks.ioi(model, n=args.n, seed=args.seed, corruption=corruption)
         splits[corruption] = data.split(args.test_fraction, seed=args.seed)
     steps = {} if args.steps is None else {"steps": args.steps}
-    config = small_circuit(model_device(model), dims, **steps)
+    config = PruningConfig(**steps)
     circuits = {}
     for corruption in tqdm(args.corruptions, desc="fits"):
         circuits[corruption] = CircuitPruner(model, config).fit(

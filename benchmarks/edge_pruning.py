@@ -42,7 +42,7 @@ from transformer_lens_mgp import (
     per_head_inputs,
     tasks,
 )
-from transformer_lens_mgp.analysis.run_folder import measure_edges
+from transformer_lens_mgp.analysis.edge_evaluation import measure_edges
 from transformer_lens_mgp.training.edges import EdgeRun
 from transformer_lens_mgp.training.run import PruningRun
 

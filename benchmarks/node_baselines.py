@@ -25,16 +25,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from transformer_lens_mgp import CircuitPruner, ModelDims, load_model, tasks
+from transformer_lens_mgp import CircuitPruner, ModelDims, PruningConfig, load_model, tasks
 from transformer_lens_mgp.analysis.evaluation import evaluate_many
 from transformer_lens_mgp.analysis.subcircuits import random_circuit, scored_circuit
-from transformer_lens_mgp.core.model_api import model_device
 from transformer_lens_mgp.testing.baselines import (
     attribution_scores,
     integrated_gradients_scores,
     patching_scores,
 )
-from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, small_circuit
+from transformer_lens_mgp.training.config import DEFAULT_TARGET
 
 METHODS = ("pruning", "attribution patching", "integrated gradients", "exact patching", "random")
 TESTS = {"in-template": "test", "unseen templates": "unseen"}
@@ -72,22 +71,17 @@ def build_pairs(model, args):
 def fit_points(model, train, args) -> list[tuple[str, str, object]]:
     """(level, label, circuit) for every pruning fit."""
     dims = ModelDims.from_cfg(model.cfg)
-    device = model_device(model)
     steps = {} if args.steps is None else {"steps": args.steps}
     points = []
     for scale in args.scales:
         target = {
             g: min(1.0, t * scale)
-            for g, t in SMALL_CIRCUIT_TARGETS.items()
+            for g, t in DEFAULT_TARGET.items()
             if g in dims.available()
         }
-        points.append(
-            ("neuron", f"targets x{scale:g}", small_circuit(device, dims, target=target, **steps))
-        )
+        points.append(("neuron", f"targets x{scale:g}", PruningConfig(target=target, **steps)))
     for t in args.head_targets:
-        config = small_circuit(
-            device, dims, granularities=("head",), target={"head": t}, steps=args.head_steps
-        )
+        config = PruningConfig(granularities=("head",), target={"head": t}, steps=args.head_steps)
         points.append(("head", f"heads {t:g}", config))
     fitted = []
     for level, label, config in tqdm(points, desc="pruning fits"):

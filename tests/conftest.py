@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from transformer_lens_mgp import DEFAULT_SPARSITY, PruningConfig, Schedule
 from transformer_lens_mgp.core.model_api import has_hooked_transformer
 from transformer_lens_mgp.models import default_model_path, is_default_model_available, load_model
 from transformer_lens_mgp.testing.tiny import LLAMA_LIKE, build_cfg, count_hooks, model_from_cfg
@@ -22,6 +23,18 @@ needs_hooked_transformer = pytest.mark.skipif(
 )
 """For what is built on a HookedTransformer only: the weight layout, edge scores (per-head
 residual inputs), the comparison of both model views, and the perf benchmark's models."""
+
+
+LAMBDA = PruningConfig(
+    sparsity=dict(DEFAULT_SPARSITY),
+    steps=200,
+    schedule=Schedule(warmup=0.5, decay=0.0, finish=0.0),
+    metric_weight=0.0,
+    bf16=False,
+)
+"""The lambda mode: fixed prices, a constant learning rate, no final phase, float32. Tests whose
+answer is known by its price (planted circuits, the lambda's unit) need it; the default's
+targets would fix the size instead."""
 
 
 @pytest.fixture(autouse=True)

@@ -292,7 +292,7 @@ def test_convergence_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsy
     records = json.loads((out / "convergence.json").read_text())
     assert [r["task"] for r in records] == ["ioi", "gp"]
     for record in records:
-        assert record["config"]["steps"] == 10 and record["config"]["lr_decay"] == 0.6
+        assert record["config"]["steps"] == 10 and record["config"]["schedule"]["decay"] == 0.6
         rows = record["granularities"]
         assert set(rows) == {"head", "attn_neuron", "mlp_neuron"}
         assert all(len(h) == 10 for h in record["size_history"].values())

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from transformer_lens_mgp import Circuit, ModelDims
-from transformer_lens_mgp.analysis.run_folder import measure_circuit, write_run_folder
+from transformer_lens_mgp.analysis.discovery import measure
+from transformer_lens_mgp.analysis.run_folder import write_run_folder
 from transformer_lens_mgp.core.model_api import has_hooked_transformer
 from transformer_lens_mgp.testing.planted import planted_circuit
 
@@ -80,7 +81,7 @@ def report(tmp_path_factory):
     kept = {g: planted.live[g] | planted.dead[g] for g in ("attn_neuron", "mlp_neuron")}
     circuit = Circuit.from_kept(dims, kept, history={"loss": [1.0, 0.4], "kl": [0.5, 0.2]})
     data = planted.dataset.with_roles(("END",), planted.dataset.answer_positions[:, None])
-    run = measure_circuit(planted.model, circuit, data, curve=True, edges=EDGES, anatomy=True)
+    run = measure(planted.model, circuit, data, curve=True, edges=EDGES, node_effects=True)
     out = tmp_path_factory.mktemp("browser")
     write_run_folder(out, run, title="planted circuit")
     return out / "report.html"

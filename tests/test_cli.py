@@ -8,9 +8,17 @@ import re
 import pytest
 from conftest import needs_hooked_transformer
 
-from transformer_lens_mgp import DEFAULT_SPARSITY, Circuit, EdgeCircuit, models
+from transformer_lens_mgp import (
+    DEFAULT_SPARSITY,
+    Circuit,
+    EdgeCircuit,
+    ModelDims,
+    PruningConfig,
+    models,
+)
 from transformer_lens_mgp.cli import main
 from transformer_lens_mgp.core.model_api import has_hooked_transformer
+from transformer_lens_mgp.training.config import DEFAULT_TARGET, PAIRS_PER_STEP, has_bf16
 
 FAST = ["--n", "40", "--steps", "3", "--batch-size", "8", "--quiet"]
 
@@ -50,7 +58,7 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert settled["head"]["target"] == 0.09 and 0 <= settled["head"]["kept"] <= 1
 
     circuit = Circuit.load(out / "circuit.safetensors", model=tiny_default)
-    assert circuit.config["steps"] == 3 and circuit.metrics["kl"] == metrics["circuit"]["kl"]
+    assert circuit.config["steps"] == 3
     assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
 
     assert "faithfulness_curve" not in metrics  # only with --curve
@@ -89,7 +97,7 @@ def test_sparsity_and_granularities_reach_the_pruner(tiny_default, tmp_path):
     assert config["granularities"] == ["block", "head", "attn_neuron"]
     assert config["sparsity"] == {"block": DEFAULT_SPARSITY["block"], "head": 2.5}
     assert config["target"] == {"attn_neuron": 0.5}
-    assert config["bf16"] is False and config["gradient_checkpointing"] is False
+    assert config["bf16"] is has_bf16("cpu") and config["gradient_checkpointing"] is False
 
 
 def test_memory_options_reach_the_pruner(tiny_default, tmp_path):
@@ -304,39 +312,41 @@ def test_compare_two_runs(tiny_default, tmp_path, capsys):
     assert "heads:" in (out / "comparison.html").read_text()
 
 
-def test_discover_defaults_to_the_small_circuit_setting(tiny_default, tmp_path):
-    from transformer_lens_mgp.training.config import SMALL_CIRCUIT_TARGETS, has_bf16
-
+def test_discover_runs_the_library_default(tiny_default, tmp_path):
+    """The command line's fit is ``PruningConfig()``'s; a size given turns the targets off."""
     runs = {
-        "small": [],
-        "float32": ["--float32"],
-        "lambda": ["--preset", "lambda"],
-        "thorough": ["--preset", "thorough"],
+        "default": [],
+        "float32": ["--no-bf16"],
+        "lambda": ["--sparsity", "head=1"],
         "sized": ["--target", "head=0.5"],
-        "weighted": ["--metric-weight", "1.5", "--metric-share", "0.3"],
-        "finished": ["--hard-finish", "0.5"],
+        "weighted": ["--metric-weight", "1.5"],
     }
     configs = {}
     for name, extra in runs.items():
         out = tmp_path / name
         assert main(["discover", *FAST, *extra, "--no-node-effects", "--out", str(out)]) == 0
         configs[name] = Circuit.load(out / "circuit.safetensors").config
+    model_dims = ModelDims.from_cfg(tiny_default.cfg)
+    library = PruningConfig(steps=3).resolved(model_dims, "cpu").to_dict()
+    assert configs["default"] == library
     # the tiny model is attention-only: the MLP neurons' target is left out
-    expected = {g: t for g, t in SMALL_CIRCUIT_TARGETS.items() if g != "mlp_neuron"}
-    assert configs["small"]["target"] == expected and configs["small"]["steps"] == 3
-    assert configs["small"]["bf16"] == has_bf16("cpu")
+    expected = {g: t for g, t in DEFAULT_TARGET.items() if g != "mlp_neuron"}
+    assert configs["default"]["target"] == expected and configs["default"]["steps"] == 3
+    assert configs["default"]["bf16"] == has_bf16("cpu")
+    assert configs["default"]["metric_weight"] == 2
+    assert configs["default"]["schedule"]["finish"] == 0.3
     assert configs["float32"]["bf16"] is False and configs["float32"]["target"] == expected
-    assert configs["lambda"]["target"] == {} and configs["lambda"]["bf16"] is False
-    assert configs["thorough"]["target"] == expected
+    assert configs["lambda"]["target"] == {} and configs["lambda"]["sparsity"]["head"] == 1
     assert configs["sized"]["target"] == {"head": 0.5}
-    assert configs["small"]["metric_weight"] == 2 and configs["small"]["metric_share"] == 0.3
-    assert configs["thorough"]["metric_weight"] == configs["lambda"]["metric_weight"] == 0
-    assert configs["sized"]["metric_weight"] == 0
     assert configs["weighted"]["metric_weight"] == 1.5
-    assert configs["weighted"]["metric_share"] == 0.3
-    assert configs["finished"]["hard_finish"] == 0.5
-    assert configs["small"]["hard_finish"] == 0.3 and configs["thorough"]["hard_finish"] == 0
 
+
+def test_the_default_pair_count_follows_the_steps(tiny_default, tmp_path):
+    out = tmp_path / "run"
+    quick = ["--steps", "3", "--quiet", "--no-node-effects", "--out", str(out)]
+    assert main(["discover", *quick]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_test"] == 3 * PAIRS_PER_STEP
 
 def test_discover_with_the_s2_swap_corruption(tiny_default, tmp_path):
     out = tmp_path / "abb"

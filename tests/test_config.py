@@ -6,7 +6,15 @@ import dataclasses
 
 import pytest
 
-from transformer_lens_mgp import DEFAULT_SPARSITY, HardConcrete, ModelDims, PruningConfig
+from transformer_lens_mgp import (
+    DEFAULT_SPARSITY,
+    EdgeConfig,
+    HardConcrete,
+    ModelDims,
+    PruningConfig,
+    Schedule,
+)
+from transformer_lens_mgp.training.config import DEFAULT_METRIC_WEIGHT, DEFAULT_TARGET
 
 DIMS = ModelDims(n_layers=2, n_heads=3, d_head=4, d_mlp=5)
 
@@ -17,6 +25,7 @@ def test_to_dict_and_from_dict_round_trip():
         target={"head": 0.2},
         steps=30,
         hard_concrete=HardConcrete(beta=0.5),
+        schedule=Schedule(warmup=0.2, decay=0.5, finish=0.1),
         bf16=True,
     )
     assert PruningConfig.from_dict(config.to_dict()) == config
@@ -27,7 +36,7 @@ def test_it_is_frozen_and_replace_checks_again():
     config = PruningConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.steps = 3
-    assert config.replace(steps=3).steps == 3 and config.steps == 200
+    assert config.replace(steps=3).steps == 3 and config.steps == 250
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         config.replace(steps=0)
 
@@ -59,11 +68,15 @@ def test_resolved_makes_the_model_s_settings_explicit():
         (dict(target={"mlp_neuron": "0.05"}), ValueError, "must be a number"),
         (dict(ablation="noise"), ValueError, "unknown ablation"),
         (dict(granularities=["neurons"]), ValueError, "unknown granularity"),
-        (dict(bf16="yes"), TypeError, "True or False"),
-        (dict(lr_decay=1.5), ValueError, r"lr_decay is a share of the steps, in \[0, 1\]"),
-        (dict(lr_decay="half"), ValueError, "lr_decay is a share"),
-        (dict(hard_finish=-0.1), ValueError, r"hard_finish is a share of the steps, in \[0, 1\]"),
-        (dict(metric_share=1.5), ValueError, r"metric_share is a share of the steps, in \[0, 1\]"),
+        (dict(bf16="yes"), TypeError, "True, False or None"),
+        (dict(schedule={"decay": 1.5}), ValueError, r"schedule.decay is a share of the steps"),
+        (dict(schedule={"decay": "half"}), ValueError, "schedule.decay is a share"),
+        (dict(schedule={"finish": -0.1}), ValueError, r"schedule.finish is a share of the steps"),
+        (dict(schedule={"share": 0.1}), TypeError, "is not a Schedule"),
+        (dict(schedule=0.3), TypeError, "must be a Schedule"),
+        (dict(hard_concrete={"beta": "x"}), ValueError, "beta"),
+        (dict(granularities=5), TypeError, "granularities is a list"),
+        (dict(gradient_checkpointing="no"), TypeError, "True or False"),
         (dict(eval_every=5), ValueError, "set max_kl"),
         (dict(device="cuda"), TypeError, r"unknown setting\(s\) \['device'\]"),
     ],
@@ -79,20 +92,36 @@ def test_a_target_for_a_granularity_not_pruned_is_refused():
         config.resolved(DIMS)
 
 
-def test_the_small_circuit_setting_fits_the_model():
-    from transformer_lens_mgp import ModelDims
-    from transformer_lens_mgp.training.config import (
-        PRESETS,
-        SMALL_CIRCUIT_STEPS,
-        SMALL_CIRCUIT_TARGETS,
-        small_circuit,
-    )
+def test_the_default_is_the_small_circuit_setting():
+    """Targets for what the model has, the schedule's final phase with the metric held, and
+    bf16 decided by the device; a fixed price or a budget turns the targets off."""
+    resolved = PruningConfig().resolved(DIMS, "cpu")
+    assert resolved.target == DEFAULT_TARGET and resolved.steps == 250
+    assert resolved.metric_weight == DEFAULT_METRIC_WEIGHT and resolved.schedule == Schedule()
+    assert isinstance(resolved.bf16, bool)
+    attention_only = ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=None)
+    assert "mlp_neuron" not in PruningConfig().resolved(attention_only).target
+    heads = PruningConfig(granularities=["head"]).resolved(DIMS)
+    assert heads.target == {"head": DEFAULT_TARGET["head"]}
+    assert PruningConfig(sparsity={"head": 1.0}).resolved(DIMS).target == {}
+    assert PruningConfig(max_kl=0.3).resolved(DIMS).target == {}
+    assert PruningConfig().resolved(DIMS, has_wrong_answers=False).metric_weight == 0
+    assert PruningConfig(bf16=False).resolved(DIMS).bf16 is False
+    assert PruningConfig.from_dict(resolved.to_dict()) == resolved
 
-    full = small_circuit("cpu", ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=8))
-    assert dict(full.target) == SMALL_CIRCUIT_TARGETS and full.steps == SMALL_CIRCUIT_STEPS
-    attention_only = small_circuit("cpu", ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=None))
-    assert "mlp_neuron" not in attention_only.target
-    assert small_circuit("cpu", steps=10, bf16=False).steps == 10
-    thorough = PRESETS["thorough"]
-    assert thorough.config().target == full.target
-    assert thorough.steps > PRESETS["small"].steps and thorough.n_pairs > PRESETS["small"].n_pairs
+
+def test_the_metric_term_is_priced_over_the_final_phase():
+    config = PruningConfig(steps=10, metric_weight=1.0)
+    assert [config.prices_metric(s) for s in range(10)] == [False] * 7 + [True] * 3
+    always = config.replace(schedule=Schedule(finish=0.0))
+    assert all(always.prices_metric(s) for s in range(10))
+    assert not any(config.replace(metric_weight=0.0).prices_metric(s) for s in range(10))
+
+
+def test_node_and_edge_fits_share_one_set_of_checks():
+    for bad in (dict(seed=2**70), dict(hard_concrete="x"), dict(schedule={"warmup": 2})):
+        with pytest.raises((ValueError, TypeError)):
+            PruningConfig(**bad)
+        with pytest.raises((ValueError, TypeError)):
+            EdgeConfig(**bad)
+    assert EdgeConfig().schedule.finish == 0 and EdgeConfig(seed=3).seed == 3

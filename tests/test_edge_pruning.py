@@ -199,11 +199,11 @@ def test_save_load_and_graph(tmp_path):
     nodes = some_nodes(dims)
     graph = EdgeGraph.of(nodes)
     kept = torch.arange(graph.n_edges) % 3 == 0
-    edges = EdgeCircuit.from_kept(nodes, graph, kept, metrics={"validation_kl": 0.5})
+    edges = EdgeCircuit.from_kept(nodes, graph, kept, fit_info={"validation_kl": 0.5})
     path = edges.save(tmp_path / "edges.safetensors")
     loaded = EdgeCircuit.load(path, model)
     assert loaded.edges() == edges.edges() and loaded.graph == graph
-    assert loaded.metrics == {"validation_kl": 0.5}
+    assert loaded.fit_info == {"validation_kl": 0.5}
     for g in dims.available():
         assert torch.equal(loaded.nodes.kept(g), nodes.kept(g))
     with pytest.raises(UsageError, match="not a circuit"):

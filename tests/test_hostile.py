@@ -192,7 +192,7 @@ CASES = [
     ),
     (
         "warm-up longer than the fit",
-        lambda m, p: fit(m, dict(target_warmup=2)),
+        lambda m, p: fit(m, dict(schedule={"warmup": 2})),
         ValueError,
         "share of the steps",
     ),
@@ -732,5 +732,5 @@ def test_prompts_longer_than_the_context_are_not_cut(tokenizer_model):
 def test_pareto_areas_of_no_circuit_is_an_error():
     from transformer_lens_mgp import pareto_areas
 
-    with pytest.raises(ValueError, match="at least one circuit"):
+    with pytest.raises(ValueError, match="at least one sweep point"):
         pareto_areas([])

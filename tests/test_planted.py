@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LAMBDA
 
 from transformer_lens_mgp import Circuit, CircuitPruner, ModelDims
 from transformer_lens_mgp.analysis.evaluation import evaluate_many
@@ -31,7 +32,7 @@ def check_recovery(planted, circuit) -> list[str]:
 @pytest.mark.parametrize("variant", ["standard", "attn_only", "gqa"])
 def test_planted_circuit_is_recovered(variant, seed):
     planted = planted_circuit(variant, seed=seed)
-    circuit = CircuitPruner(planted.model, seed=seed).fit(planted.dataset, progress=False)
+    circuit = CircuitPruner(planted.model, LAMBDA, seed=seed).fit(planted.dataset, progress=False)
     assert not check_recovery(planted, circuit)
 
 
@@ -40,7 +41,7 @@ def test_cancelling_twins_are_never_split(seed):
     """Each twin alone moves the output, the pair together cannot: keeping exactly one of
     them would be wrong."""
     planted = planted_circuit("cancelling", seed=seed)
-    circuit = CircuitPruner(planted.model, seed=seed).fit(planted.dataset, progress=False)
+    circuit = CircuitPruner(planted.model, LAMBDA, seed=seed).fit(planted.dataset, progress=False)
     twins = planted.dead["mlp_neuron"] & _twin_mask(planted)
     assert twins.sum() == 2
     assert circuit.kept("mlp_neuron")[twins].sum() != 1
@@ -59,7 +60,7 @@ def test_redundant_pair_is_recovered_as_a_group(seed):
     """Either member of the OR pair suffices, so pruning must keep at least one of them (one
     is the minimal circuit), and still recover the other nodes."""
     planted = planted_circuit("redundant", seed=seed)
-    circuit = CircuitPruner(planted.model, seed=seed).fit(planted.dataset, progress=False)
+    circuit = CircuitPruner(planted.model, LAMBDA, seed=seed).fit(planted.dataset, progress=False)
     groups = planted.any_of.get("mlp_neuron", [])
     assert len(groups) == 1, "the ground truth holds no redundant pair"
     (pair,) = groups

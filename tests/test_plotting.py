@@ -2,7 +2,7 @@ import plotly.graph_objects as go
 import torch
 from test_evaluation import full_circuit
 
-from transformer_lens_mgp import Circuit, ModelDims
+from transformer_lens_mgp import Circuit, Discovery, FaithfulnessCurve, ModelDims
 from transformer_lens_mgp.analysis import plotting
 from transformer_lens_mgp.analysis.report import write_report
 from transformer_lens_mgp.testing.tiny import build_model
@@ -59,9 +59,8 @@ def test_faithfulness_curve_figure_and_report(tmp_path):
     }
     fig = plotting.plot_faithfulness_curve(curve)
     assert len(fig.data) == 2 and "CPR 0.630" in fig.layout.title.text
-    circuit = big_circuit()
-    circuit.metrics = {"faithfulness_curve": curve}
-    assert "CPR 0.630" in write_report(circuit, tmp_path / "r.html").read_text()
+    run = Discovery(big_circuit(), curve=FaithfulnessCurve(**curve))
+    assert "CPR 0.630" in write_report(run, tmp_path / "r.html").read_text()
 
 
 def test_training_curves_with_targets_and_negative_loss():

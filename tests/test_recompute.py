@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import VARIANTS, assert_untouched, model_state
+from conftest import LAMBDA, VARIANTS, assert_untouched, model_state
 from test_pruner import LIVE_HEADS, LIVE_NEURONS, kept_set, known_answer_model
 
 import transformer_lens_mgp.core.hooks as interventions
@@ -82,7 +82,7 @@ def test_a_model_without_blocks_gets_a_clear_error():
 
 @pytest.mark.parametrize("flag", ["bf16", "gradient_checkpointing"])
 def test_flags_must_be_booleans(flag):
-    with pytest.raises(TypeError, match=f"{flag} is True or False"):
+    with pytest.raises(TypeError, match=f"{flag} is True"):
         CircuitPruner(build_model(), **{flag: "yes"})
 
 
@@ -97,7 +97,7 @@ def test_bf16_runs_the_model_in_bfloat16_and_finds_the_known_circuit(monkeypatch
         return real(activation, **kwargs)
 
     monkeypatch.setattr(interventions, "interpolate_hook", spy)
-    circuit = CircuitPruner(model, bf16=True, steps=150).fit(
+    circuit = CircuitPruner(model, LAMBDA, bf16=True, steps=150).fit(
         build_dataset(model, n=64), progress=False
     )
     assert seen == {torch.bfloat16}

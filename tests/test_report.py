@@ -11,14 +11,11 @@ import torch
 
 from transformer_lens_mgp import Circuit, ModelDims
 from transformer_lens_mgp.analysis.anatomy import CircuitAnatomy
+from transformer_lens_mgp.analysis.curves import SweepPoint
+from transformer_lens_mgp.analysis.discovery import measure
 from transformer_lens_mgp.analysis.node_figures import plot_node_entry
 from transformer_lens_mgp.analysis.report import write_sweep_report
-from transformer_lens_mgp.analysis.run_folder import (
-    NODES_FILE,
-    measure_circuit,
-    sweep_summary,
-    write_run_folder,
-)
+from transformer_lens_mgp.analysis.run_folder import NODES_FILE, sweep_summary, write_run_folder
 from transformer_lens_mgp.testing.planted import planted_circuit
 
 PLOTLY_BANNER = "plotly.js v"
@@ -31,7 +28,7 @@ def run_folder(tmp_path_factory):
     kept = {g: planted.live[g] | planted.dead[g] for g in ("attn_neuron", "mlp_neuron")}
     circuit = Circuit.from_kept(dims, kept, history={"loss": [1.0, 0.5], "kl": [0.3, 0.2]})
     data = planted.dataset.with_roles(("END",), planted.dataset.answer_positions[:, None])
-    run = measure_circuit(planted.model, circuit, data, anatomy=True, facts={"task": "planted"})
+    run = measure(planted.model, circuit, data, node_effects=True, facts={"task": "planted"})
     out = tmp_path_factory.mktemp("run")
     write_run_folder(out, run, title="planted <circuit>")
     return out, run
@@ -90,6 +87,13 @@ def growing_circuits() -> list[Circuit]:
     return circuits[::-1]  # largest first: the figure orders them itself
 
 
+def measured(kl: float, recovered: float):
+    """An evaluation with the given KL and recovered metric (the rest does not matter here)."""
+    from transformer_lens_mgp import Evaluation
+
+    return Evaluation(kl, 1.0, recovered, 0.0, recovered, 1.0, 1.0, {}, {}, 10)
+
+
 def test_node_entry_orders_nodes_by_the_smallest_circuit_keeping_them():
     fig = plot_node_entry(growing_circuits(), "head")
     assert list(fig.data[0].x) == ["L1.H2", "L0.H0", "L0.H1"]
@@ -97,12 +101,13 @@ def test_node_entry_orders_nodes_by_the_smallest_circuit_keeping_them():
 
 
 def test_sweep_report_shows_points_pareto_and_entry(tmp_path):
-    circuits = growing_circuits()
-    for c in circuits:
-        c.metrics = {"kl": 1 - c.size(), "recovered": c.size()}
-    targets = [{"head": c.size()} for c in circuits]
-    summary = sweep_summary(targets, circuits, {})
-    text = write_sweep_report(circuits, summary, tmp_path / "sweep.html").read_text()
+    points = [
+        SweepPoint({"head": c.size()}, c, measured(kl=1 - c.size(), recovered=c.size()))
+        for c in growing_circuits()
+    ]
+    summary = sweep_summary(points, {})
+    assert [p["recovered"] for p in summary["points"]] == [p.circuit.size() for p in points]
+    text = write_sweep_report(points, summary, tmp_path / "sweep.html").read_text()
     assert "How nodes enter as the circuit grows" in text and "CPR" in text
     assert text.count(PLOTLY_BANNER) == 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_lens_mgp import PairedDataset, PruningConfig
+from transformer_lens_mgp import PairedDataset, PruningConfig, Schedule
 from transformer_lens_mgp.core.errors import UsageError
 from transformer_lens_mgp.core.metrics import kl_divergence
 from transformer_lens_mgp.core.model_api import model_dims
@@ -37,7 +37,7 @@ def test_steps_record_what_they_measured():
 def test_a_restored_run_continues_exactly_like_the_original():
     model = build_model()
     data = build_dataset(model)
-    settings = dict(target={"mlp_neuron": 0.3}, lr_decay=0.5)
+    settings = dict(target={"mlp_neuron": 0.3}, schedule=Schedule(decay=0.5))
     pruner, straight = new_run(model, data, **settings)
     _, first = new_run(model, data, **settings)
     _, second = new_run(model, data, **settings)
@@ -61,11 +61,11 @@ def test_a_restored_run_continues_exactly_like_the_original():
 
 def test_the_learning_rate_falls_to_zero_over_the_decay_share():
     model = build_model()
-    _, run = new_run(model, build_dataset(model), lr=0.2, lr_decay=0.5)
+    _, run = new_run(model, build_dataset(model), lr=0.2, schedule=Schedule(decay=0.5))
     rates = [run.learning_rate(step) for step in range(8)]  # 8 steps, the last 4 decaying
     assert rates[:4] == [0.2] * 4
     assert all(a > b for a, b in zip(rates[3:-1], rates[4:], strict=True)) and rates[-1] == 0.0
-    _, constant = new_run(model, build_dataset(model), lr=0.2)
+    _, constant = new_run(model, build_dataset(model), lr=0.2, schedule=Schedule(decay=0.0))
     assert {constant.learning_rate(step) for step in range(8)} == {0.2}
 
 
@@ -73,7 +73,8 @@ def test_the_size_price_comes_to_rest_with_the_learning_rate():
     """Each rise of the multiplier is the gap times the ascent's gain times the learning
     rate's share of its peak: the last step, at learning rate 0, leaves the price as it was."""
     model = build_model()
-    pruner, run = new_run(model, build_dataset(model), target={"head": 0.05}, lr_decay=0.5)
+    schedule = Schedule(decay=0.5)
+    pruner, run = new_run(model, build_dataset(model), target={"head": 0.05}, schedule=schedule)
     with pruner.execution():
         run.prepare()
         while not run.done:
@@ -103,8 +104,8 @@ def test_the_metric_gap_is_in_units_of_the_behaviour():
 
 
 def test_a_metric_weight_pulls_the_logit_difference_to_the_full_models():
-    """The same fit with the metric term ends with logit differences closer to the full
-    model's, pair by pair, on the pairs it trained on."""
+    """The same fit with the metric term (over every step, at a constant learning rate) ends
+    with logit differences closer to the full model's, pair by pair, on its pairs."""
     model = build_model()
     data = build_dataset(model, n=64)
     with torch.no_grad():
@@ -112,7 +113,11 @@ def test_a_metric_weight_pulls_the_logit_difference_to_the_full_models():
     gaps = {}
     for weight in (0.0, 20.0):
         circuit = CircuitPruner(
-            model, sparsity={"head": 1.0, "mlp_neuron": 2.0}, steps=100, metric_weight=weight
+            model,
+            sparsity={"head": 1.0, "mlp_neuron": 2.0},
+            steps=100,
+            metric_weight=weight,
+            schedule=Schedule(decay=0.0, finish=0.0),
         ).fit(data, progress=False)
         with torch.no_grad(), circuit.applied(model, data):
             logits = model(data.clean_tokens)[:, -1]
@@ -126,6 +131,9 @@ def test_a_metric_weight_needs_wrong_answers():
     no_wrong = PairedDataset(data.clean_tokens, data.corrupted_tokens, data.answer_tokens)
     with pytest.raises(UsageError, match="no wrong_answer_tokens"):
         CircuitPruner(model, metric_weight=1.0, steps=2).fit(no_wrong, progress=False)
+    # the default weighs the metric only where the pairs have wrong answers
+    assert CircuitPruner(model, steps=2).fit(no_wrong, progress=False).config["metric_weight"] == 0
+    assert CircuitPruner(model, steps=2).fit(data, progress=False).config["metric_weight"] == 2
 
 
 def test_the_hard_finish_trains_the_circuit_extraction_returns():
@@ -133,8 +141,8 @@ def test_the_hard_finish_trains_the_circuit_extraction_returns():
     step's pairs; before that phase the masks are random samples, and it is not."""
     model = build_model()
     data = build_dataset(model)
-    pruner, run = new_run(model, data, target={"head": 0.5}, hard_finish=0.25)
-    assert [run.is_hard(step) for step in range(8)] == [False] * 6 + [True] * 2
+    pruner, run = new_run(model, data, target={"head": 0.5}, schedule=Schedule(finish=0.25))
+    assert [run.config.in_finish(step) for step in range(8)] == [False] * 6 + [True] * 2
     with pruner.execution():
         run.prepare()
         gaps = []
@@ -148,18 +156,25 @@ def test_the_hard_finish_trains_the_circuit_extraction_returns():
     assert max(gaps[6:]) < 1e-4 < min(gaps[:6]), gaps
 
 
-def test_the_metric_term_joins_only_for_its_share_of_the_steps():
-    """With ``metric_share`` 0.25 of 8 steps, the fit follows the KL alone for 6 steps (the
-    same losses as a fit without the term), then adds the term for the last 2."""
+def test_the_metric_term_joins_only_in_the_final_phase():
+    """With a final phase of 0.25 of 8 steps, the fit follows the KL alone for 6 steps (the
+    same losses as a fit without the term), then adds the term for the last 2. The masks
+    start near the threshold, so the circuit of the final phase is not the full model."""
     model = build_model()
     data = build_dataset(model)
     losses = {}
     for weight in (0.0, 5.0):
         pruner, run = new_run(
-            model, data, target={"head": 0.5}, metric_weight=weight, metric_share=0.25
+            model,
+            data,
+            target={"head": 0.5},
+            metric_weight=weight,
+            schedule=Schedule(finish=0.25),
+            init_log_alpha=0.0,
         )
         with pruner.execution():
             run.prepare()
             losses[weight] = [run.step().loss for _ in range(8)]
     assert losses[5.0][:6] == losses[0.0][:6]
-    assert all(late > alone for late, alone in zip(losses[5.0][6:], losses[0.0][6:], strict=True))
+    late = zip(losses[5.0][6:], losses[0.0][6:], strict=True)
+    assert all(priced > alone for priced, alone in late), losses

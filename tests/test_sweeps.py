@@ -15,7 +15,7 @@ from conftest import assert_untouched, model_state
 
 import transformer_lens_mgp.training.sweeps as sweep_module
 from transformer_lens_mgp import Circuit, ModelDims, PruningConfig
-from transformer_lens_mgp.analysis.curves import pareto_areas
+from transformer_lens_mgp.analysis.curves import SweepPoint, pareto_areas
 from transformer_lens_mgp.analysis.plotting import plot_pareto
 from transformer_lens_mgp.analysis.run_folder import point_name
 from transformer_lens_mgp.core.model_api import is_hooked_transformer
@@ -32,14 +32,15 @@ def setup():
     return model, build_dataset(model, n=24), build_dataset(model, n=12, seed=1)
 
 
-def same(a: Circuit, b: Circuit) -> bool:
+def same(a: SweepPoint, b: SweepPoint) -> bool:
+    a, b = a.circuit, b.circuit
     return all(torch.equal(a.log_alpha[g], b.log_alpha[g]) for g in a.granularities)
 
 
 def test_one_circuit_per_target_in_order_with_held_out_metrics(setup, tmp_path):
     model, train, validation = setup
     before = model_state(model)
-    circuits = sweep(
+    points = sweep(
         model,
         train,
         TARGETS,
@@ -48,11 +49,11 @@ def test_one_circuit_per_target_in_order_with_held_out_metrics(setup, tmp_path):
         out_dir=tmp_path,
         progress=False,
     )
-    assert [c.config["target"] for c in circuits] == TARGETS
-    assert circuits[0].size() < circuits[1].size()
-    for circuit in circuits:
-        assert set(circuit.metrics) >= {"kl", "recovered", "accuracy"}
-        assert circuit.metrics["n_validation"] == 12
+    assert [p.circuit.config["target"] for p in points] == [p.target for p in points] == TARGETS
+    assert points[0].circuit.size() < points[1].circuit.size()
+    for point in points:
+        assert set(point.numbers()) >= {"kl", "recovered", "accuracy"}
+        assert point.evaluation.n_pairs == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(point_name(t) for t in TARGETS)
     assert_untouched(model, before)
 
@@ -166,23 +167,25 @@ def test_any_executor_runs_the_points_and_a_loader_must_build_the_same_model(set
 
 
 def test_pareto_areas_add_the_empty_circuit_and_the_full_model():
+    from transformer_lens_mgp import Evaluation
+
     dims = ModelDims(n_layers=1, n_heads=2, d_head=2, d_mlp=None)
-    circuits = []
+    points = []
     for kept, faithfulness in ((1, 0.5), (2, 0.9)):
         mask = torch.arange(4).view(1, 2, 2) < kept
         c = Circuit(dims=dims, log_alpha={"attn_neuron": torch.where(mask, 10.0, -10.0)})
-        c.metrics = {"recovered": faithfulness}
-        circuits.append(c)
-    areas = pareto_areas(circuits[::-1])
+        measured = Evaluation(0.1, 1.0, faithfulness, 0.0, faithfulness, 1.0, 1.0, {}, {}, 4)
+        points.append(SweepPoint({"attn_neuron": kept / 4}, c, measured))
+    areas = pareto_areas(points[::-1])
     assert areas.sizes == [0.0, 0.25, 0.5, 1.0]
     # trapezoids: (0 + .5)/2 * .25 + (.5 + .9)/2 * .25 + (.9 + 1)/2 * .5
     assert areas.cpr == pytest.approx(0.0625 + 0.175 + 0.475)
     assert areas.cmd == pytest.approx((1 + 0.5) / 2 * 0.25 + (0.5 + 0.1) / 2 * 0.25 + 0.1 / 2 * 0.5)
-    figure = plot_pareto(circuits)
+    figure = plot_pareto(points)
     assert len(figure.data) == 2 and "CPR 0.71" in figure.layout.title.text
-    circuits[0].metrics = {}
+    points[0] = SweepPoint(points[0].target, points[0].circuit)
     with pytest.raises(ValueError, match="no measured faithfulness"):
-        pareto_areas(circuits)
+        pareto_areas(points)
 
 
 @pytest.mark.parametrize(

@@ -218,6 +218,8 @@ def test_tasks_registry():
         "greater_than",
         "VocabularySplit",
         "vocabulary_split",
+        "build",
+        "check_task",
     }
 
 

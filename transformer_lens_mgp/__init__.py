@@ -8,7 +8,14 @@ The package is a stack of layers, each importing only from those below it:
 
 from . import tasks
 from .analysis.compare import CircuitComparison, compare
-from .analysis.curves import FaithfulnessCurve, ParetoAreas, faithfulness_curve, pareto_areas
+from .analysis.curves import (
+    FaithfulnessCurve,
+    ParetoAreas,
+    SweepPoint,
+    faithfulness_curve,
+    pareto_areas,
+)
+from .analysis.discovery import Discovery
 from .analysis.edge_evaluation import attribution_edges, evaluate_edges, random_edges
 from .analysis.edges import edge_graph, edge_scores
 from .analysis.evaluation import Evaluation, evaluate, evaluate_many
@@ -21,7 +28,8 @@ from .core.errors import TrainingDivergedError, UsageError
 from .core.gates import HardConcrete
 from .core.nodes import GRANULARITIES, ModelDims
 from .models import load_model
-from .training.config import PruningConfig
+from .training.config import PruningConfig, Schedule
+from .training.discover import discover
 from .training.edges import EdgeConfig, EdgePruner
 from .training.pruner import CircuitPruner
 from .training.sparsity import DEFAULT_SPARSITY
@@ -33,6 +41,7 @@ __all__ = [
     "Circuit",
     "CircuitComparison",
     "CircuitPruner",
+    "Discovery",
     "EdgeCircuit",
     "EdgeConfig",
     "EdgeGraph",
@@ -44,10 +53,13 @@ __all__ = [
     "PairedDataset",
     "ParetoAreas",
     "PruningConfig",
+    "Schedule",
+    "SweepPoint",
     "TrainingDivergedError",
     "UsageError",
     "attribution_edges",
     "compare",
+    "discover",
     "edge_graph",
     "edge_scores",
     "evaluate",

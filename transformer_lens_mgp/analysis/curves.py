@@ -3,7 +3,7 @@ areas of MIB's circuit track (CPR, CMD) over a curve or over a sweep's circuits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
-from .evaluation import evaluate_many
+from .evaluation import Evaluation, evaluate_many
 from .subcircuits import top_fraction
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -63,6 +63,28 @@ class ParetoAreas:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a sweep: the target it was fitted for, its circuit and, with held-out
+    pairs, its evaluation on them."""
+
+    target: Mapping[str, float]
+    circuit: Circuit
+    evaluation: Evaluation | None = None
+
+    def numbers(self) -> dict:
+        """The held-out KL, recovered metric and accuracy (empty when not measured)."""
+        e = self.evaluation
+        if e is None:
+            return {}
+        return {
+            "kl": e.kl,
+            "recovered": e.recovered,
+            "accuracy": e.accuracy_circuit,
+            "n_validation": e.n_pairs,
+        }
+
+
 def _areas(x: Sequence[float], f: Sequence[float]) -> tuple[float, float]:
     """(CPR, CMD): the areas under ``f`` and under ``|1 - f|`` over ``x``."""
     x, f = np.asarray(x, dtype=float), np.asarray(f, dtype=float)
@@ -103,20 +125,19 @@ def faithfulness_curve(
     )
 
 
-def pareto_areas(circuits: Sequence[Circuit]) -> ParetoAreas:
-    """CPR and CMD over the circuits' sizes (:meth:`Circuit.size`), from their
-    ``metrics["recovered"]`` (set by :func:`~transformer_lens_mgp.sweep` with
-    ``validation``)."""
-    if not circuits:
-        raise UsageError("pareto_areas needs at least one circuit with a measured faithfulness")
-    missing = [i for i, c in enumerate(circuits) if "recovered" not in c.metrics]
+def pareto_areas(points: Sequence[SweepPoint]) -> ParetoAreas:
+    """CPR and CMD over the sweep points' sizes (:meth:`Circuit.size`) and the metric each
+    recovered on held-out pairs (:func:`~transformer_lens_mgp.sweep` with ``validation``)."""
+    if not points:
+        raise UsageError("pareto_areas needs at least one sweep point (a measured circuit)")
+    missing = [i for i, p in enumerate(points) if p.evaluation is None]
     if missing:
         raise UsageError(
-            f"circuits {missing} have no measured faithfulness; run sweep(..., validation=...) "
-            "or set circuit.metrics['recovered'] from evaluate()"
+            f"sweep points {missing} have no measured faithfulness; run "
+            "sweep(..., validation=...) or give each point an evaluate() result"
         )
-    points = sorted((c.size(), c.metrics["recovered"]) for c in circuits)
-    sizes = [0.0] + [s for s, _ in points] + [1.0]
-    faithfulness = [0.0] + [f for _, f in points] + [1.0]
+    measured = sorted((p.circuit.size(), p.evaluation.recovered) for p in points)
+    sizes = [0.0] + [s for s, _ in measured] + [1.0]
+    faithfulness = [0.0] + [f for _, f in measured] + [1.0]
     cpr, cmd = _areas(sizes, faithfulness)
     return ParetoAreas(cpr=cpr, cmd=cmd, sizes=sizes, faithfulness=faithfulness)

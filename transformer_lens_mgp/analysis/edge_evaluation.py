@@ -9,7 +9,7 @@ count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from ..core.checks import check_positive_int
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.edge_circuit import EdgeCircuit
-from ..core.edge_graph import EdgeGraph, corrupted_activations, per_head_inputs
+from ..core.edge_graph import EdgeGraph, corrupted_activations, per_head_inputs, reader_node
 from ..core.errors import UsageError
 from ..core.model_api import attached, check_model_and_pairs, model_device
 from ..runtime.forward import answer_logits, batches_with_rows
@@ -86,14 +86,14 @@ def attribution_edges(
     if scores is None:
         scores = edge_scores(model, nodes, dataset, batch_size=batch_size, by_input=True)
     values = torch.tensor([abs(scores.get(edge, 0.0)) for edge in graph.edge_names])
-    return EdgeCircuit.from_kept(nodes, graph, _top(values, k), metrics={"rule": "attribution"})
+    return EdgeCircuit.from_kept(nodes, graph, _top(values, k), fit_info={"rule": "attribution"})
 
 
 def random_edges(model, nodes: Circuit, k: int, seed: int = 0) -> EdgeCircuit:
     """``k`` edges among ``nodes``' kept nodes drawn at random."""
     graph = EdgeGraph.of(nodes, bool(getattr(model.cfg, "parallel_attn_mlp", False)))
     values = torch.rand(graph.n_edges, generator=torch.Generator().manual_seed(seed))
-    return EdgeCircuit.from_kept(nodes, graph, _top(values, k), metrics={"rule": "random"})
+    return EdgeCircuit.from_kept(nodes, graph, _top(values, k), fit_info={"rule": "random"})
 
 
 def _top(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -101,3 +101,39 @@ def _top(values: torch.Tensor, k: int) -> torch.Tensor:
     kept = torch.zeros(values.shape[0], dtype=torch.bool)
     kept[values.topk(min(k, values.shape[0])).indices] = True
     return kept
+
+
+def measure_edges(
+    model,
+    edges: EdgeCircuit,
+    test: PairedDataset,
+    scores: Mapping[tuple[str, str], float] | None = None,
+    seed: int = 0,
+) -> dict:
+    """``learned_edges``: the kept edges (with their attribution ``score`` where ``scores``
+    are given, else their ``log_alpha``) and the held-out faithfulness of the learned edges,
+    of as many edges ranked by attribution (with ``scores``) and drawn at random, and of the
+    node circuit (every edge)."""
+    k = max(1, edges.n_kept)
+    rivals = {"learned": edges, "random": random_edges(model, edges.nodes, k, seed=seed)}
+    if scores is not None:
+        rivals["attribution"] = attribution_edges(model, edges.nodes, test, k, scores=scores)
+    every = EdgeCircuit.from_kept(edges.nodes, edges.graph, [True] * edges.n_total)
+    rivals["node circuit (every edge)"] = every
+    results = evaluate_edges(model, list(rivals.values()), test)
+    merged: dict[tuple[str, str], dict] = {}
+    for u, v, alpha in edges.kept_rows():
+        reader, inputs = reader_node(v)
+        row = merged.setdefault((u, reader), {"from": u, "to": reader, "inputs": "", "score": 0.0})
+        row["inputs"] += inputs
+        row["score"] += scores.get((u, v), 0.0) if scores is not None else alpha
+    rows = sorted(merged.values(), key=lambda r: -abs(r["score"]))
+    return {
+        "n_kept": edges.n_kept,
+        "n_total": edges.n_total,
+        "score": "attribution" if scores is not None else "log_alpha",
+        "edges": rows,
+        "evaluation": {rule: r.to_dict() for rule, r in zip(rivals, results, strict=True)},
+        "n_test": len(test),
+        "fit_seconds": edges.fit_info.get("seconds"),
+    }

@@ -12,7 +12,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..core.circuit import Circuit
-from .curves import FaithfulnessCurve, pareto_areas
+from .curves import FaithfulnessCurve, SweepPoint, pareto_areas
 
 KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f77b4"]]
 
@@ -136,16 +136,14 @@ def plot_faithfulness_curve(curve: FaithfulnessCurve | dict) -> go.Figure:
     return fig
 
 
-def plot_pareto(circuits: list[Circuit]) -> go.Figure:
+def plot_pareto(points: list[SweepPoint]) -> go.Figure:
     """Faithfulness of each sweep circuit against its kept fraction, one line per granularity
     and one for the finest nodes (the size axis of CPR and CMD, given in the title)."""
-    areas = pareto_areas(circuits)
-    ordered = sorted(circuits, key=lambda c: c.size())
-    faithfulness = [c.metrics["recovered"] for c in ordered]
-    hover = [
-        f"KL {c.metrics.get('kl', float('nan')):.3f}<br>target {c.config.get('target')}"
-        for c in ordered
-    ]
+    areas = pareto_areas(points)
+    points = sorted(points, key=lambda p: p.circuit.size())
+    ordered = [p.circuit for p in points]
+    faithfulness = [p.evaluation.recovered for p in points]
+    hover = [f"KL {p.evaluation.kl:.3f}<br>target {dict(p.target)}" for p in points]
     fig = go.Figure()
     fig.add_scatter(
         x=areas.sizes[1:],  # the empty circuit has no place on a log axis
@@ -167,7 +165,7 @@ def plot_pareto(circuits: list[Circuit]) -> go.Figure:
     fig.update_xaxes(type="log", title_text="kept fraction")
     fig.update_yaxes(title_text="faithfulness (metric recovered)")
     fig.update_layout(
-        title=f"faithfulness vs size over {len(circuits)} circuits: "
+        title=f"faithfulness vs size over {len(points)} circuits: "
         f"CPR {areas.cpr:.3f}, CMD {areas.cmd:.3f}"
     )
     return fig

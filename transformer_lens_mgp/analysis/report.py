@@ -17,6 +17,8 @@ import plotly.graph_objects as go
 from ..core.circuit import Circuit
 from .anatomy import CircuitAnatomy
 from .convergence import settling
+from .curves import SweepPoint
+from .discovery import Discovery
 from .node_figures import (
     plot_example_patterns,
     plot_head_attention,
@@ -56,32 +58,25 @@ document.querySelectorAll('details').forEach(d => d.addEventListener('toggle', (
   d.querySelectorAll('.plotly-graph-div').forEach(g => Plotly.Plots.resize(g))));
 """
 
-EVALUATIONS = (("circuit", "circuit"), ("random_circuit_same_size", "random circuit, same size"))
-
-
-def write_report(
-    circuit: Circuit,
-    path: str | Path,
-    metrics: dict | None = None,
-    title: str = "Circuit",
-    anatomy: CircuitAnatomy | None = None,
-) -> Path:
-    """Write the report of ``circuit`` to ``path``: its held-out numbers (``metrics``, by
-    default ``circuit.metrics``), the ranked nodes and head and neuron profiles when an
-    ``anatomy`` is given, its maps, and its training curves."""
-    metrics = circuit.metrics if metrics is None else metrics
+def write_report(run: Discovery | Circuit, path: str | Path, title: str = "Circuit") -> Path:
+    """Write the report of a circuit to ``path``: for a measured one
+    (:func:`~.discovery.measure`) its held-out numbers, the ranked nodes and head and neuron
+    profiles, edges and curve when measured; for any, its maps and training curves."""
+    if isinstance(run, Circuit):
+        run = Discovery(run, settling=tuple(settling(run)))
+    circuit = run.circuit
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     page = _Page()
     page.raw(f"<h1>{html.escape(title)}</h1>")
-    lead = _lead(circuit, metrics)
+    lead = _lead(run)
     if lead:
         page.raw(f"<p class='lead'>{html.escape(lead)}</p>")
     page.section("Faithfulness on held-out pairs")
-    page.raw(_faithfulness_table(metrics))
+    page.raw(_faithfulness_table(run))
     page.raw(_size_table(circuit))
-    if anatomy is not None:
-        _anatomy_sections(page, anatomy)
+    if run.anatomy is not None:
+        _anatomy_sections(page, run.anatomy)
     page.section("Where the circuit sits")
     page.figure(plot_kept_per_layer(circuit))
     page.figure(plot_head_map(circuit))
@@ -91,18 +86,18 @@ def write_report(
             toggle=f"every MLP neuron ({circuit.n_kept('mlp_neuron')} kept): the layer x "
             "neuron map",
         )
-    if metrics.get("faithfulness_curve"):
+    if run.curve is not None:
         page.section("Faithfulness against size")
-        page.figure(plot_faithfulness_curve(metrics["faithfulness_curve"]))
-    if metrics.get("edges"):
+        page.figure(plot_faithfulness_curve(run.curve))
+    if run.edges:
         page.section("Edges between the kept nodes (attribution scores)")
-        page.figure(plot_edge_graph(metrics["edges"]))
-    if metrics.get("learned_edges"):
-        _learned_edges_section(page, metrics["learned_edges"])
+        page.figure(plot_edge_graph([e.to_dict() for e in run.edges]))
+    if run.learned_summary:
+        _learned_edges_section(page, run.learned_summary)
     if circuit.history:
         page.section("Training")
         page.figure(plot_training_curves(circuit))
-    facts = _facts(metrics)
+    facts = _facts(run)
     if facts:
         page.section("Run")
         page.raw(_table(["fact", "value"], facts))
@@ -142,13 +137,14 @@ def _learned_edges_section(page: _Page, summary: dict) -> None:
 
 
 def write_sweep_report(
-    circuits: Sequence[Circuit], summary: dict, path: str | Path, title: str = "Sweep"
+    points: Sequence[SweepPoint], summary: dict, path: str | Path, title: str = "Sweep"
 ) -> Path:
     """The sweep's report: its points as a table, faithfulness against size, and the order in
     which heads (and MLP layers) enter the circuit as it grows."""
     path = Path(path)
     page = _Page()
     page.raw(f"<h1>{html.escape(title)}</h1>")
+    circuits = [p.circuit for p in points]
     page.raw(
         f"<p class='lead'>{len(circuits)} circuits; faithfulness against size: "
         f"CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}</p>"
@@ -161,7 +157,7 @@ def write_sweep_report(
     headers = ["point", "size", "KL", "recovered", "heads", "MLP neurons"]
     page.raw(_table(headers, rows, sortable=True))
     page.section("Faithfulness against size")
-    page.figure(plot_pareto(list(circuits)))
+    page.figure(plot_pareto(list(points)))
     page.section("How nodes enter as the circuit grows")
     page.figure(plot_node_entry(circuits, "head"))
     if circuits[0].dims.has_mlp:
@@ -248,35 +244,28 @@ def _anatomy_sections(page: _Page, anatomy: CircuitAnatomy) -> None:
         )
 
 
-def _lead(circuit: Circuit, metrics: dict) -> str:
-    bits = []
-    if metrics.get("task"):
-        bits.append(f"task {metrics['task']}")
-    if metrics.get("model"):
-        bits.append(f"model {metrics['model']}")
-    if metrics.get("n_train"):
-        bits.append(f"{metrics['n_train']} training pairs")
-    if metrics.get("n_test"):
-        bits.append(f"{metrics['n_test']} held-out pairs")
+def _lead(run: Discovery) -> str:
+    facts = run.facts
+    bits = [f"{key} {facts[key]}" for key in ("task", "model") if facts.get(key)]
+    if facts.get("n_train"):
+        bits.append(f"{facts['n_train']} training pairs")
+    if run.n_test:
+        bits.append(f"{run.n_test} held-out pairs")
     return ", ".join(bits)
 
 
-def _faithfulness_table(metrics: dict) -> str:
-    if "circuit" not in metrics:  # a circuit's own flat numbers
-        rows = [[k, _num(v)] for k, v in metrics.items() if isinstance(v, int | float)]
-        return _table(["measure", "value"], rows) if rows else "<p>not measured</p>"
+def _faithfulness_table(run: Discovery) -> str:
+    if run.evaluation is None:
+        return "<p>not measured</p>"
     headers = ["", "KL(full || ·)", "task metric", "recovered", "accuracy"]
-    rows = []
-    for key, label in EVALUATIONS:
-        if key in metrics:
-            m = metrics[key]
-            rows.append(
-                [label, _num(m["kl"]), _num(m["metric_circuit"]), _num(m["recovered"]),
-                 _num(m["accuracy_circuit"])]
-            )  # fmt: skip
-    own = metrics["circuit"]
-    rows.append(["full model", "0", _num(own["metric_full"]), "1", _num(own["accuracy_full"])])
-    rows.append(["empty circuit (all ablated)", "", _num(own["metric_empty"]), "0", ""])
+    rivals = (("circuit", run.evaluation), ("random circuit, same size", run.random_baseline))
+    rows = [
+        [label, _num(e.kl), _num(e.metric_circuit), _num(e.recovered), _num(e.accuracy_circuit)]
+        for label, e in rivals
+    ]
+    own = run.evaluation
+    rows.append(["full model", "0", _num(own.metric_full), "1", _num(own.accuracy_full)])
+    rows.append(["empty circuit (all ablated)", "", _num(own.metric_empty), "0", ""])
     return _table(headers, rows)
 
 
@@ -304,7 +293,8 @@ def _size_table(circuit: Circuit) -> str:
     return _table(headers, rows)
 
 
-def _facts(metrics: dict) -> list[list[str]]:
+def _facts(run: Discovery) -> list[list[str]]:
+    metrics = run.to_dict()
     skip = {"circuit", "random_circuit_same_size", "faithfulness_curve", "edges"}
     return [
         [key, _num(value) if isinstance(value, float) else html.escape(str(value))]

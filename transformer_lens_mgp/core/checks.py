@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
 from .errors import UsageError
 
 
@@ -42,3 +44,15 @@ def is_finite(value) -> bool:
 def check_positive_int(name: str, value) -> None:
     if not is_int(value) or value < 1:
         raise UsageError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_device(device: str | None) -> None:
+    """A device name this machine has (None: the default)."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device name (e.g. cpu, cuda)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA device; use --device cpu")

@@ -9,7 +9,6 @@ drawn by it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,22 +16,14 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .data import PairedDataset
-from .errors import MissingFileError, UsageError
+from .errors import UsageError
+from .files import read_safetensors, write_safetensors
 from .gates import HardConcrete
-from .hooks import (
-    check_ablation,
-    mask_hooks,
-    mean_activations,
-    site_activations,
-    summed_over_prompts,
-    zero_activations,
-)
-from .model_api import FwdHooks, attached, check_hook_points
+from .hooks import AblationSource, check_ablation, mask_hooks
+from .model_api import FwdHooks, attached
 from .nodes import (
     GRANULARITIES,
     NODE_NAMES,
@@ -43,10 +34,8 @@ from .nodes import (
     finest,
     site_masks,
 )
-from .placement import Placement
 
 SCHEMA_VERSION = 2
-"""Version 2 splits what a fit was asked (``config``) from what it measured (``fit_info``)."""
 _METADATA_KEY = "transformer_lens_mgp"
 SURELY_KEPT, SURELY_DROPPED = 10.0, -10.0
 """``log_alpha`` of a node chosen rather than trained (deterministic mask 1 or 0)."""
@@ -65,8 +54,6 @@ class Circuit:
             ``seconds``, and with a KL budget the chosen step and its validation KL.
         history: per-step training curves: ``loss``, ``kl`` and ``l0/<granularity>``
             (expected fraction of nodes kept).
-        metrics: free-form measurements a caller attaches (the command line and ``sweep``
-            store held-out KL and faithfulness here); nothing fills it by itself.
     """
 
     dims: ModelDims
@@ -75,7 +62,6 @@ class Circuit:
     config: dict = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for g, t in self.log_alpha.items():
@@ -195,9 +181,6 @@ class Circuit:
             )
         if self.history.get("kl"):
             lines.append(f"final training KL: {self.history['kl'][-1]:.4f}")
-        for key, value in self.metrics.items():
-            if isinstance(value, float) and value == value:  # not NaN
-                lines.append(f"{key}: {value:.4f}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -242,7 +225,11 @@ class Circuit:
         masks = self.site_masks()
         if knockout:
             masks = masks.complement()
-        ablated = self._ablated_activations(source, model, ablation, answer_positions)
+        if model is not None and ablation != "zero" and not _is_cache(source):
+            self.check_model(model)
+        ablated = AblationSource.activations(
+            ablation, self.dims, source, model=model, answer_positions=answer_positions
+        )
         return mask_hooks(self.dims, masks, ablated)
 
     @contextmanager
@@ -255,50 +242,6 @@ class Circuit:
         hooks = self.fwd_hooks(source, model=model, ablation=ablation, knockout=knockout)
         with attached(model, hooks):
             yield model
-
-    def _ablated_activations(self, source, model, ablation, answer_positions) -> dict:
-        names = self.dims.hook_names()
-        if ablation == "zero":
-            cpu = torch.device("cpu")
-            placement = (
-                Placement.of(model, self.dims)
-                if model is not None
-                else Placement(cpu, cpu, dict.fromkeys(names, cpu))
-            )
-            return zero_activations(self.dims, placement)
-        if isinstance(source, dict) or hasattr(source, "cache_dict"):
-            cache = getattr(source, "cache_dict", source)
-            missing = [n for n in names if n not in cache]
-            if missing:
-                raise UsageError(
-                    f"the activation cache lacks {missing[:3]}; cache every hook_z "
-                    "and mlp.hook_post of the corrupted run"
-                )
-            acts = {n: cache[n] for n in names}
-            if ablation != "mean":
-                return acts
-            first = acts[names[0]]
-            sums, count = summed_over_prompts(acts, _positions(answer_positions, first))
-            return {n: (total / count).to(acts[n].dtype) for n, total in sums.items()}
-        if model is None:
-            raise UsageError(
-                "pass model= to compute the ablated activations from corrupted tokens "
-                "(or pass an activation cache of the corrupted run)"
-            )
-        if source is None:
-            raise UsageError(
-                f"ablation={ablation!r} needs the corrupted prompts: pass a "
-                "PairedDataset or a tensor of corrupted tokens"
-            )
-        self.check_model(model)
-        check_hook_points(model, self.dims)
-        if isinstance(source, PairedDataset):
-            tokens, answer_positions = source.corrupted_tokens, source.answer_positions
-        else:
-            tokens = source
-        if ablation == "corrupted":
-            return site_activations(model, tokens, self.dims)
-        return mean_activations(model, tokens, self.dims, _positions(answer_positions, tokens))
 
     # --- files --------------------------------------------------------------------------
 
@@ -316,7 +259,6 @@ class Circuit:
             "config": self.config,
             "fit_info": self.fit_info,
             "history": self.history,
-            "metrics": self.metrics,
         }
         tensors = {g: t.detach().cpu().float().contiguous() for g, t in self.log_alpha.items()}
         return tensors, meta
@@ -337,8 +279,6 @@ class Circuit:
     def from_file_parts(cls, tensors: dict[str, Tensor], meta: dict, path) -> Circuit:
         """The circuit whose :meth:`file_parts` are these, with clear errors for a file
         that was changed or written by another tool."""
-        if meta.get("schema_version") == 1:
-            meta = _from_schema_1(meta)
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise UsageError(
                 f"{path} has circuit schema {meta.get('schema_version')}, this version reads "
@@ -358,7 +298,6 @@ class Circuit:
                 config=dict(meta.get("config", {})),
                 fit_info=dict(meta.get("fit_info", {})),
                 history=dict(meta.get("history", {})),
-                metrics=dict(meta.get("metrics", {})),
             )
         except UsageError as err:
             raise UsageError(f"{path} is not a valid circuit file: {err}") from None
@@ -369,58 +308,5 @@ class Circuit:
             ) from None
 
 
-def write_safetensors(path: str | Path, tensors: dict, meta: dict, example: str) -> Path:
-    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; give the file's path, e.g. {path}/{example}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Tensor], dict]:
-    """The tensors of a file and its metadata entries parsed from JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"no {what} file at {path}")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        meta = {k: json.loads(v) for k, v in raw.items()}
-    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
-        raise UsageError(f"{path} is not a readable {what} file ({err})") from None
-    return tensors, meta
-
-
-_MEASURED_IN_SCHEMA_1 = (
-    "dataset",
-    "n_pairs",
-    "n_validation",
-    "kl_empty",
-    "seconds",
-    "chosen_step",
-    "validation_kl",
-    "dims",
-)
-
-
-def _positions(answer_positions: Tensor | None, acts: Tensor) -> Tensor:
-    """Each sequence's answer position; without them, every position counts."""
-    if answer_positions is not None:
-        return answer_positions
-    return torch.full((acts.shape[0],), acts.shape[1] - 1)
-
-
-def _from_schema_1(meta: dict) -> dict:
-    """Schema 1 kept what the fit measured inside ``config``; move it to ``fit_info``."""
-    config = dict(meta.get("config", {}))
-    fit_info = {k: config.pop(k) for k in _MEASURED_IN_SCHEMA_1 if k in config}
-    fit_info.pop("dims", None)
-    return {**meta, "schema_version": SCHEMA_VERSION, "config": config, "fit_info": fit_info}
+def _is_cache(source) -> bool:
+    return isinstance(source, dict) or hasattr(source, "cache_dict")

@@ -16,10 +16,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .circuit import SURELY_DROPPED, SURELY_KEPT, Circuit, read_safetensors, write_safetensors
+from .circuit import SURELY_DROPPED, SURELY_KEPT, Circuit
 from .data import PairedDataset
 from .edge_graph import EdgeGraph, corrupted_activations, per_head_inputs, reader_node
 from .errors import UsageError
+from .files import read_safetensors, write_safetensors
 from .gates import HardConcrete
 from .model_api import FwdHooks, attached, model_device
 
@@ -41,7 +42,6 @@ class EdgeCircuit:
         config: the fit's settings, for the record.
         fit_info: what the fit measured (``kl_empty``, ``seconds``, ...).
         history: per-step training curves.
-        metrics: measurements a caller attaches (held-out KL, ...).
     """
 
     nodes: Circuit
@@ -51,7 +51,6 @@ class EdgeCircuit:
     config: dict = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if tuple(self.log_alpha.shape) != (self.graph.n_edges,):
@@ -133,9 +132,9 @@ class EdgeCircuit:
             f"writers with a kept edge: {len(writers)} / {len(self.graph.writers)}",
             f"readers with a kept edge: {len(readers)} / {len(self.graph.readers)}",
         ]
-        for key, value in self.metrics.items():
-            if isinstance(value, float) and value == value:
-                lines.append(f"{key}: {value:.4f}")
+        for key in ("validation_kl", "validation_recovered"):
+            if key in self.fit_info:
+                lines.append(f"{key}: {self.fit_info[key]:.4f}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -184,7 +183,6 @@ class EdgeCircuit:
             "config": self.config,
             "fit_info": self.fit_info,
             "history": self.history,
-            "metrics": self.metrics,
         }
         return write_safetensors(
             path, tensors, {_EDGES_KEY: meta, _NODES_KEY: node_meta}, "edges.safetensors"
@@ -215,7 +213,6 @@ class EdgeCircuit:
                 config=dict(edges.get("config", {})),
                 fit_info=dict(edges.get("fit_info", {})),
                 history=dict(edges.get("history", {})),
-                metrics=dict(edges.get("metrics", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise UsageError(f"{path} has damaged edge metadata ({err})") from None

@@ -32,6 +32,9 @@ class HardConcrete:
     zeta: float = 1.1
 
     def __post_init__(self):
+        values = (self.beta, self.gamma, self.zeta)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise UsageError(f"Hard Concrete's beta, gamma and zeta are numbers; got {self}")
         if not (self.beta > 0 and self.gamma < 0 and self.zeta > 1):
             raise UsageError(f"Hard Concrete needs beta > 0, gamma < 0 < 1 < zeta; got {self}")
 

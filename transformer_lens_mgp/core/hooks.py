@@ -18,7 +18,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .errors import UsageError
-from .model_api import FwdHooks, attached, is_hooked_transformer, model_device, run_until
+from .model_api import (
+    FwdHooks,
+    attached,
+    check_hook_points,
+    is_hooked_transformer,
+    model_device,
+    run_until,
+)
 from .nodes import ModelDims, SiteMasks, attn_hook_name, mlp_hook_name
 from .placement import Placement
 
@@ -177,3 +184,66 @@ class AblationSource:
         if self.fixed is not None:
             return self.fixed
         return site_activations(model, batch.corrupted_tokens, self.dims)
+
+    @staticmethod
+    def activations(
+        kind: str,
+        dims: ModelDims,
+        source=None,
+        *,
+        model=None,
+        answer_positions: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The ablated activation of every site, from whatever a user has at hand: a
+        :class:`~.data.PairedDataset`, a tensor of corrupted tokens (with ``model``) or a
+        ``run_with_cache`` cache of the corrupted run; nothing for ``"zero"``. ``"mean"``
+        averages over positions up to each answer (every position when none are known)."""
+        check_ablation(kind)
+        names = dims.hook_names()
+        if kind == "zero":
+            cpu = torch.device("cpu")
+            placement = (
+                Placement.of(model, dims)
+                if model is not None
+                else Placement(cpu, cpu, dict.fromkeys(names, cpu))
+            )
+            return zero_activations(dims, placement)
+        if isinstance(source, dict) or hasattr(source, "cache_dict"):
+            cache = getattr(source, "cache_dict", source)
+            missing = [n for n in names if n not in cache]
+            if missing:
+                raise UsageError(
+                    f"the activation cache lacks {missing[:3]}; cache every hook_z "
+                    "and mlp.hook_post of the corrupted run"
+                )
+            acts = {n: cache[n] for n in names}
+            if kind != "mean":
+                return acts
+            first = acts[names[0]]
+            sums, count = summed_over_prompts(acts, _positions(answer_positions, first))
+            return {n: (total / count).to(acts[n].dtype) for n, total in sums.items()}
+        if model is None:
+            raise UsageError(
+                "pass model= to compute the ablated activations from corrupted tokens "
+                "(or pass an activation cache of the corrupted run)"
+            )
+        if source is None:
+            raise UsageError(
+                f"ablation={kind!r} needs the corrupted prompts: pass a "
+                "PairedDataset or a tensor of corrupted tokens"
+            )
+        check_hook_points(model, dims)
+        if isinstance(source, Tensor):
+            tokens = source
+        else:  # a PairedDataset
+            tokens, answer_positions = source.corrupted_tokens, source.answer_positions
+        if kind == "corrupted":
+            return site_activations(model, tokens, dims)
+        return mean_activations(model, tokens, dims, _positions(answer_positions, tokens))
+
+
+def _positions(answer_positions: Tensor | None, acts: Tensor) -> Tensor:
+    """Each sequence's answer position; without them, every position counts."""
+    if answer_positions is not None:
+        return answer_positions
+    return torch.full((acts.shape[0],), acts.shape[1] - 1)

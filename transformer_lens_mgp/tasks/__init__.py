@@ -16,6 +16,26 @@ from .ioi import ioi
 TASKS = {"ioi": ioi, "gp": gendered_pronouns, "gt": greater_than}
 """Short task names (as used by the command line) to their builders."""
 
+def build(task: str, model, n: int, seed: int = 0, corruption: str | None = None):
+    """The pairs of the task named ``task`` (a key of :data:`TASKS`); ``corruption`` chooses
+    IOI's corrupted prompts (the other tasks have one corruption)."""
+    check_task(task, corruption)
+    if corruption is None:
+        return TASKS[task](model, n=n, seed=seed)
+    return ioi(model, n=n, seed=seed, corruption=corruption)
+
+
+def check_task(task: str, corruption: str | None = None) -> None:
+    """Say before any work if :func:`build` would refuse ``task`` or ``corruption``."""
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
+    if corruption is not None and task != "ioi":
+        raise UsageError(
+            f"--corruption chooses IOI's corrupted prompts; task {task!r} has one corruption "
+            "only: drop --corruption or use --task ioi"
+        )
+
+
 _VOCABULARY = {"ioi": _ioi.VOCABULARY, "gp": _gp.VOCABULARY, "gt": _gt.VOCABULARY}
 
 
@@ -52,6 +72,8 @@ def vocabulary_split(task: str, fraction: float = 0.25, seed: int = 0) -> Vocabu
 __all__ = [
     "TASKS",
     "VocabularySplit",
+    "build",
+    "check_task",
     "gendered_pronouns",
     "greater_than",
     "ioi",

@@ -1,8 +1,17 @@
-"""PruningConfig: every setting of one fit, checked once, recorded with the circuit."""
+"""The settings of a fit: one frozen dataclass per kind of fit, on one shared base.
+
+``FitConfig`` holds what every fit has (steps, batches, learning rate and its
+:class:`Schedule`, seed, gates, bf16, checkpoints) and checks it once; ``PruningConfig``
+adds what a node fit prices, ``EdgeConfig`` (in ``training.edges``) what an edge fit prices.
+``PruningConfig()`` is the best setting measured (docs/results.md): it aims at a small
+circuit with a controller, lets the learning rate settle, trains the extracted circuit in a
+final phase with the task metric held, and uses bf16 where the device has bf16 units.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,25 +26,13 @@ from .sparsity import DEFAULT_SPARSITY, check_sparsity
 
 MAX_SEED = 2**63 - 1
 
-SMALL_CIRCUIT_TARGETS: dict[str, float] = {"head": 0.09, "attn_neuron": 0.06, "mlp_neuron": 0.045}
-"""Kept-fraction targets of the presets (each a share of all the model's nodes of that kind, so
-the attention neurons' is under the heads'). On IOI with SmolLM2 the small preset ends at
-9.3 % of heads, 5.9 % of attention neurons and 4.4 % of MLP neurons (docs/results.md)."""
-
-SMALL_CIRCUIT_STEPS = 250
-SMALL_CIRCUIT_HARD_FINISH = 0.3
-"""The small preset's last 30 % of steps train the extracted circuit itself: on SmolLM2 it
-lowered the held-out KL on all three tasks (IOI 0.543 to 0.420, Gendered Pronouns 0.165 to
-0.145, Greater-Than 0.170 to 0.066) and brought the recovered logit difference closer to 1
-(docs/results.md)."""
-SMALL_CIRCUIT_METRIC_WEIGHT, SMALL_CIRCUIT_METRIC_SHARE = 2.0, SMALL_CIRCUIT_HARD_FINISH
-"""Over the same final phase the small preset holds each pair's logit difference to the full
-model's: the KL alone lets the circuit drop the nodes that argue against the answer (IOI
-recovered 1.35). Priced only in that phase, the earlier steps choose the nodes by the KL
-alone: on IOI recovery falls to 1.12 at KL 0.462 with every count settled (seeds 1 and 2:
-1.03 and 1.12; priced over every step: 1.16 at KL 0.521, the MLP neurons still moving by
-4.8 %; docs/results.md)."""
-THOROUGH_STEPS, THOROUGH_PAIRS = 1000, 8000
+DEFAULT_TARGET: dict[str, float] = {"head": 0.09, "attn_neuron": 0.06, "mlp_neuron": 0.045}
+"""Kept fractions the default aims at, each a share of all the model's nodes of that kind
+(so the attention neurons' is under the heads')."""
+DEFAULT_METRIC_WEIGHT = 2.0
+PAIRS_PER_STEP = 8
+"""The command line generates this many pairs per step (a tenth held out): each training
+pair is seen about once, which keeps 46,080 neuron masks from fitting the pairs."""
 
 
 def replaced(config, overrides: Mapping):
@@ -48,104 +45,99 @@ def replaced(config, overrides: Mapping):
     return dataclasses.replace(config, **overrides)
 
 
+def _check_share(name: str, value) -> None:
+    if not is_number(value) or not 0 <= value <= 1:
+        raise UsageError(f"{name} is a share of the steps, in [0, 1]; got {value!r}")
+
+
 @dataclass(frozen=True)
-class PruningConfig:
-    """How to train the masks of one circuit.
+class Schedule:
+    """How a fit's steps are shared out, each part a share of the steps.
 
     Args:
-        granularities: which of ``block, head, attn_neuron, mlp, mlp_neuron`` to prune;
-            default (None): every one the model has.
-        sparsity: ``{granularity: lambda}``; the penalty is ``lambda`` times the expected
-            fraction of that granularity's nodes kept, in units of the empty circuit's KL.
-            Granularities in neither ``sparsity`` nor ``target`` take :data:`DEFAULT_SPARSITY`.
-        target: ``{granularity: kept fraction}``, e.g. ``{"mlp_neuron": 0.05}``: instead of a
-            fixed ``lambda``, a Lagrangian whose multipliers grow until the expected kept
-            fraction meets the target (reached by the end of the warm-up).
-        target_warmup: share of the steps over which each target moves from 1 to its value.
-        max_kl: instead of a size, a budget in nats: one scale on every ``lambda`` rises while
-            the training KL is under ``max_kl`` and falls while it is over, and the fit
-            returns the smallest circuit seen whose KL on held-out pairs is within it.
-        eval_every: with ``max_kl``, steps between held-out measurements (default: a tenth
-            of the steps).
-        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the corrupted
-            prompt, the default), ``"mean"`` (its mean over corrupted prompts) or ``"zero"``.
+        warmup: the first steps, over which each kept-fraction target comes down from 1 (every
+            node) to its value, so that the KL picks the important nodes before the price peaks.
+        decay: the last steps, over which the learning rate falls along a half cosine to 0, so
+            that the masks (and the targets' prices, which rise at the same pace) settle.
+        finish: the last steps, which train the circuit extraction returns (on/off masks in
+            the forward pass, a straight-through gradient) instead of Hard Concrete samples,
+            with the task metric held to the full model's (``metric_weight``).
+    """
+
+    warmup: float = 0.4
+    decay: float = 0.6
+    finish: float = 0.3
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _check_share(f"schedule.{f.name}", getattr(self, f.name))
+
+    def start_of(self, part: str, steps: int) -> int:
+        """The first step of the final ``part`` (``"decay"`` or ``"finish"``) of ``steps``."""
+        return steps - round(getattr(self, part) * steps)
+
+    def warmup_steps(self, steps: int) -> int:
+        return round(self.warmup * steps)
+
+    def lr_at(self, lr: float, steps: int, step: int) -> float:
+        """``lr`` at ``step``: a function of the step alone, so a resumed run follows it."""
+        start = self.start_of("decay", steps)
+        if step < start:
+            return lr
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - start + 1) / (steps - start)))
+
+    def in_finish(self, steps: int, step: int) -> bool:
+        return step >= self.start_of("finish", steps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _as(kind, value, name: str):
+    """``value`` as a ``kind`` dataclass (a mapping is read as its fields)."""
+    if isinstance(value, Mapping):
+        try:
+            value = kind(**value)
+        except TypeError as err:
+            raise UsageTypeError(
+                f"{name} {dict(value)!r} is not a {kind.__name__}: {err}"
+            ) from None
+    if not isinstance(value, kind):
+        raise UsageTypeError(f"{name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What every fit (of nodes or of edges) is set by, with one set of checks.
+
+    Args:
         steps: optimiser steps.
         batch_size: pairs per step.
         lr: Adam's learning rate on ``log_alpha``.
-        lr_decay: share of the steps, at the end, over which the learning rate falls along a
-            half cosine from ``lr`` to 0, so that the masks settle (0: constant).
-        hard_finish: share of the steps, at the end, that train the circuit extraction
-            would return: binary masks (kept or dropped) in the forward pass instead of
-            Hard Concrete samples, with a straight-through gradient (0: none).
+        schedule: how the steps are shared out (:class:`Schedule`).
         seed: seeds the mask noise, the initialisation and the batch order.
-        init_log_alpha: initial ``log_alpha`` of every node. At 1 every mask starts on (its
-            deterministic value is 0.78) while the penalty's gradient is not yet saturated.
+        init_log_alpha: initial ``log_alpha`` of every mask (large: it starts on).
         hard_concrete: the gate constants.
-        gradient_checkpointing: keep only each block's input during the masked forward and
-            rerun the block in the backward pass: much less memory for about one more
-            forward of time. The circuit is the same.
-        bf16: run the model's forward passes under ``torch.autocast`` in bfloat16 (masks,
-            KL and optimiser stay float32). It pays where there are bf16 units (GPUs, CPUs
-            with AVX-512 BF16 or AMX) and can be slower elsewhere; the circuit can differ
-            slightly from a float32 fit.
+        bf16: run the model's forward passes under bfloat16 autocast (masks, loss and
+            optimiser stay float32); None: where the device has bf16 units (GPUs, CPUs with
+            AVX-512 BF16 or AMX), where it pays.
         checkpoint_every: with a checkpoint folder, steps between checkpoints.
-        metric_weight: weight of the task metric's squared gap (the circuit's logit or
-            probability difference minus the full model's, per pair, in units of the full
-            model's minus the empty circuit's) added to the KL. KL alone lets a circuit drop
-            the nodes that argue against the answer, so its logit difference overshoots the
-            full model's; this term holds it to the full model's. Needs pairs with wrong
-            answers.
-        metric_share: share of the steps, at the end, in which the metric term is added
-            (1: every step). With ``hard_finish``, setting it to the same share holds the
-            returned circuit's metric while the earlier steps choose nodes by the KL alone.
     """
 
-    granularities: tuple[str, ...] | None = None
-    sparsity: Mapping[str, float] = field(default_factory=dict)
-    target: Mapping[str, float] = field(default_factory=dict)
-    target_warmup: float = 0.5
-    max_kl: float | None = None
-    eval_every: int | None = None
-    ablation: str = "corrupted"
-    steps: int = 200
+    steps: int = 250
     batch_size: int = 8
     lr: float = 0.1
-    lr_decay: float = 0.0
-    hard_finish: float = 0.0
+    schedule: Schedule = field(default_factory=Schedule)
     seed: int = 0
     init_log_alpha: float = 1.0
     hard_concrete: HardConcrete = field(default_factory=HardConcrete)
-    gradient_checkpointing: bool = False
-    bf16: bool = False
+    bf16: bool | None = None
     checkpoint_every: int = 50
-    metric_weight: float = 0.0
-    metric_share: float = 1.0
 
     def __post_init__(self):
-        if self.granularities is not None:
-            names = self.granularities
-            names = (names,) if isinstance(names, str) else tuple(names)
-            if not names:
-                raise UsageError(f"choose at least one granularity from {GRANULARITIES}")
-            for name in names:
-                check_granularity(name)
-            self._set("granularities", tuple(g for g in GRANULARITIES if g in names))
-        for name in ("sparsity", "target"):
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                raise UsageTypeError(
-                    f"{name} is a {{granularity: number}} mapping, e.g. {{'mlp_neuron': 0.05}}; "
-                    f"got {value!r}"
-                )
-            self._set(name, dict(value))
-        check_sparsity(self.sparsity, self.target)
-        if isinstance(self.hard_concrete, Mapping):
-            self._set("hard_concrete", HardConcrete(**self.hard_concrete))
-        if not isinstance(self.hard_concrete, HardConcrete):
-            raise UsageTypeError(
-                f"hard_concrete must be a HardConcrete, got {self.hard_concrete!r}"
-            )
-        check_ablation(self.ablation)
+        self._set("schedule", _as(Schedule, self.schedule, "schedule"))
+        self._set("hard_concrete", _as(HardConcrete, self.hard_concrete, "hard_concrete"))
         for name in ("steps", "batch_size", "checkpoint_every"):
             check_positive_int(name, getattr(self, name))
         if not is_finite(self.lr) or self.lr <= 0:
@@ -154,17 +146,118 @@ class PruningConfig:
             raise UsageError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not is_finite(self.init_log_alpha):
             raise UsageError(f"init_log_alpha must be finite, got {self.init_log_alpha!r}")
-        if not is_finite(self.metric_weight) or self.metric_weight < 0:
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise UsageTypeError(f"bf16 is True, False or None (auto), got {self.bf16!r}")
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+
+    def replace(self, **overrides):
+        """A copy with some settings changed (checked like the original)."""
+        return replaced(self, overrides)
+
+    def learning_rate(self, step: int) -> float:
+        return self.schedule.lr_at(self.lr, self.steps, step)
+
+    def in_finish(self, step: int) -> bool:
+        """Whether ``step`` is in the final phase (``schedule.finish``)."""
+        return self.schedule.in_finish(self.steps, step)
+
+    def with_device(self, device) -> FitConfig:
+        """The settings with ``bf16`` decided for ``device``."""
+        return self if self.bf16 is not None else self.replace(bf16=has_bf16(device))
+
+    def to_dict(self) -> dict:
+        """JSON-able settings; ``from_dict`` reads them back."""
+        out = dataclasses.asdict(self)
+        out["schedule"] = self.schedule.to_dict()
+        out["hard_concrete"] = self.hard_concrete.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping):
+        if not isinstance(values, Mapping):
+            raise UsageTypeError(f"{cls.__name__}.from_dict takes a mapping, got {values!r}")
+        return cls().replace(**dict(values))
+
+
+@dataclass(frozen=True)
+class PruningConfig(FitConfig):
+    """How to train the node masks of one circuit (besides :class:`FitConfig`'s settings).
+
+    Args:
+        granularities: which of ``block, head, attn_neuron, mlp, mlp_neuron`` to prune;
+            default (None): every one the model has.
+        target: ``{granularity: kept fraction}``: a Lagrangian whose multipliers grow until
+            the extracted circuit keeps that share of the granularity's nodes (reached by the
+            end of the warm-up) and then hold it there. None: :data:`DEFAULT_TARGET` for the
+            granularities pruned, unless ``sparsity`` or ``max_kl`` sets the size instead.
+        sparsity: ``{granularity: lambda}``: a fixed price instead of a target, ``lambda``
+            times the expected kept fraction in units of the empty circuit's KL; granularities
+            in neither ``sparsity`` nor ``target`` take :data:`DEFAULT_SPARSITY`.
+        max_kl: instead of a size, a budget in nats: one scale on every ``lambda`` rises while
+            the training KL is under ``max_kl`` and falls while it is over, and the fit
+            returns the smallest circuit seen whose KL on held-out pairs is within it.
+        eval_every: with ``max_kl``, steps between held-out measurements (default: a tenth
+            of the steps).
+        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the corrupted
+            prompt), ``"mean"`` (its mean over corrupted prompts) or ``"zero"``.
+        metric_weight: weight of the task metric's squared gap to the full model's (per
+            pair, in units of the empty circuit's gap), added to the KL over the final phase
+            (every step when the schedule has none). The KL alone lets a circuit drop the
+            nodes that argue against the answer, so its logit difference overshoots the
+            model's. None: 2 where the pairs have wrong answers (every built-in task's do),
+            else 0.
+        gradient_checkpointing: keep only each block's input during the masked forward and
+            rerun the block in the backward pass: much less memory for about one more
+            forward of time. The circuit is the same.
+    """
+
+    granularities: tuple[str, ...] | None = None
+    target: Mapping[str, float] | None = None
+    sparsity: Mapping[str, float] = field(default_factory=dict)
+    max_kl: float | None = None
+    eval_every: int | None = None
+    ablation: str = "corrupted"
+    metric_weight: float | None = None
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.granularities is not None:
+            names = self.granularities
+            names = (names,) if isinstance(names, str) else names
+            if not isinstance(names, list | tuple):
+                raise UsageTypeError(
+                    f"granularities is a list of names from {GRANULARITIES}, got {names!r}"
+                )
+            if not names:
+                raise UsageError(f"choose at least one granularity from {GRANULARITIES}")
+            for name in names:
+                check_granularity(name)
+            self._set("granularities", tuple(g for g in GRANULARITIES if g in names))
+        for name in ("sparsity", "target"):
+            value = getattr(self, name)
+            if value is None and name == "target":
+                continue
+            if not isinstance(value, Mapping):
+                raise UsageTypeError(
+                    f"{name} is a {{granularity: number}} mapping, e.g. {{'mlp_neuron': 0.05}}; "
+                    f"got {value!r}"
+                )
+            self._set(name, dict(value))
+        check_sparsity(self.sparsity, self.target or {})
+        check_ablation(self.ablation)
+        if self.metric_weight is not None and (
+            not is_finite(self.metric_weight) or self.metric_weight < 0
+        ):
             raise UsageError(
                 f"metric_weight must be a finite number >= 0, got {self.metric_weight!r}"
             )
-        for name in ("target_warmup", "lr_decay", "hard_finish", "metric_share"):
-            value = getattr(self, name)
-            if not is_number(value) or not 0 <= value <= 1:
-                raise UsageError(f"{name} is a share of the steps, in [0, 1]; got {value!r}")
-        for name in ("gradient_checkpointing", "bf16"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageTypeError(f"{name} is True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise UsageTypeError(
+                f"gradient_checkpointing is True or False, got {self.gradient_checkpointing!r}"
+            )
         self._check_budget()
 
     def _check_budget(self) -> None:
@@ -184,123 +277,52 @@ class PruningConfig:
         if self.eval_every is not None:
             check_positive_int("eval_every", self.eval_every)
 
-    def _set(self, name: str, value) -> None:
-        object.__setattr__(self, name, value)
-
-    def replace(self, **overrides) -> PruningConfig:
-        """A copy with some settings changed (checked like the original)."""
-        return replaced(self, overrides)
-
-    def resolved(self, dims: ModelDims) -> PruningConfig:
-        """The settings made explicit for one model: its granularities, a lambda for every
-        untargeted one, and ``eval_every`` under a budget."""
+    def resolved(self, dims: ModelDims, device="cpu", has_wrong_answers: bool = True):
+        """The settings made explicit for one model on ``device`` and its pairs: the
+        granularities, the targets or a lambda for every untargeted one, ``eval_every``
+        under a budget, bf16 and the metric weight."""
         granularities = resolve_granularities(
             self.granularities if self.granularities is not None else dims.available(), dims
         )
-        untrained = sorted(set(self.target) - set(granularities))
+        target = self.target
+        if target is None:
+            sized = self.sparsity or self.max_kl is not None
+            target = (
+                {} if sized else {g: t for g, t in DEFAULT_TARGET.items() if g in granularities}
+            )
+        untrained = sorted(set(target) - set(granularities))
         if untrained:
             raise UsageError(
                 f"target names {untrained}, which this fit does not prune (granularities "
                 f"{list(granularities)}); add them to granularities or drop their targets"
             )
         sparsity = {
-            g: self.sparsity.get(g, DEFAULT_SPARSITY[g])
-            for g in granularities
-            if g not in self.target
+            g: self.sparsity.get(g, DEFAULT_SPARSITY[g]) for g in granularities if g not in target
         }
         eval_every = self.eval_every
         if self.max_kl is not None and eval_every is None:
             eval_every = max(1, self.steps // 10)
+        metric_weight = self.metric_weight
+        if metric_weight is None:
+            metric_weight = DEFAULT_METRIC_WEIGHT if has_wrong_answers else 0.0
         return dataclasses.replace(
-            self, granularities=granularities, sparsity=sparsity, eval_every=eval_every
+            self.with_device(device),
+            granularities=granularities,
+            target=target,
+            sparsity=sparsity,
+            eval_every=eval_every,
+            metric_weight=metric_weight,
         )
+
+    def prices_metric(self, step: int) -> bool:
+        """Whether ``step`` adds the metric term: in the final phase, or every step when the
+        schedule has none."""
+        return bool(self.metric_weight) and (not self.schedule.finish or self.in_finish(step))
 
     def to_dict(self) -> dict:
-        """JSON-able settings; ``from_dict`` reads them back."""
-        out = dataclasses.asdict(self)
+        out = super().to_dict()
         out["granularities"] = None if self.granularities is None else list(self.granularities)
-        out["hard_concrete"] = self.hard_concrete.to_dict()
         return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> PruningConfig:
-        return cls().replace(**dict(values))
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named setting of ``tl-mgp discover``: kept-fraction targets, steps and how many
-    pairs to generate (a tenth held out), with bfloat16 autocast where the device has it.
-
-    Args:
-        name: what ``--preset`` calls it.
-        target: ``{granularity: kept fraction}``.
-        steps: optimiser steps.
-        n_pairs: pairs the task builder generates (they are free, and more of them keep
-            46,080 neuron masks from fitting the training pairs).
-        test_fraction: share of the pairs held out for evaluation.
-        target_warmup: share of the steps over which the targets come down.
-        lr_decay: share of the steps, at the end, over which the learning rate falls to 0.
-        hard_finish: share of the steps, at the end, that train the extracted circuit's
-            on/off masks instead of Hard Concrete samples.
-        metric_weight: weight of the logit-difference gap to the full model (needs pairs
-            with wrong answers; every built-in task has them).
-        metric_share: share of the steps, at the end, in which that term is added.
-    """
-
-    name: str
-    target: Mapping[str, float]
-    steps: int
-    n_pairs: int = 2000
-    test_fraction: float = 0.1
-    target_warmup: float = 0.4
-    lr_decay: float = 0.6
-    hard_finish: float = 0.0
-    metric_weight: float = 0.0
-    metric_share: float = 1.0
-
-    def settings(self, device="cpu", dims: ModelDims | None = None) -> dict:
-        """The preset's ``PruningConfig`` settings for a model on ``device``; with ``dims``,
-        targets of granularities the model lacks (an attention-only model's MLP neurons) are
-        left out."""
-        target = {g: t for g, t in self.target.items() if dims is None or g in dims.available()}
-        return dict(
-            target=target,
-            steps=self.steps,
-            target_warmup=self.target_warmup,
-            lr_decay=self.lr_decay,
-            hard_finish=self.hard_finish,
-            metric_weight=self.metric_weight,
-            metric_share=self.metric_share,
-            bf16=has_bf16(device),
-        )
-
-    def config(self, device="cpu", dims: ModelDims | None = None, **overrides) -> PruningConfig:
-        """The fit's settings (see :meth:`settings`), with ``overrides``."""
-        return PruningConfig(**{**self.settings(device, dims), **overrides})
-
-
-PRESETS: dict[str, Preset] = {
-    "small": Preset(
-        "small",
-        target=SMALL_CIRCUIT_TARGETS,
-        steps=SMALL_CIRCUIT_STEPS,
-        hard_finish=SMALL_CIRCUIT_HARD_FINISH,
-        metric_weight=SMALL_CIRCUIT_METRIC_WEIGHT,
-        metric_share=SMALL_CIRCUIT_METRIC_SHARE,
-    ),
-    "thorough": Preset(
-        "thorough", target=SMALL_CIRCUIT_TARGETS, steps=THOROUGH_STEPS, n_pairs=THOROUGH_PAIRS
-    ),
-}
-"""``small``: the default of ``tl-mgp discover``, a few minutes on a laptop CPU; ``thorough``:
-the same targets with four times the steps and pairs, for a GPU or an afternoon (measured
-before the hard finish and the metric term, which it leaves off)."""
-
-
-def small_circuit(device="cpu", dims: ModelDims | None = None, **overrides) -> PruningConfig:
-    """The setting ``tl-mgp discover`` uses unless told a size (``PRESETS["small"]``)."""
-    return PRESETS["small"].config(device, dims, **overrides)
 
 
 def has_bf16(device="cpu") -> bool:

@@ -10,7 +10,6 @@ a target edge count, checkpoints, and the model untouched however the fit ends.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -21,26 +20,24 @@ from pathlib import Path
 import torch
 
 from ..analysis.edge_evaluation import evaluate_edges
-from ..core.checks import check_positive_int, is_finite, is_int, is_number
+from ..core.checks import check_positive_int, is_finite
 from ..core.circuit import Circuit
 from ..core.data import PairedDataset
 from ..core.edge_circuit import EdgeCircuit
 from ..core.edge_graph import EdgeGraph, check_hooked, corrupted_activations, per_head_inputs
 from ..core.errors import UsageError, UsageTypeError
-from ..core.gates import HardConcrete
 from ..core.metrics import kl_divergence
 from ..core.model_api import check_model_and_pairs, model_device
 from ..runtime.forward import answer_logits, reference_logits
 from ..runtime.guard import fitting
 from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
-from .config import replaced
+from .config import FitConfig, Schedule
 from .run import (
     EMPTY_KL_PAIRS,
     MIN_KL_EMPTY,
     NO_GRAD_BATCHES,
     StepRecord,
     batch_at,
-    cosine_lr,
     descend,
     step_seed,
 )
@@ -50,9 +47,14 @@ from .steps import step_to_end
 EDGE = "edge"
 
 
+EDGE_SCHEDULE = Schedule(warmup=0.4, decay=0.5, finish=0.0)
+"""An edge fit starts from a circuit already found, so it has no final phase of its own."""
+
+
 @dataclass(frozen=True)
-class EdgeConfig:
-    """How to train the edge masks among a node circuit's kept nodes.
+class EdgeConfig(FitConfig):
+    """How to train the edge masks among a node circuit's kept nodes (besides
+    :class:`~.config.FitConfig`'s settings).
 
     Args:
         sparsity: ``lambda``: the price of keeping every edge, in units of the KL of the
@@ -60,61 +62,26 @@ class EdgeConfig:
         target_edges: instead of a price, the number of edges to keep: a Lagrangian whose
             multipliers grow until the circuit has that many (reached by the end of the
             warm-up).
-        target_warmup: share of the steps over which the target comes down from every edge.
-        steps: optimiser steps.
-        batch_size: pairs per step.
-        lr: Adam's learning rate on ``log_alpha``.
-        lr_decay: share of the steps, at the end, over which the learning rate falls to 0.
-        init_log_alpha: initial ``log_alpha`` of every edge; 3 starts every edge on.
-        seed: seeds the mask noise, the initialisation and the batch order.
-        hard_concrete: the gate constants.
-        bf16: run the model's forward passes under bfloat16 autocast.
-        checkpoint_every: with a checkpoint folder, steps between checkpoints.
+
+    Its defaults differ from a node fit's where an edge fit differs: 200 steps (the graph
+    is small), every edge starting surely on (``init_log_alpha=3``: the node circuit with
+    every edge is where it starts), :data:`EDGE_SCHEDULE`, and float32 unless asked (bf16 was
+    not measured to pay for edge fits).
     """
 
+    steps: int = 200
+    schedule: Schedule = field(default_factory=lambda: EDGE_SCHEDULE)
+    init_log_alpha: float = 3.0
+    bf16: bool | None = False
     sparsity: float = 1.0
     target_edges: int | None = None
-    target_warmup: float = 0.4
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 0.1
-    lr_decay: float = 0.5
-    init_log_alpha: float = 3.0
-    seed: int = 0
-    hard_concrete: HardConcrete = field(default_factory=HardConcrete)
-    bf16: bool = False
-    checkpoint_every: int = 50
 
     def __post_init__(self):
-        if isinstance(self.hard_concrete, dict):
-            object.__setattr__(self, "hard_concrete", HardConcrete(**self.hard_concrete))
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            check_positive_int(name, getattr(self, name))
+        super().__post_init__()
         if self.target_edges is not None:
             check_positive_int("target_edges", self.target_edges)
-        for name in ("sparsity", "lr", "init_log_alpha"):
-            value = getattr(self, name)
-            if not is_finite(value):
-                raise UsageError(f"{name} must be a finite number, got {value!r}")
-        if self.sparsity < 0 or self.lr <= 0:
-            raise UsageError(f"need sparsity >= 0 and lr > 0; got {self.sparsity}, {self.lr}")
-        for name in ("target_warmup", "lr_decay"):
-            value = getattr(self, name)
-            if not is_number(value) or not 0 <= value <= 1:
-                raise UsageError(f"{name} is a share of the steps, in [0, 1]; got {value!r}")
-        if not is_int(self.seed) or self.seed < 0:
-            raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.bf16, bool):
-            raise UsageTypeError(f"bf16 is True or False, got {self.bf16!r}")
-
-    def replace(self, **overrides) -> EdgeConfig:
-        """A copy with some settings changed (checked like the original)."""
-        return replaced(self, overrides)
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["hard_concrete"] = self.hard_concrete.to_dict()
-        return out
+        if not is_finite(self.sparsity) or self.sparsity < 0:
+            raise UsageError(f"sparsity must be a finite number >= 0, got {self.sparsity!r}")
 
 
 class EdgeRun:
@@ -135,7 +102,7 @@ class EdgeRun:
         self.sparsity = SparsityControl(
             lambdas={EDGE: config.sparsity},
             targets=targets,
-            warmup_steps=round(config.target_warmup * config.steps),
+            warmup_steps=config.schedule.warmup_steps(config.steps),
             device=device,
         )
         self.node_masks = nodes.site_masks().to(device)
@@ -165,14 +132,17 @@ class EdgeRun:
         batch = self.train[indices].trimmed().to(model_device(self.model))
         corrupted = corrupted_activations(self.model, self.graph, batch.corrupted_tokens)
         self.noise.manual_seed(step_seed(config.seed, step))
-        sampled = self.gates.sample(self.log_alpha, self.noise)
+        if config.in_finish(step):
+            sampled = self.gates.kept_straight_through(self.log_alpha)
+        else:
+            sampled = self.gates.sample(self.log_alpha, self.noise)
         l0 = {EDGE: self.gates.expected_l0(self.log_alpha).mean()}
         kept = self._kept_share(step)
         penalty = self.sparsity.penalty(l0, kept, step)
         hooks = self.graph.hooks(self.model, self.node_masks, sampled, corrupted)
         reference = self.reference[indices.to(self.reference.device)]
         loss, kl = descend(self, hooks, batch, reference, penalty, step)
-        lr = cosine_lr(config, step)
+        lr = config.learning_rate(step)
         self.sparsity.ascend(lr / config.lr)
         kept_now = int((self.log_alpha.detach() > self.gates.keep_threshold).sum())
         values = {"loss": loss.item(), "kl": kl.item(), "lr": lr, "l0/edge": l0[EDGE].item()}
@@ -254,7 +224,8 @@ class EdgePruner:
         circuit.check_model(model)
         check_hooked(model)
         self.model, self.circuit = model, circuit
-        self.config = (config or EdgeConfig()).replace(**overrides)
+        config = (config or EdgeConfig()).replace(**overrides)
+        self.config = config.with_device(model_device(model))
         self.graph = EdgeGraph.of(circuit, bool(getattr(model.cfg, "parallel_attn_mlp", False)))
 
     def fit(
@@ -267,7 +238,7 @@ class EdgePruner:
         progress: bool = True,
     ) -> EdgeCircuit:
         """Train the edge masks and return the EdgeCircuit; with ``validation``, its held-out
-        faithfulness goes into ``metrics``. Checkpoints and ``resume`` work as in
+        faithfulness goes into ``fit_info``. Checkpoints and ``resume`` work as in
         :meth:`CircuitPruner.fit <transformer_lens_mgp.CircuitPruner.fit>`; if training stops
         early, the edges learned so far are left in ``self.circuit_``."""
         for label, data in (("train", train), ("validation", validation)):
@@ -304,7 +275,7 @@ class EdgePruner:
         )
         if validation is not None:
             held_out = evaluate_edges(self.model, [result], validation)[0]
-            result.metrics.update(
+            result.fit_info.update(
                 validation_kl=held_out.kl, validation_recovered=held_out.recovered
             )
         self.circuit_ = result

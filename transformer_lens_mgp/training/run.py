@@ -68,21 +68,6 @@ class StepRecord:
         return self.values["kl"]
 
 
-def final_share_start(steps: int, share: float) -> int:
-    """The first step of the last ``share`` of ``steps`` (``steps`` when the share is 0)."""
-    return steps - round(share * steps)
-
-
-def cosine_lr(config, step: int) -> float:
-    """``config.lr``, falling along a half cosine to 0 over the last ``config.lr_decay`` of
-    the steps: a function of the step alone, so a resumed run follows the same schedule."""
-    start = final_share_start(config.steps, config.lr_decay)
-    if step < start:
-        return config.lr
-    progress = (step - start + 1) / (config.steps - start)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def batch_at(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The pairs of a step: a function of (seed, step) alone, each epoch a new order."""
     batch_size = min(batch_size, n)
@@ -130,7 +115,7 @@ def descend(
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
     for group in run.optimizer.param_groups:
-        group["lr"] = cosine_lr(run.config, step)
+        group["lr"] = run.config.learning_rate(step)
     run.optimizer.step()
     return loss.detach(), kl.detach()
 
@@ -167,7 +152,7 @@ class PruningRun:
         self.sparsity = SparsityControl(
             lambdas=dict(config.sparsity),
             targets=dict(config.target),
-            warmup_steps=round(config.target_warmup * config.steps),
+            warmup_steps=config.schedule.warmup_steps(config.steps),
             device=device,
         )
         self.budget = None
@@ -245,7 +230,7 @@ class PruningRun:
         batch = self.train[indices].trimmed().to(self.placement.inputs)
         ablated = self.ablation.values(self.model, batch)
         self.noise.manual_seed(step_seed(config.seed, step))
-        if self.is_hard(step):
+        if config.in_finish(step):
             masks = {g: self.gates.kept_straight_through(p) for g, p in self.log_alpha.items()}
         else:
             masks = {g: self.gates.sample(p, self.noise) for g, p in self.log_alpha.items()}
@@ -256,7 +241,8 @@ class PruningRun:
             penalty = self.budget.scale * penalty
         hooks = mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
         reference = self.reference[indices.to(self.reference.device)]
-        metric = (config.metric_weight, self.metric_scale) if self.prices_metric(step) else None
+        priced = self.metric_scale is not None and config.prices_metric(step)
+        metric = (config.metric_weight, self.metric_scale) if priced else None
         loss, kl = descend(self, hooks, batch, reference, penalty, step, metric)
         lr = self.learning_rate(step)
         self.sparsity.ascend(lr / config.lr)
@@ -299,20 +285,8 @@ class PruningRun:
             shares[g] = carrier + (sharp[g].mean() - carrier).detach()
         return shares
 
-    def is_hard(self, step: int) -> bool:
-        """Whether ``step`` is in the final phase that trains the extracted circuit's binary
-        masks (``config.hard_finish``)."""
-        return step >= final_share_start(self.config.steps, self.config.hard_finish)
-
-    def prices_metric(self, step: int) -> bool:
-        """Whether ``step`` adds the task metric's gap to the loss (``config.metric_weight``,
-        over the last ``config.metric_share`` of the steps)."""
-        if self.metric_scale is None:
-            return False
-        return step >= final_share_start(self.config.steps, self.config.metric_share)
-
     def learning_rate(self, step: int) -> float:
-        return cosine_lr(self.config, step)
+        return self.config.learning_rate(step)
 
     def batch_indices(self, step: int) -> torch.Tensor:
         return batch_at(len(self.train), self.config.batch_size, self.config.seed, step)

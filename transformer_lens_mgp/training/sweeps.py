@@ -5,8 +5,9 @@ Each sweep point is a :class:`CircuitPruner` fit of the sweep's config with one 
 With ``out_dir``, a point checkpoints into its own folder and leaves ``circuit.safetensors``
 there when done, so a sweep that is stopped and started again skips finished points and
 resumes unfinished ones.
-With ``validation``, every circuit is measured on it and the numbers go to ``circuit.metrics``,
-which :func:`~transformer_lens_mgp.analysis.curves.pareto_areas` and
+With ``validation``, every circuit is measured on it; the points
+(:class:`~transformer_lens_mgp.analysis.curves.SweepPoint`) are what
+:func:`~transformer_lens_mgp.analysis.curves.pareto_areas` and
 :func:`~transformer_lens_mgp.analysis.plotting.plot_pareto` read. A finished point is reused
 only if it was fitted with the same config on the same pairs.
 
@@ -20,6 +21,7 @@ cannot be pickled, and a remote worker had better read weights from its own disk
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.curves import SweepPoint
 from ..analysis.evaluation import evaluate
 from ..analysis.run_folder import CIRCUIT_FILE, point_name
 from ..core.checks import check_positive_int
@@ -59,8 +62,8 @@ def sweep(
     executor=None,
     load_model: Callable[[], object] | None = None,
     progress: bool = True,
-) -> list[Circuit]:
-    """One circuit per target, in the order given.
+) -> list[SweepPoint]:
+    """One point (target, circuit, held-out evaluation) per target, in the order given.
 
     Args:
         model: the TransformerLens model; never modified.
@@ -68,8 +71,7 @@ def sweep(
         targets: one ``{granularity: kept fraction}`` per sweep point.
         config: the settings every point shares (steps, seed, ablation, ...); each point
             sets its own ``target``.
-        validation: held-out pairs; each circuit's KL, faithfulness and accuracy on them go to
-            ``circuit.metrics``.
+        validation: held-out pairs; each point's circuit is evaluated on them.
         out_dir: where each point checkpoints and leaves its circuit; a second call with the
             same folder and the same settings skips finished points and resumes the others.
         workers: points trained at once, each in its own process (CPU only; the cores are
@@ -93,7 +95,9 @@ def sweep(
         raise UsageError("give at least one target, e.g. targets=[{'mlp_neuron': 0.05}]")
     # Errors in a point's settings or in the pairs now, not inside a worker.
     dims = model_dims(model)
-    configs = [config.replace(target=t).resolved(dims) for t in targets]
+    wrong = dataset.wrong_answer_tokens is not None
+    device = model_device(model)
+    configs = [config.replace(target=t).resolved(dims, device, wrong) for t in targets]
     check_model_and_pairs(model, dims, dataset=dataset, validation_pairs=validation)
     names = [point_name(t) for t in targets]
     if len(set(names)) < len(names):
@@ -125,7 +129,7 @@ def sweep(
         "fingerprint": dataset_fingerprint(dataset),
         "model_fingerprint": model_fingerprint(model),
     }
-    done = [_finished(job, model, made_from) for job in jobs]
+    done = [_finished(job, model, made_from, validation) for job in jobs]
     todo = [i for i, c in enumerate(done) if c is None]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="sweep", disable=not progress)
     source = _Source(model if load_model is None else load_model, made_from["model_fingerprint"])
@@ -134,8 +138,8 @@ def sweep(
             points = _submit(executor, jobs, todo, source, dataset, validation)
         else:
             points = _run(jobs, todo, model, source, dataset, validation, workers)
-        for i, circuit in points:
-            done[i] = circuit
+        for i, point in points:
+            done[i] = point
             bar.update()
     return done
 
@@ -145,8 +149,12 @@ class _Job:
     config: PruningConfig
     folder: Path | None
 
+    def point(self, circuit: Circuit, model, validation) -> SweepPoint:
+        held_out = None if validation is None else evaluate(model, circuit, validation)
+        return SweepPoint(dict(self.config.target), circuit, held_out)
 
-def _finished(job: _Job, model, made_from: dict[str, str]) -> Circuit | None:
+
+def _finished(job: _Job, model, made_from: dict[str, str], validation) -> SweepPoint | None:
     """The point's saved circuit, if it was fitted with the same settings on the same pairs."""
     path = job.folder / CIRCUIT_FILE if job.folder else None
     if not (path and path.is_file()):
@@ -160,25 +168,17 @@ def _finished(job: _Job, model, made_from: dict[str, str]) -> Circuit | None:
             "asks for; use "
             "another out_dir, or delete the folder to fit the point again"
         )
-    return circuit
+    return job.point(circuit, model, validation)
 
 
-def _fit(job: _Job, model, dataset, validation) -> Circuit:
-    """One sweep point: fit (resuming from its folder), measure, save."""
+def _fit(job: _Job, model, dataset, validation) -> SweepPoint:
+    """One sweep point: fit (resuming from its folder), save, measure."""
     pruner = CircuitPruner(model, job.config)
     checkpoint = dict(checkpoint_dir=job.folder, resume=True) if job.folder else {}
     circuit = pruner.fit(dataset, progress=False, **checkpoint)
-    if validation is not None:
-        result = evaluate(model, circuit, validation)
-        circuit.metrics = {
-            "kl": result.kl,
-            "recovered": result.recovered,
-            "accuracy": result.accuracy_circuit,
-            "n_validation": result.n_pairs,
-        }
     if job.folder:
         circuit.save(job.folder / CIRCUIT_FILE)
-    return circuit
+    return job.point(circuit, model, validation)
 
 
 @dataclass(frozen=True)
@@ -208,13 +208,13 @@ _LOADED: dict[tuple[str, bytes], object] = {}
 """The model a worker process loaded, kept for its next points."""
 
 
-def run_point(job: _Job, source: _Source, dataset, validation) -> Circuit:
+def run_point(job: _Job, source: _Source, dataset, validation) -> SweepPoint:
     """One sweep point as an executor task."""
     return _fit(job, source.model(), dataset, validation)
 
 
 def _submit(executor, jobs, todo, source, dataset, validation):
-    """Yield ``(index, circuit)`` as the executor's tasks finish."""
+    """Yield ``(index, point)`` as the executor's tasks finish."""
     futures = {executor.submit(run_point, jobs[i], source, dataset, validation): i for i in todo}
     if all(isinstance(f, concurrent.futures.Future) for f in futures):
         done = concurrent.futures.as_completed(futures)
@@ -233,13 +233,13 @@ def _start_worker(source, dataset, validation, threads: int) -> None:
     _SHARED.update(source=source, dataset=dataset, validation=validation)
 
 
-def _worker(args: tuple[int, _Job]) -> tuple[int, Circuit]:
+def _worker(args: tuple[int, _Job]) -> tuple[int, SweepPoint]:
     index, job = args
     return index, run_point(job, _SHARED["source"], _SHARED["dataset"], _SHARED["validation"])
 
 
 def _run(jobs, todo, model, source, dataset, validation, workers):
-    """Yield ``(index, circuit)`` as points finish. Workers are spawned, not forked (a fork
+    """Yield ``(index, point)`` as points finish. Workers are spawned, not forked (a fork
     of a process that has run OpenMP threads can hang), and get the model's tensors through
     shared memory, already in the layout the forward pass reads: a worker must not re-lay
     weights that the others are reading."""
@@ -258,3 +258,24 @@ def _run(jobs, todo, model, source, dataset, validation, workers):
         yield from pool.imap_unordered(_worker, [(i, jobs[i]) for i in todo])
         pool.close()  # let the workers exit on their own: terminating them leaks semaphores
         pool.join()
+
+
+@contextlib.contextmanager
+def dask_executor(address: str | None):
+    """The executor of the Dask cluster at ``address`` while the block runs (None without an
+    address), with a clear error when Dask is missing or nothing answers there."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError(
+            "a Dask scheduler needs Dask's distributed package: pip install 'dask[distributed]'"
+        ) from None
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as err:
+        raise UsageError(f"no Dask scheduler answers at {address} ({err})") from None
+    with client:
+        yield client.get_executor()

@@ -1,0 +1,74 @@
+"""discover(): the command line's job as one library call, returning one typed result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_untouched, model_state, needs_hooked_transformer
+
+from transformer_lens_mgp import CircuitPruner, Discovery, discover, models, tasks
+from transformer_lens_mgp.analysis.text import discovery_text
+from transformer_lens_mgp.cli import main
+
+
+@pytest.fixture
+def ioi(tokenizer_model):
+    train, test = tasks.build("ioi", tokenizer_model, 40, seed=0).split(0.1, seed=0)
+    return tokenizer_model, train, test
+
+
+def test_discover_fits_measures_and_leaves_the_model_as_it_was(ioi):
+    model, train, test = ioi
+    before = model_state(model)
+    run = discover(model, train, test, CircuitPruner(model, steps=3).config, progress=False)
+    assert_untouched(model, before)
+    assert isinstance(run, Discovery) and run.n_test == len(test) == 4
+    assert run.evaluation.kept == run.random_baseline.kept  # a rival of the same size
+    assert run.anatomy is not None and run.curve is None and run.edges is None
+    assert {row.granularity for row in run.settling} == set(run.circuit.granularities)
+    parts = run.to_dict()["time_parts"]
+    assert list(parts)[2] == "3 steps" and run.timings.model_and_pairs == 0
+    assert sum(parts.values()) == pytest.approx(run.timings.wall, abs=0.3)
+    metrics = json.loads(json.dumps(run.to_dict()))  # JSON-able as metrics.json
+    assert metrics["n_train"] == len(train) and metrics["circuit"]["kl"] == run.evaluation.kl
+    text = discovery_text(run)
+    assert "KL(full || circuit)" in text and "nodes that matter most" in text
+
+
+def test_the_notebook_gets_the_circuit_the_command_line_gets(ioi, monkeypatch, tmp_path):
+    """``CircuitPruner(model).fit(train)`` with the defaults, on the pairs and seed that
+    ``tl-mgp discover`` builds, gives the same circuit."""
+    model, train, _ = ioi
+    monkeypatch.setattr(models, "load_model", lambda name=None, device=None: model)
+    out = tmp_path / "run"
+    argv = ["discover", "--n", "40", "--steps", "3", "--quiet", "--no-node-effects"]
+    assert main([*argv, "--out", str(out)]) == 0
+    from_cli = json.loads((out / "metrics.json").read_text())
+    from transformer_lens_mgp import Circuit
+
+    saved = Circuit.load(out / "circuit.safetensors")
+    fitted = CircuitPruner(model, steps=3).fit(train, progress=False)
+    assert saved.config == fitted.config
+    for g in fitted.granularities:
+        assert torch.equal(saved.log_alpha[g], fitted.log_alpha[g]), g
+    assert from_cli["n_train"] == len(train)
+
+
+def test_a_bad_edges_choice_is_refused_before_the_fit(ioi):
+    model, train, test = ioi
+    with pytest.raises(ValueError, match="edges is one of"):
+        discover(model, train, test, edges="all", progress=False)
+
+
+@needs_hooked_transformer
+def test_scored_edges_and_the_curve_come_back_typed(ioi):
+    model, train, test = ioi
+    config = CircuitPruner(model, steps=2).config
+    run = discover(
+        model, train, test, config, node_effects=False, curve=True, edges="scored", progress=False
+    )
+    assert run.curve is not None and 0 <= run.curve.cpr
+    assert run.edges is not None and all(isinstance(e.score, float) for e in run.edges)
+    assert "edges" in run.to_dict() and "faithfulness_curve" in run.to_dict()

@@ -1,0 +1,43 @@
+"""One safetensors file holding tensors and JSON metadata, written atomically: the format of
+circuit and edge-circuit files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import MissingFileError, UsageError
+
+
+def write_safetensors(path: str | Path, tensors: dict, meta: dict, example: str) -> Path:
+    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give the file's path, e.g. {path}/{example}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Tensor], dict]:
+    """The tensors of a file and its metadata entries parsed from JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"no {what} file at {path}")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as err:
+        raise UsageError(f"{path} is not a readable {what} file ({err})") from None
+    return tensors, meta
