@@ -75,9 +75,7 @@ def fit_points(model, train, args) -> list[tuple[str, str, object]]:
     points = []
     for scale in args.scales:
         target = {
-            g: min(1.0, t * scale)
-            for g, t in DEFAULT_TARGET.items()
-            if g in dims.available()
+            g: min(1.0, t * scale) for g, t in DEFAULT_TARGET.items() if g in dims.available()
         }
         points.append(("neuron", f"targets x{scale:g}", PruningConfig(target=target, **steps)))
     for t in args.head_targets:

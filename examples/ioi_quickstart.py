@@ -1,6 +1,6 @@
 """Find the IOI circuit of the embedded SmolLM2-135M, evaluate it, patch with it, plot it.
 
-python examples/ioi_quickstart.py              # about 5 minutes on a laptop CPU
+python examples/ioi_quickstart.py              # the defaults: a few minutes on a laptop CPU
 python examples/ioi_quickstart.py --steps 20   # a quick look
 """
 
@@ -17,14 +17,15 @@ from transformer_lens_mgp.analysis.report import write_report
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=1000, help="IOI pairs (a fifth held out)")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--n", type=int, default=2000, help="IOI pairs (a tenth held out)")
+    parser.add_argument("--steps", type=int, default=None, help="default: PruningConfig's")
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     args = parser.parse_args()
 
     model = load_model()
-    train, test = tasks.ioi(model, n=args.n, seed=0).split(0.2)
-    circuit = CircuitPruner(model, steps=args.steps).fit(train)
+    train, test = tasks.ioi(model, n=args.n, seed=0).split(0.1)
+    quick = {} if args.steps is None else {"steps": args.steps}
+    circuit = CircuitPruner(model, **quick).fit(train)  # the defaults: a small circuit
     print(circuit.summary())
 
     ours = evaluate(model, circuit, test)

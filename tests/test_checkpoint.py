@@ -21,8 +21,8 @@ def assert_same_circuit(a, b):
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"target": {"mlp_neuron": 0.3}}, {"max_kl": 0.05}],
-    ids=["lambda", "target", "max_kl"],
+    [{}, {"target": {"mlp_neuron": 0.3}}, {"sparsity": {"head": 0.5}}, {"max_kl": 0.05}],
+    ids=["default", "target", "lambda", "max_kl"],
 )
 def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch, settings):
     model = build_model()
@@ -150,3 +150,67 @@ def test_checkpoint_every_may_change_on_resume(tmp_path):
         ds, progress=False, checkpoint_dir=tmp_path, resume=True
     )
     assert_same_circuit(resumed, CircuitPruner(model, steps=6).fit(ds, progress=False))
+
+
+def test_resume_refuses_a_model_with_two_heads_swapped(tmp_path):
+    """The weights' fingerprint is a hash of their bytes: the same sizes, sums and norms
+    with two heads' W_O swapped are another model."""
+    model = build_model()
+    ds = build_dataset(model)
+    CircuitPruner(model, steps=5).fit(ds, progress=False, checkpoint_dir=tmp_path)
+    with torch.no_grad():
+        w_o = model.blocks[0].attn.W_O
+        w_o[[0, 1]] = w_o[[1, 0]].clone()
+    with pytest.raises(ValueError, match="model"):
+        CircuitPruner(model, steps=5).fit(ds, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_file_of_ours_name_that_is_not_ours_is_never_overwritten(tmp_path):
+    mine = tmp_path / CHECKPOINT_NAME
+    mine.write_text("my own notes")
+    model = build_model()
+    with pytest.raises(ValueError, match="not a checkpoint of transformer-lens-mgp"):
+        CircuitPruner(model, steps=2).fit(
+            build_dataset(model), progress=False, checkpoint_dir=tmp_path
+        )
+    assert mine.read_text() == "my own notes"
+
+
+def test_ctrl_c_during_a_checkpoint_write_stays_a_keyboard_interrupt(tmp_path, monkeypatch):
+    """SIGINT in the middle of writing the file is held until the file is whole, then raised
+    as KeyboardInterrupt; the checkpoint is complete and no temporary file is left."""
+    import os
+
+    import transformer_lens_mgp.training.checkpoint as checkpoint_module
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", interrupted_save)
+    model = build_model()
+    with pytest.raises(KeyboardInterrupt):
+        CircuitPruner(model, steps=4, checkpoint_every=2).fit(
+            build_dataset(model), progress=False, checkpoint_dir=tmp_path
+        )
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+    monkeypatch.undo()
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["state"]["step"] == 2
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_found_by_writing(tmp_path, monkeypatch):
+    """Root passes os.access on a read-only folder: the check writes a file instead."""
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    model = build_model()
+    with pytest.raises(ValueError, match="cannot be written.*Permission denied"):
+        CircuitPruner(model, steps=2).fit(
+            build_dataset(model), progress=False, checkpoint_dir=tmp_path / "ckpt"
+        )

@@ -348,6 +348,7 @@ def test_the_default_pair_count_follows_the_steps(tiny_default, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train"] + metrics["n_test"] == 3 * PAIRS_PER_STEP
 
+
 def test_discover_with_the_s2_swap_corruption(tiny_default, tmp_path):
     out = tmp_path / "abb"
     argv = ["discover", "--task", "ioi", "--corruption", "abb", *FAST, "--no-node-effects"]
@@ -390,3 +391,15 @@ def test_sweep_without_a_dask_scheduler_is_explained(tiny_default, tmp_path, cap
     args = ["--targets", "head=0.5", "--dask-scheduler", "tcp://127.0.0.1:9"]
     assert main(["sweep", "--task", "ioi", *FAST, *args, "--out", str(tmp_path / "s")]) == 2
     assert "no Dask scheduler answers at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_run_folder_holds_one_run(tiny_default, tmp_path):
+    """A second discover into the same folder removes what the first wrote and it does not
+    (here nodes.json); files that are not run outputs stay."""
+    out = tmp_path / "run"
+    assert main(["discover", *FAST, "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert (out / "nodes.json").exists()
+    assert main(["discover", *FAST, "--no-node-effects", "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"circuit.safetensors", "metrics.json", "report.html", "notes.txt"}

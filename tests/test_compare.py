@@ -47,3 +47,9 @@ def test_the_head_comparison_figure_codes_each_head():
     figure = plot_head_comparison(a, b, ("A", "B"))
     assert figure.data[0].z.tolist() == [[1, 3, 0], [0, 0, 2]]
     assert "1 shared" in figure.layout.title.text
+
+
+@pytest.mark.parametrize("names", [("one",), "ab", ("a", "b", "c")])
+def test_names_label_exactly_two_circuits(names):
+    with pytest.raises(ValueError, match="give two"):
+        compare(heads((0, 0)), heads((0, 1)), names=names)

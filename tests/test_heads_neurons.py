@@ -105,3 +105,17 @@ def test_nodes_outside_the_model_are_refused():
         head_profiles(model, data, [(5, 0)])
     with pytest.raises(UsageError, match="not in a model"):
         neuron_profiles(model, data, [(0, 999)])
+
+
+def test_nodes_can_be_named_as_a_circuit_names_them():
+    """``circuit.nodes("head")`` and ``circuit.nodes("mlp_neuron")`` give names such as
+    ``"L0.H1"`` and ``"L1.mlp.3"``: the profiles take them as they take (layer, index)."""
+    model = build_model()
+    data = with_roles(build_dataset(model, n=6))
+    by_name = head_profiles(model, data, ["L0.H1", "L1.H0"])
+    assert [p.head for p in by_name.heads] == ["L0.H1", "L1.H0"]
+    neurons = neuron_profiles(model, data, ["L1.mlp.3"])
+    assert [n.neuron for n in neurons.neurons] == ["L1.mlp.3"]
+    for bad in (["H1"], ["L0.mlp.1"], [3]):
+        with pytest.raises(UsageError, match="name|pair"):
+            head_profiles(model, data, bad)

@@ -734,3 +734,89 @@ def test_pareto_areas_of_no_circuit_is_an_error():
 
     with pytest.raises(ValueError, match="at least one sweep point"):
         pareto_areas([])
+
+
+def test_a_model_left_in_train_mode_runs_in_eval_mode_and_gets_its_modes_back():
+    """Dropout left on would make every pass random: a fit and an evaluation run the model
+    in eval mode, and each module's own mode comes back afterwards."""
+    model = build_model()
+    model.train()
+    model.blocks[1].eval()  # a mixed setting must come back as it was
+    data = build_dataset(model)
+    before = model_state(model)
+    seen = []
+    model.blocks[0].hook_resid_pre.add_hook(lambda a, hook: seen.append(hook.training))
+    try:
+        a = CircuitPruner(model, steps=3).fit(data, progress=False)
+        b = CircuitPruner(model, steps=3).fit(data, progress=False)
+        evaluate(model, a, data)
+    finally:
+        model.blocks[0].hook_resid_pre.remove_hooks()
+    assert seen and not any(seen)
+    assert_untouched(model, before)
+    for g in a.granularities:
+        assert torch.equal(a.log_alpha[g], b.log_alpha[g]), g
+
+
+def test_the_weight_fingerprint_sees_two_heads_swapped():
+    from transformer_lens_mgp.core.model_api import model_fingerprint
+
+    model = build_model()
+    original = model_fingerprint(model)
+    with torch.no_grad():
+        w_o = model.blocks[0].attn.W_O
+        w_o[[0, 1]] = w_o[[1, 0]].clone()
+    assert model_fingerprint(model) != original
+
+
+def test_a_circuit_of_other_weights_is_run_with_a_warning(tmp_path):
+    model = build_model()
+    path = saved_circuit(model, tmp_path)
+    other = build_model(seed=1)  # the same sizes, other weights
+    with pytest.warns(UserWarning, match="other weights"):
+        circuit = Circuit.load(path, model=other)
+    with pytest.warns(UserWarning, match="other weights"):
+        evaluate(other, circuit, dataset(other))
+
+
+def test_another_thread_s_pass_during_a_fit_gets_a_clear_error():
+    """The fit's hooks act on the fit's own passes only: another thread's pass meanwhile
+    gets a UsageError saying why, and the fit ends as it would alone."""
+    import threading
+
+    from transformer_lens_mgp.core.model_api import attached
+
+    model = build_model()
+    tokens = build_dataset(model).clean_tokens
+    errors = []
+
+    def other_thread():
+        try:
+            model(tokens)
+        except ValueError as err:
+            errors.append(str(err))
+
+    with attached(model, [("blocks.0.hook_resid_pre", lambda a, hook: a)]):
+        model(tokens)  # the attaching thread's own pass runs the hooks
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert errors and "in another thread" in errors[0]
+    model(tokens)  # with the hooks off, any thread runs the model
+
+
+def test_mean_ablation_runs_on_right_padding_past_the_context():
+    """Positions after the answer are never run, so padding past ``n_ctx`` works for mean
+    ablation as it does for interchange ablation."""
+    model = build_model()
+    n_ctx = model.cfg.n_ctx
+    ds = build_dataset(model, n=4, seq_len=5)
+    pad = torch.zeros(4, n_ctx + 3 - ds.clean_tokens.shape[1], dtype=torch.long)
+    padded = PairedDataset(
+        clean_tokens=torch.cat([ds.clean_tokens, pad], 1),
+        corrupted_tokens=torch.cat([ds.corrupted_tokens, pad], 1),
+        answer_tokens=ds.answer_tokens,
+        answer_positions=ds.answer_positions,
+    )
+    for ablation in ("corrupted", "mean"):
+        CircuitPruner(model, steps=1, ablation=ablation).fit(padded, progress=False)

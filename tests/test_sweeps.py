@@ -200,6 +200,8 @@ def test_pareto_areas_add_the_empty_circuit_and_the_full_model():
         ([{"head": 0.1}], {"workers": 2, "executor": object()}, "not both"),
         ([{"head": 0.1}], {"executor": object()}, "submit"),
         ([{"head": 0.1}], {"load_model": "gpt2"}, "function returning the model"),
+        ("head=0.5", {}, "list of"),
+        ({"head": 0.5}, {}, "list of"),
     ],
 )
 def test_bad_sweeps_are_explained_before_any_training(setup, targets, kwargs, message):

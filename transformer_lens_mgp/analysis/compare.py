@@ -61,6 +61,10 @@ class CircuitComparison:
 
 def compare(a: Circuit, b: Circuit, names: tuple[str, str] = ("A", "B")) -> CircuitComparison:
     """The overlap of circuits ``a`` and ``b`` of the same model."""
+    if isinstance(names, str) or len(tuple(names)) != 2:
+        raise UsageError(
+            f"names labels the two circuits: give two, e.g. ('IOI', 'GP'); got {names!r}"
+        )
     if a.dims != b.dims:
         raise UsageError(
             f"the circuits belong to models of different sizes ({a.dims} and {b.dims}); "

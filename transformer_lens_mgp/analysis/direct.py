@@ -8,6 +8,7 @@ logit difference. Later layers reading the write are ignored; that is what "dire
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -123,11 +124,30 @@ def token_strings(model, tokens: Int[Tensor, " pos"]) -> list[str]:
     return list(model.to_str_tokens(tokens))
 
 
+NAME_PATTERNS = {
+    "head": re.compile(r"L(\d+)\.H(\d+)"),
+    "MLP neuron": re.compile(r"L(\d+)\.mlp\.(\d+)"),
+}
+"""The plain names ``Circuit.nodes`` gives heads (``L5.H3``) and MLP neurons (``L5.mlp.12``)."""
+
+
 def check_node_list(items, n_layers: int, n_per_layer: int, kind: str) -> list[tuple[int, int]]:
-    """``(layer, index)`` pairs as ints, each checked against the model's sizes."""
+    """``(layer, index)`` pairs as ints, from pairs or from the plain names ``Circuit.nodes``
+    gives (``"L5.H3"``, ``"L5.mlp.12"``), each checked against the model's sizes."""
     chosen = []
     for item in items:
-        layer, index = (int(x) for x in item)
+        if isinstance(item, str):
+            found = NAME_PATTERNS[kind].fullmatch(item)
+            if found is None:
+                example = "L5.H3" if kind == "head" else "L5.mlp.12"
+                raise UsageError(f"{item!r} is not a {kind} name like {example!r}")
+            item = found.groups()
+        try:
+            layer, index = (int(x) for x in item)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{kind} {item!r} is neither a (layer, index) pair nor a name"
+            ) from None
         if not (0 <= layer < n_layers and 0 <= index < n_per_layer):
             raise UsageError(
                 f"{kind} {item!r} is not in a model of {n_layers} layers x {n_per_layer} "

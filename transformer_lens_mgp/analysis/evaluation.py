@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int
-from ..core.circuit import Circuit
+from ..core.circuit import Circuit, warn_if_other_weights
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from ..core.hooks import AblationSource, check_ablation
@@ -92,6 +92,7 @@ def evaluate_many(
     check_ablation(ablation)
     for circuit in circuits:
         circuit.check_model(model)
+    warn_if_other_weights(model, circuits)
     dims = circuits[0].dims
     check_model_and_pairs(model, dims, dataset=dataset)
     masks = [c.site_masks() for c in circuits]

@@ -58,6 +58,7 @@ document.querySelectorAll('details').forEach(d => d.addEventListener('toggle', (
   d.querySelectorAll('.plotly-graph-div').forEach(g => Plotly.Plots.resize(g))));
 """
 
+
 def write_report(run: Discovery | Circuit, path: str | Path, title: str = "Circuit") -> Path:
     """Write the report of a circuit to ``path``: for a measured one
     (:func:`~.discovery.measure`) its held-out numbers, the ranked nodes and head and neuron

@@ -60,8 +60,23 @@ def write_edges_folder(out_dir: str | Path, edges: EdgeCircuit, summary: Mapping
     ]
 
 
+RUN_FILES = (
+    CIRCUIT_FILE,
+    METRICS_FILE,
+    NODES_FILE,
+    "edges.json",
+    EDGES_FILE,
+    LEARNED_EDGES_FILE,
+    "edges.html",
+    "report.html",
+)
+"""Every file a discovery can write: a run folder holds one run, so a new run removes those of
+them it does not write (other files are left alone)."""
+
+
 def write_run_folder(out_dir: str | Path, run: Discovery, title: str = "Circuit") -> list[Path]:
-    """Write the circuit, ``metrics.json``, what else was measured, and the report."""
+    """Write the circuit, ``metrics.json``, what else was measured, and the report; remove
+    the files an earlier run left that this one does not write."""
     from .report import write_report
 
     out = prepare_out_dir(out_dir)
@@ -75,6 +90,8 @@ def write_run_folder(out_dir: str | Path, run: Discovery, title: str = "Circuit"
         written.append(run.learned_edges.save(out / EDGES_FILE))
         written.append(_write_json(out / LEARNED_EDGES_FILE, metrics["learned_edges"]))
     written.append(write_report(run, out / "report.html", title=title))
+    for name in set(RUN_FILES) - {p.name for p in written}:
+        (out / name).unlink(missing_ok=True)
     return written
 
 

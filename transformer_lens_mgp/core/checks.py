@@ -4,7 +4,7 @@ before any work (a path is checked before the job that writes to it, not at its 
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,8 +22,13 @@ def check_writable_folder(path: str | Path, what: str) -> Path:
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under the file {existing}"
         raise UsageError(f"{what} {path} {where}; give a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path} cannot be written (no write access to {existing})")
+    try:  # by writing: os.access says yes to root on a read-only mount or folder
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"{what} {path} cannot be written ({existing}: {err.strerror or err})"
+        ) from None
     return path
 
 

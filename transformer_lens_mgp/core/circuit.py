@@ -9,6 +9,7 @@ drawn by it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .errors import UsageError
 from .files import read_safetensors, write_safetensors
 from .gates import HardConcrete
 from .hooks import AblationSource, check_ablation, mask_hooks
-from .model_api import FwdHooks, attached
+from .model_api import FwdHooks, attached, model_fingerprint
 from .nodes import (
     GRANULARITIES,
     NODE_NAMES,
@@ -273,6 +274,7 @@ class Circuit:
         circuit = cls.from_file_parts(tensors, meta, path)
         if model is not None:
             circuit.check_model(model)
+            warn_if_other_weights(model, [circuit])
         return circuit
 
     @classmethod
@@ -283,6 +285,11 @@ class Circuit:
             raise UsageError(
                 f"{path} has circuit schema {meta.get('schema_version')}, this version reads "
                 f"{SCHEMA_VERSION}; upgrade transformer-lens-mgp"
+            )
+        if not tensors:
+            raise UsageError(
+                f"{path} holds no masks, only metadata; it was changed or written by another "
+                "tool: save the circuit again with Circuit.save"
             )
         unknown = set(tensors) - set(GRANULARITIES)
         if unknown:
@@ -310,3 +317,17 @@ class Circuit:
 
 def _is_cache(source) -> bool:
     return isinstance(source, dict) or hasattr(source, "cache_dict")
+
+
+def warn_if_other_weights(model, circuits) -> None:
+    """Warn if ``model``'s weights differ from those of the model a circuit was fitted on
+    (its ``fit_info["model_fingerprint"]``; one content hash of the weights per call): the
+    circuit still runs, but its nodes were chosen for the other weights (a fine-tuned model,
+    say)."""
+    recorded = {c.fit_info.get("model_fingerprint") for c in circuits} - {None}
+    if recorded and recorded != {model_fingerprint(model)}:
+        warnings.warn(
+            "this model has other weights than the model the circuit was fitted on (same "
+            "sizes); the circuit runs, but its nodes were chosen for the other weights",
+            stacklevel=3,
+        )

@@ -4,6 +4,9 @@ circuit and edge-circuit files."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -14,18 +17,32 @@ from .errors import MissingFileError, UsageError
 
 
 def write_safetensors(path: str | Path, tensors: dict, meta: dict, example: str) -> Path:
-    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically."""
+    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically: through a
+    temporary file of a unique name beside it (no file of the user's is touched), keeping an
+    existing file's permissions, and never over a read-only file."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give the file's path, e.g. {path}/{example}")
+    if path.exists() and not path.stat().st_mode & stat.S_IWUSR:
+        raise UsageError(f"{path} is read-only; make it writable or save under another name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
         save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        mode = path.stat().st_mode if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, stat.S_IMODE(mode))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, Tensor], dict]:

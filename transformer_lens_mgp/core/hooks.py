@@ -120,12 +120,13 @@ def mean_activations(
     batch_size: int = 32,
 ) -> dict[str, Tensor]:
     """Per-site mean activation over the prompts' positions up to their answer position (the
-    one definition of mean ablation: padding after the answer never counts)."""
+    one definition of mean ablation: padding after the answer never counts, nor is it run,
+    so right padding past the model's context is no error here either)."""
     sums: dict[str, Tensor] = {}
     count = 0.0
     for start in range(0, tokens.shape[0], batch_size):
-        chunk = tokens[start : start + batch_size]
         last = last_positions[start : start + batch_size]
+        chunk = tokens[start : start + batch_size, : int(last.max()) + 1]
         acts = site_activations(model, chunk, dims)
         part, n = summed_over_prompts(acts, last)
         count += n

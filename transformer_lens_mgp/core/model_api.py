@@ -7,6 +7,9 @@ the length of a block) and its forward pass, so one code path serves ``HookedTra
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -53,18 +56,30 @@ def attached(model, fwd_hooks: FwdHooks) -> Iterator[None]:
     """
     points = model.hook_dict
     added = []
+    owner = threading.get_ident()
     try:
         for name, fn in fwd_hooks:
             point = points.get(name)
             if point is None:
                 raise UsageError(f"the model has no hook point {name!r}")
-            point.add_hook(fn, dir="fwd")
+            point.add_hook(functools.partial(_in_thread, fn, owner), dir="fwd")
             added.append((point, point.fwd_hooks[-1]))
         yield
     finally:
         for point, handle in reversed(added):
             handle.hook.remove()
             point.fwd_hooks.remove(handle)
+
+
+def _in_thread(fn, owner: int, tensor, *, hook):
+    """Run ``fn`` for passes of the thread that attached it; a pass of another thread while
+    the hooks are on gets a clear error instead of the masks of a fit it knows nothing of."""
+    if threading.get_ident() != owner:
+        raise UsageError(
+            "this model is being fitted or evaluated in another thread, and its hooks are on "
+            "until that call returns; run your own passes after it, or on copy.deepcopy(model)"
+        )
+    return fn(tensor, hook=hook)
 
 
 def has_hooked_transformer() -> bool:
@@ -187,3 +202,15 @@ def check_model_and_pairs(model, dims: ModelDims, **datasets) -> None:
     for label, dataset in datasets.items():
         if dataset is not None:
             check_pairs(model, dataset, label.replace("_", " "))
+
+
+@torch.no_grad()
+def model_fingerprint(model) -> str:
+    """A digest of the model's weights byte for byte (with their names, shapes and dtypes):
+    any changed weight, or two weights swapped, gives another digest."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, p in model.named_parameters():
+        digest.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        if p.numel():
+            digest.update(p.detach().contiguous().view(torch.uint8).cpu().numpy().data)
+    return digest.hexdigest()

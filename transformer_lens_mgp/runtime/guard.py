@@ -41,10 +41,11 @@ def frozen(model) -> Iterator[None]:
 
 @contextmanager
 def exclusive(model, what: str) -> Iterator[None]:
-    """One call at a time on a model: a fit or evaluation attaches hooks to the model and
-    re-lays its weights, so a second one from another thread would see the first one's
-    hooks. It gets this error at once instead; the same thread may nest calls (a sweep's
-    fits)."""
+    """One call at a time on a model, in eval mode. A fit or evaluation attaches hooks to the
+    model and re-lays its weights, so a second one from another thread would see the first
+    one's hooks: it gets this error at once instead; the same thread may nest calls (a
+    sweep's fits). Dropout left on by ``model.train()`` would make every pass random, so the
+    model runs in eval mode and each module's own mode is put back on exit."""
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault(model, threading.RLock())
     if not lock.acquire(blocking=False):
@@ -53,9 +54,15 @@ def exclusive(model, what: str) -> Iterator[None]:
             "cannot run on it now; run them one after another, or give each thread its own "
             "copy (copy.deepcopy(model))"
         )
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    modes = [(module, module.training) for module in modules]
     try:
+        for module, _ in modes:
+            module.training = False
         yield
     finally:
+        for module, mode in modes:
+            module.training = mode
         lock.release()
 
 

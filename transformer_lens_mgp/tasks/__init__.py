@@ -16,6 +16,7 @@ from .ioi import ioi
 TASKS = {"ioi": ioi, "gp": gendered_pronouns, "gt": greater_than}
 """Short task names (as used by the command line) to their builders."""
 
+
 def build(task: str, model, n: int, seed: int = 0, corruption: str | None = None):
     """The pairs of the task named ``task`` (a key of :data:`TASKS`); ``corruption`` chooses
     IOI's corrupted prompts (the other tasks have one corruption)."""

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +22,7 @@ import torch
 from ..core.checks import check_writable_folder
 from ..core.data import PairedDataset
 from ..core.errors import UsageError
+from ..core.model_api import model_fingerprint
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 2
@@ -34,19 +40,6 @@ def dataset_fingerprint(dataset: PairedDataset | None) -> str | None:
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().long().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-@torch.no_grad()
-def model_fingerprint(model) -> str:
-    """A digest of the model's weights (names, shapes, dtypes and two float64 sums each):
-    another model of the same sizes, or the same one with changed weights, differs."""
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        sums = (torch.sum(p, dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64))
-        digest.update(
-            f"{name}{tuple(p.shape)}{p.dtype}{sums[0].item():.12e}{sums[1].item():.12e}".encode()
-        )
     return digest.hexdigest()[:16]
 
 
@@ -69,19 +62,59 @@ def fit_identity(
 
 def checkpoint_path(folder: str | Path) -> Path:
     """Where a fit checkpoints in ``folder``, checked now rather than at the first
-    checkpoint."""
-    return check_writable_folder(folder, "checkpoint_dir") / CHECKPOINT_NAME
+    checkpoint: the folder can be written, and a ``checkpoint.pt`` already there is one of
+    ours (a file of the same name that is not is never overwritten)."""
+    path = check_writable_folder(folder, "checkpoint_dir") / CHECKPOINT_NAME
+    if path.exists() and _read(path) is None:
+        raise UsageError(
+            f"{path} is not a checkpoint of transformer-lens-mgp (or is damaged) and would be "
+            "overwritten; move or delete it, or give another checkpoint_dir"
+        )
+    return path
+
+
+def _read(path: Path) -> dict | None:
+    """The checkpoint at ``path``, or None when the file is not one of ours."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file, or one holding objects we never write
+        return None
+    ours = isinstance(saved, dict) and {"format", "identity", "state"} <= set(saved)
+    return saved if ours else None
 
 
 def save_checkpoint(path: Path, identity: dict, state: dict) -> None:
-    """Write to a temporary file, flush it to disk, then rename over the old checkpoint."""
+    """Write to a temporary file, flush it to disk, then rename over the old checkpoint. A
+    Ctrl-C meanwhile is held until the file is complete (a checkpoint write is short), then
+    raised as the KeyboardInterrupt it is; no temporary file is left either way."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "identity": identity, "state": state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with _interrupt_deferred(), os.fdopen(handle, "wb") as f:
+            torch.save({"format": FORMAT, "identity": identity, "state": state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """SIGINT (Ctrl-C) recorded during the block and raised after it (main thread only:
+    elsewhere signals cannot be handled and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def load_checkpoint(path: Path, identity: dict) -> dict | None:

@@ -90,6 +90,11 @@ def sweep(
         raise UsageError(f"config must be a PruningConfig, got {type(config).__name__}")
     if config.target or config.max_kl is not None:
         raise UsageError("the sweep sets each point's target; leave target and max_kl unset")
+    if isinstance(targets, str | Mapping) or not all(isinstance(t, Mapping) for t in targets):
+        raise UsageError(
+            f"targets is a list of {{granularity: kept fraction}} points, e.g. "
+            f"[{{'head': 0.1}}, {{'head': 0.2}}]; got {targets!r}"
+        )
     targets = [dict(t) for t in targets]
     if not targets:
         raise UsageError("give at least one target, e.g. targets=[{'mlp_neuron': 0.05}]")
