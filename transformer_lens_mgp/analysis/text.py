@@ -78,8 +78,8 @@ def discovery_text(run: Discovery) -> str:
     if run.anatomy is not None:
         lines.append(top_nodes_line(run))
     if run.timings is not None:
-        metrics = run.to_dict()
-        parts = ", ".join(f"{name} {s:.0f} s" for name, s in metrics["time_parts"].items())
+        steps = run.circuit.config.get("steps", 0)
+        parts = ", ".join(f"{name} {s:.0f} s" for name, s in run.timings.parts(steps).items())
         memory = "" if run.peak_rss_mib is None else f", peak memory {run.peak_rss_mib:.1f} MiB"
-        lines.append(f"wall time {metrics['wall_seconds']} s ({parts}){memory}")
+        lines.append(f"wall time {run.timings.wall:.1f} s ({parts}){memory}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from .data import PairedDataset
 from .errors import UsageError
 from .files import read_safetensors, write_safetensors
 from .gates import HardConcrete
-from .hooks import AblationSource, check_ablation, mask_hooks
+from .hooks import AblationSource, check_ablation, is_activation_cache, mask_hooks
 from .model_api import FwdHooks, attached, model_fingerprint
 from .nodes import (
     GRANULARITIES,
@@ -226,7 +226,7 @@ class Circuit:
         masks = self.site_masks()
         if knockout:
             masks = masks.complement()
-        if model is not None and ablation != "zero" and not _is_cache(source):
+        if model is not None and ablation != "zero" and not is_activation_cache(source):
             self.check_model(model)
         ablated = AblationSource.activations(
             ablation, self.dims, source, model=model, answer_positions=answer_positions
@@ -313,10 +313,6 @@ class Circuit:
                 f"{path} has damaged circuit metadata ({type(err).__name__}: {err}); it was "
                 "changed or written by another tool: save the circuit again with Circuit.save"
             ) from None
-
-
-def _is_cache(source) -> bool:
-    return isinstance(source, dict) or hasattr(source, "cache_dict")
 
 
 def warn_if_other_weights(model, circuits) -> None:

@@ -32,6 +32,11 @@ from .placement import Placement
 ABLATIONS = ("corrupted", "mean", "zero")
 
 
+def is_activation_cache(source) -> bool:
+    """Whether ``source`` is a ``run_with_cache`` cache (or its dict) rather than tokens."""
+    return isinstance(source, dict) or hasattr(source, "cache_dict")
+
+
 def check_ablation(ablation: str) -> None:
     if ablation not in ABLATIONS:
         raise UsageError(f"unknown ablation {ablation!r}; choose from {ABLATIONS}")
@@ -209,7 +214,7 @@ class AblationSource:
                 else Placement(cpu, cpu, dict.fromkeys(names, cpu))
             )
             return zero_activations(dims, placement)
-        if isinstance(source, dict) or hasattr(source, "cache_dict"):
+        if is_activation_cache(source):
             cache = getattr(source, "cache_dict", source)
             missing = [n for n in names if n not in cache]
             if missing:
