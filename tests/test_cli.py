@@ -26,7 +26,7 @@ FAST = ["--n", "40", "--steps", "3", "--batch-size", "8", "--quiet"]
 @pytest.fixture
 def tiny_default(monkeypatch, tokenizer_model):
     """Make the CLI's default model the tiny one carrying SmolLM2's tokenizer."""
-    monkeypatch.setattr(models, "load_model", lambda name=None, device=None: tokenizer_model)
+    monkeypatch.setattr(models, "load_model", lambda source=None, **options: tokenizer_model)
     return tokenizer_model
 
 
@@ -150,7 +150,7 @@ def test_evaluate_missing_file(tiny_default, tmp_path, capsys):
 @pytest.mark.slow
 def test_readme_job_on_smollm2(smollm2, monkeypatch, tmp_path):
     """The README's main job end to end on the real model, shortened."""
-    monkeypatch.setattr(models, "load_model", lambda name=None, device=None: smollm2)
+    monkeypatch.setattr(models, "load_model", lambda source=None, **options: smollm2)
     out = tmp_path / "ioi"
     assert (
         main(
@@ -403,3 +403,41 @@ def test_a_run_folder_holds_one_run(tiny_default, tmp_path):
     assert main(["discover", *FAST, "--no-node-effects", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {"circuit.safetensors", "metrics.json", "report.html", "notes.txt"}
+
+
+def _pairs_file(path, n: int = 10):
+    names = [" Mary", " John", " Anna", " Paul"]
+    records = []
+    for i in range(n):
+        a, b = names[i % 4], names[(i + 1) % 4]
+        c, d = names[(i + 2) % 4], names[(i + 3) % 4]
+        records.append({"clean": f"When{a} and{b} went to the store,{b} gave a drink to",
+                        "corrupted": f"When{c} and{d} went to the store,{d} gave a drink to",
+                        "answer": a, "wrong": b})  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_discover_on_your_own_pairs_file(tiny_default, tmp_path, capsys):
+    pairs, out = _pairs_file(tmp_path / "mine.jsonl"), tmp_path / "mine"
+    args = ["--steps", "3", "--batch-size", "4", "--quiet", "--no-node-effects"]
+    assert main(["discover", "--data", str(pairs), *args, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "mine.jsonl"
+    assert metrics["n_train"] + metrics["n_test"] == 10
+    assert (out / "report.html").is_file()
+
+
+def test_a_bad_pairs_file_stops_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the file was checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"clean": "a", "corrupted": "b", "answer": "c"}\n{"clean": "a"}\n')
+    assert main(["discover", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tl-mgp: error:") and "line 2: field 'corrupted' is missing" in err
+    assert "\n" not in err
+    assert main(["discover", "--data", str(bad), "--task", "gp", "--out", str(tmp_path / "o")]) == 2
+    assert "--data gives the pairs; drop --task" in capsys.readouterr().err

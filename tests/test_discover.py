@@ -41,7 +41,7 @@ def test_the_notebook_gets_the_circuit_the_command_line_gets(ioi, monkeypatch, t
     """``CircuitPruner(model).fit(train)`` with the defaults, on the pairs and seed that
     ``tl-mgp discover`` builds, gives the same circuit."""
     model, train, _ = ioi
-    monkeypatch.setattr(models, "load_model", lambda name=None, device=None: model)
+    monkeypatch.setattr(models, "load_model", lambda source=None, **options: model)
     out = tmp_path / "run"
     argv = ["discover", "--n", "40", "--steps", "3", "--quiet", "--no-node-effects"]
     assert main([*argv, "--out", str(out)]) == 0

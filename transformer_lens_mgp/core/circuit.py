@@ -19,12 +19,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from . import mib
 from .data import PairedDataset
 from .errors import UsageError
 from .files import read_safetensors, write_safetensors
 from .gates import HardConcrete
 from .hooks import AblationSource, check_ablation, is_activation_cache, mask_hooks
-from .model_api import FwdHooks, attached, model_fingerprint
+from .model_api import FwdHooks, attached, model_dims, model_fingerprint
 from .nodes import (
     GRANULARITIES,
     NODE_NAMES,
@@ -263,6 +264,38 @@ class Circuit:
         }
         tensors = {g: t.detach().cpu().float().contiguous() for g, t in self.log_alpha.items()}
         return tensors, meta
+
+    def to_mib(self, path: str | Path, model=None, *, edges=None) -> Path:
+        """Write the circuit as MIB circuit-track JSON (heads and MLPs, scored by their
+        learned gates; with ``edges``, an :class:`EdgeCircuit`, its learned edges). MIB's files
+        record ``d_model``: taken from ``model``, else from the fit. See :mod:`.mib` for what
+        cannot map (our neurons)."""
+        d_model = model.cfg.d_model if model is not None else self.fit_info.get("d_model")
+        if d_model is None:
+            raise UsageError(
+                "MIB's files record d_model; pass the model: circuit.to_mib(path, model)"
+            )
+        block = self.mask("block")
+        has_mlp = self.dims.d_mlp is not None
+        scores, in_graph = mib.node_table(
+            self.dims,
+            head_score=block[:, None] * self.mask("head"),
+            heads=self.kept("head"),
+            mlp_score=block * self.mask("mlp") if has_mlp else block,
+            mlps=self.kept("mlp") if has_mlp else None,
+        )
+        learned = None if edges is None else mib.learned_edges(edges.kept_rows())
+        return mib.write_mib(path, mib.mib_document(self.dims, scores, in_graph, d_model, learned))
+
+    @classmethod
+    def from_mib(cls, path: str | Path, model) -> Circuit:
+        """The heads and MLPs of a MIB circuit-track JSON file (written by MIB, EAP-IG or
+        :meth:`to_mib`) as a circuit of ``model``, their neurons kept whole, so that
+        ``evaluate`` and ``compare`` work on circuits other tools found."""
+        kept = mib.read_mib(path, model_dims(model))
+        return cls.from_kept(
+            model_dims(model), kept, fit_info={"source": f"MIB file {Path(path).name}"}
+        )
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> Circuit:

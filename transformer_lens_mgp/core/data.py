@@ -10,12 +10,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from .errors import UsageError, UsageTypeError
+from .pairs_file import ROLE_PREFIX, PairRow, raise_if, read_pair_rows
 
 METRICS = ("logit_diff", "prob_diff")
 PAD_ANSWER = -1
@@ -202,6 +204,33 @@ class PairedDataset:
             meta={"n_dropped": len(problems), "dropped": problems[:20]},
         )
 
+    @classmethod
+    def from_file(cls, model, path) -> PairedDataset:
+        """Pairs from a ``.jsonl`` or ``.csv`` file with fields ``clean``, ``corrupted``,
+        ``answer``, optional ``wrong`` and ``role_<NAME>`` (see :mod:`.pairs_file`). The whole
+        file is checked first; errors name the line and the field."""
+        return cls.from_rows(model, read_pair_rows(path), name=Path(path).stem)
+
+    @classmethod
+    def from_rows(cls, model, rows: Sequence[PairRow], name: str) -> PairedDataset:
+        """Pairs of a file's rows (:func:`.pairs_file.read_pair_rows`), every row tokenised
+        and checked (equal lengths, single-token answers, within the model's context, roles
+        inside the prompt) before any is used."""
+        problems = [p for row in rows for p in _row_problems(model, row)]
+        raise_if(name, problems)
+        data = cls.from_prompts(
+            model,
+            [r.clean for r in rows],
+            [r.corrupted for r in rows],
+            [r.answer for r in rows],
+            None if rows[0].wrong is None else [r.wrong for r in rows],
+            name=name,
+        )
+        roles = tuple(rows[0].roles)
+        if not roles:
+            return data
+        return data.with_roles(roles, torch.tensor([[r.roles[x] for x in roles] for r in rows]))
+
     def __len__(self) -> int:
         return self.clean_tokens.shape[0]
 
@@ -277,13 +306,8 @@ def tokenize_pair(model, clean, corrupted, answer, wrong, prepend_bos):
     """Token ids of one pair; ValueError when lengths differ or an answer is not one token."""
     if not clean or not corrupted:
         raise UsageError("a prompt is empty; every clean and corrupted prompt needs tokens")
-    # Not truncated (where the tokenizer can be told): a prompt longer than the model's
-    # context is refused where it is used, instead of being cut and scored mid-prompt.
-    options = {"prepend_bos": prepend_bos}
-    if "truncate" in inspect.signature(model.to_tokens).parameters:
-        options["truncate"] = False
-    clean_ids = model.to_tokens(clean, **options)[0].tolist()
-    corrupted_ids = model.to_tokens(corrupted, **options)[0].tolist()
+    clean_ids = prompt_ids(model, clean, prepend_bos)
+    corrupted_ids = prompt_ids(model, corrupted, prepend_bos)
     if len(clean_ids) != len(corrupted_ids):
         raise UsageError(
             f"{clean!r} is {len(clean_ids)} tokens but its corruption {corrupted!r} is "
@@ -292,12 +316,51 @@ def tokenize_pair(model, clean, corrupted, answer, wrong, prepend_bos):
     return (
         clean_ids,
         corrupted_ids,
-        _single_tokens(model, answer),
-        (None if wrong is None else _single_tokens(model, wrong)),
+        single_tokens(model, answer),
+        (None if wrong is None else single_tokens(model, wrong)),
     )
 
 
-def _single_tokens(model, answers) -> list[int]:
+def _row_problems(model, row: PairRow) -> list[str]:
+    where, problems = f"line {row.line}", []
+    clean, corrupted = prompt_ids(model, row.clean), prompt_ids(model, row.corrupted)
+    if len(corrupted) != len(clean):
+        problems.append(
+            f"{where}: 'corrupted' is {len(corrupted)} tokens, 'clean' is "
+            f"{len(clean)}; a pair's prompts must have the same token length"
+        )
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and len(clean) > n_ctx:
+        problems.append(
+            f"{where}: 'clean' is {len(clean)} tokens, over the model's context of {n_ctx}"
+        )
+    for key, value in (("answer", row.answer), ("wrong", row.wrong)):
+        try:
+            if value is not None:
+                single_tokens(model, value)
+        except UsageError as err:
+            problems.append(f"{where}: {key!r}: {err}")
+    for role, position in row.roles.items():
+        if not 0 <= position < len(clean):
+            problems.append(
+                f"{where}: '{ROLE_PREFIX}{role}' is {position}, outside the clean "
+                f"prompt's {len(clean)} tokens"
+            )
+    return problems
+
+
+def prompt_ids(model, text: str, prepend_bos: bool | None = None) -> list[int]:
+    """A prompt's token ids, BOS as the model does it. Not truncated (where the tokenizer can
+    be told): a prompt longer than the model's context is refused where it is used, instead
+    of being cut and scored mid-prompt."""
+    options = {"prepend_bos": prepend_bos}
+    if "truncate" in inspect.signature(model.to_tokens).parameters:
+        options["truncate"] = False
+    return model.to_tokens(text, **options)[0].tolist()
+
+
+def single_tokens(model, answers) -> list[int]:
+    """The ids of one answer (a string) or an answer set (strings), each one token."""
     ids = []
     for answer in [answers] if isinstance(answers, str) else answers:
         tokens = model.to_tokens(answer, prepend_bos=False)[0].tolist()

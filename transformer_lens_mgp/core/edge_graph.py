@@ -293,7 +293,7 @@ def check_hooked(model) -> None:
         raise UsageTypeError(
             "edges need per-head residual inputs, which a HookedTransformer provides; got "
             f"{type(model).__name__}. On TransformerLens 3.x load one with load_model() or "
-            "build one with transformer_lens_mgp.models.bridge.hooked_from_hf (same weights); "
+            "build one with transformer_lens_mgp.models.hooked_from_hf (same weights); "
             "TransformerLens 4.x has none, so there circuits stop at nodes"
         )
 

@@ -1,5 +1,5 @@
-"""One safetensors file holding tensors and JSON metadata, written atomically: the format of
-circuit and edge-circuit files."""
+"""Files written atomically: safetensors holding tensors and JSON metadata (the format of
+circuit and edge-circuit files), and text (JSON exports)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -17,9 +18,21 @@ from .errors import MissingFileError, UsageError
 
 
 def write_safetensors(path: str | Path, tensors: dict, meta: dict, example: str) -> Path:
-    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically: through a
-    temporary file of a unique name beside it (no file of the user's is touched), keeping an
-    existing file's permissions, and never over a read-only file."""
+    """Write ``tensors`` with each ``meta`` entry as JSON metadata, atomically (see
+    :func:`write_atomic`)."""
+    metadata = {k: json.dumps(v) for k, v in meta.items()}
+    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), example)
+
+
+def write_atomic_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text), Path(path).name or "file.json")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object], example: str) -> Path:
+    """Run ``write`` on a temporary file of a unique name beside ``path``, then move it into
+    place: no file of the user's is touched, an existing file keeps its permissions, and a
+    read-only file is never overwritten."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give the file's path, e.g. {path}/{example}")
@@ -30,7 +43,7 @@ def write_safetensors(path: str | Path, tensors: dict, meta: dict, example: str)
     os.close(handle)
     tmp = Path(name)
     try:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        write(tmp)
         mode = path.stat().st_mode if path.exists() else 0o666 & ~_umask()
         os.chmod(tmp, stat.S_IMODE(mode))
         tmp.replace(path)

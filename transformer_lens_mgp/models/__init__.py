@@ -1,17 +1,25 @@
-"""Models to prune: the embedded default (SmolLM2-135M-Instruct, offline) and hub names,
-as a HookedTransformer or a TransformerBridge, and both views of one Hugging Face model."""
+"""Models to prune, offline whenever the weights are local: the embedded default
+(SmolLM2-135M-Instruct), Gemma 3 270M (an extra), any ``.gguf`` file or Hugging Face folder,
+or a loaded Hugging Face model, as a HookedTransformer or a TransformerBridge."""
 
-from .bridge import bridge_from_hf, hooked_from_hf
-from .convert import DEFAULT_MODEL_NAME, llama_cfg_fields
-from .loading import default_cache_dir, default_model_path, is_default_model_available, load_model
+from .convert import bridge_from_hf, hooked_from_hf, prepends_bos
+from .loading import (
+    DEFAULT_MODEL_NAME,
+    default_cache_dir,
+    default_model_path,
+    is_default_model_available,
+    load_model,
+)
+from .sources import SHIPPED
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "SHIPPED",
     "bridge_from_hf",
     "default_cache_dir",
     "default_model_path",
     "hooked_from_hf",
     "is_default_model_available",
-    "llama_cfg_fields",
     "load_model",
+    "prepends_bos",
 ]

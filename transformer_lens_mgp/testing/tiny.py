@@ -105,6 +105,61 @@ def tiny_llama(tokenizer):
     return LlamaForCausalLM(cfg).eval()
 
 
+def tiny_tokenizer(folder, bos: bool = True):
+    """A word-level tokenizer over a few dozen words, built offline, saved in ``folder`` and
+    loaded back from it (TransformerLens reloads tokenizers by path); ``bos=True`` puts
+    ``<bos>`` in front of every text, as Gemma's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    words = ["<bos>", "<eos>", "<pad>", "<unk>"] + [
+        w
+        for w in "When Mary and John went to the store , gave a drink The capital of France "
+        "is Paris . key near cabinet are So Anna really great friend isn't he she".split()
+    ]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bos:
+        core.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+        )
+    PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>",
+    ).save_pretrained(str(folder))  # fmt: skip
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def tiny_hf_model(family: str, vocab: int, seed: int = 0):
+    """A tiny random Hugging Face causal LM of ``family`` (one of :data:`HF_FAMILIES`), two
+    layers wide enough to have heads and MLP neurons, for tests of the loaders."""
+    import transformers
+
+    shape = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=64, vocab_size=vocab)  # fmt: skip
+    grouped = dict(shape, num_key_value_heads=2)
+    configs = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", dict(grouped, tie_word_embeddings=True)),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", grouped),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(grouped, head_dim=16)),
+        "mistral": ("MistralConfig", "MistralForCausalLM", grouped),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(grouped, head_dim=16)),
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel",
+                 dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=vocab)),
+        "pythia": ("GPTNeoXConfig", "GPTNeoXForCausalLM", shape),
+    }  # fmt: skip
+    config_class, model_class, fields = configs[family]
+    config = getattr(transformers, config_class)(**fields)
+    torch.manual_seed(seed)
+    return getattr(transformers, model_class)(config).eval()
+
+
+HF_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3", "gpt2", "pythia")
+"""Architectures :func:`tiny_hf_model` builds: each TransformerLens converts from the config,
+except Gemma, which it configures by name only (so a tiny Gemma loads as a bridge)."""
+
+
 def tiny_gpt2(vocab: int = 40, seed: int = 0):
     """A tiny random GPT-2 (learned positions, LayerNorm, one key/value per head) as a
     ``TransformerBridge``: the shape ``transformer_lens.tools.analysis`` accepts (it refuses
@@ -112,7 +167,7 @@ def tiny_gpt2(vocab: int = 40, seed: int = 0):
     heads matter to the prediction."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ..models.bridge import bridge_from_hf
+    from ..models.convert import bridge_from_hf
 
     cfg = GPT2Config(
         vocab_size=vocab,

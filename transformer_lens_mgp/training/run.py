@@ -338,7 +338,7 @@ class PruningRun:
             log_alpha={g: p.detach().cpu().clone() for g, p in self.log_alpha.items()},
             hard_concrete=self.gates,
             config=self.config.to_dict(),
-            fit_info=dict(fit_info or {}),
+            fit_info={"d_model": int(self.model.cfg.d_model), **(fit_info or {})},
             history={k: list(v) for k, v in self.history.items()},
         )
 
