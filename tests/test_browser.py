@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 
+import networkx
 import pytest
 
 from transformer_lens_mgp import Circuit, ModelDims
@@ -31,10 +32,20 @@ console.error = (...args) => { window.__errors.push(args.join(' ')); __consoleEr
 window.addEventListener('load', () => setTimeout(() => {
   const figures = [...document.querySelectorAll('.plotly-graph-div')];
   const drawn = figures.filter(f => f._fullLayout && f.querySelector('svg.main-svg'));
+  const graph = figures.find(f => f._fullLayout && f._fullLayout.title.text === 'the circuit');
+  const heading = [...document.querySelectorAll('h2')]
+    .find(h => h.textContent === 'Roles of the top heads');
+  let table = heading;
+  while (table && table.tagName !== 'TABLE') table = table.nextElementSibling;
   const out = document.createElement('pre');
   out.id = 'probe';
-  out.textContent = JSON.stringify({figures: figures.length, drawn: drawn.length,
-                                    errors: window.__errors});
+  out.textContent = JSON.stringify({
+    figures: figures.length, drawn: drawn.length, errors: window.__errors,
+    graph_points: graph ? graph.querySelectorAll('.scatterlayer .point').length : 0,
+    graph_edges: graph ? graph.querySelectorAll('.scatterlayer .js-line').length : 0,
+    graph_slider: graph ? graph.querySelectorAll('.slider-container').length : 0,
+    role_rows: table ? [...table.tBodies[0].rows].filter(r => r.offsetHeight > 0).length : 0,
+  });
   document.body.appendChild(out);
 }, 1000));
 </script>"""
@@ -91,7 +102,7 @@ def test_report_renders_without_errors_and_draws_every_figure(report, tmp_path):
     browser = chromium()
     text = report.read_text()
     n_figures = text.count('class="plotly-graph-div"')
-    assert n_figures >= (9 if EDGES else 8)
+    assert n_figures >= 8
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("<head>", "<head>" + PROBE, 1))
     result = headless(browser, tmp_path, "--dump-dom", probed.as_uri())
@@ -100,6 +111,16 @@ def test_report_renders_without_errors_and_draws_every_figure(report, tmp_path):
     probe = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert probe["errors"] == []
     assert probe["figures"] == n_figures and probe["drawn"] == n_figures, probe
+    # the circuit graph shows its nodes and, where edges were scored, its edges; the role
+    # table shows a row per profiled head
+    graph = networkx.node_link_graph(
+        json.loads((report.parent / "graph.json").read_text()), edges="links"
+    )
+    if EDGES:
+        assert probe["graph_points"] == graph.number_of_nodes()
+        assert probe["graph_edges"] > 0 and probe["graph_slider"] == 1
+    roles = json.loads((report.parent / "nodes.json").read_text())["roles"]
+    assert probe["role_rows"] == len(roles) > 0
     shot = tmp_path / "report.png"
     headless(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,3000", report.as_uri())
     assert shot.is_file() and shot.stat().st_size > 20_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import networkx
 import pytest
 from conftest import needs_hooked_transformer
 
@@ -34,7 +35,7 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["discover", "--task", "ioi", *FAST, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    files = {"circuit.safetensors", "metrics.json", "nodes.json", "report.html"}
+    files = {"circuit.safetensors", "metrics.json", "nodes.json", "graph.json", "report.html"}
     assert {p.name for p in out.iterdir()} == files
     assert "KL(full || circuit)" in printed and "metric recovered" in printed
     assert "nodes that matter most" in printed and "top head" in printed
@@ -43,6 +44,8 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert "block" not in printed.split("size at the end")[1].splitlines()[0]
     nodes = json.loads((out / "nodes.json").read_text())
     assert nodes["heads"]["groups"] == ["first", "IO", "S1", "S1+1", "S2", "END", "other"]
+    assert [r["head"] for r in nodes["roles"]] == [h["head"] for h in nodes["heads"]["heads"]]
+    assert all(r["role"] and r["evidence"] for r in nodes["roles"])
     assert "What the top heads attend to" in (out / "report.html").read_text()
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -189,13 +192,16 @@ def test_sweep_writes_one_folder_per_point_a_summary_and_a_pareto_plot(tiny_defa
 @needs_hooked_transformer
 def test_max_kl_and_edges_reach_the_circuit_and_the_report(tiny_default, tmp_path):
     out = tmp_path / "run"
-    args = ["--max-kl", "0.5", "--edges", "--out", str(out)]
+    args = ["--max-kl", "0.5", "--out", str(out)]  # the graph's edges come by default
     assert main(["discover", "--task", "ioi", *FAST, *args]) == 0
     circuit = Circuit.load(out / "circuit.safetensors")
     assert circuit.config["max_kl"] == 0.5 and circuit.fit_info["validation_kl"] <= 0.5
-    edges = json.loads((out / "edges.json").read_text())
-    assert all(set(e) == {"from", "to", "score"} for e in edges)
-    assert "edges between kept nodes" in (out / "report.html").read_text()
+    graph = networkx.node_link_graph(json.loads((out / "graph.json").read_text()), edges="links")
+    kept = set(circuit.nodes("head")) | set(circuit.nodes("mlp") if circuit.dims.has_mlp else [])
+    assert set(graph.nodes) == kept | {"input", "logits"}
+    assert graph.number_of_edges() > 0
+    assert all(isinstance(w, float) for _, _, w in graph.edges(data="weight"))
+    assert "The circuit as a graph" in (out / "report.html").read_text()
 
 
 @needs_hooked_transformer
@@ -221,12 +227,21 @@ def test_learned_edges_from_discover_and_from_a_run_folder(tiny_default, tmp_pat
 
 
 @pytest.mark.skipif(has_hooked_transformer(), reason="3.9's tiny models are HookedTransformers")
-@pytest.mark.parametrize("edges", ["scored", "learned"])
-def test_edges_on_a_bridge_are_refused_before_the_fit(edges, tiny_default, tmp_path, capsys):
+def test_learned_edges_on_a_bridge_are_refused_before_the_fit(tiny_default, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["discover", *FAST, "--edges", edges, "--out", str(out)]) == 2
+    assert main(["discover", *FAST, "--edges", "learned", "--out", str(out)]) == 2
     assert "HookedTransformer" in capsys.readouterr().err
     assert not (out / "circuit.safetensors").exists()
+
+
+@pytest.mark.skipif(has_hooked_transformer(), reason="3.9's tiny models are HookedTransformers")
+def test_on_a_bridge_the_graph_has_nodes_only_and_says_why(tiny_default, tmp_path):
+    out = tmp_path / "run"
+    assert main(["discover", *FAST, "--out", str(out)]) == 0  # scored edges by default
+    assert "HookedTransformer" in json.loads((out / "metrics.json").read_text())["edges"]
+    graph = json.loads((out / "graph.json").read_text())
+    assert graph["nodes"] and graph["links"] == []
+    assert "Nodes only: not scored" in (out / "report.html").read_text()
 
 
 def test_edges_of_a_missing_run_is_one_line(tiny_default, tmp_path, capsys):
@@ -402,7 +417,13 @@ def test_a_run_folder_holds_one_run(tiny_default, tmp_path):
     assert (out / "nodes.json").exists()
     assert main(["discover", *FAST, "--no-node-effects", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"circuit.safetensors", "metrics.json", "report.html", "notes.txt"}
+    assert names == {
+        "circuit.safetensors",
+        "metrics.json",
+        "graph.json",
+        "report.html",
+        "notes.txt",
+    }
 
 
 def _pairs_file(path, n: int = 10):

@@ -11,6 +11,7 @@ from conftest import assert_untouched, model_state, needs_hooked_transformer
 from transformer_lens_mgp import CircuitPruner, Discovery, discover, models, tasks
 from transformer_lens_mgp.analysis.text import discovery_text
 from transformer_lens_mgp.cli import main
+from transformer_lens_mgp.core.model_api import is_hooked_transformer
 
 
 @pytest.fixture
@@ -26,7 +27,12 @@ def test_discover_fits_measures_and_leaves_the_model_as_it_was(ioi):
     assert_untouched(model, before)
     assert isinstance(run, Discovery) and run.n_test == len(test) == 4
     assert run.evaluation.kept == run.random_baseline.kept  # a rival of the same size
-    assert run.anatomy is not None and run.curve is None and run.edges is None
+    assert run.anatomy is not None and run.curve is None
+    # the graph's edges by default where each head has its own input, else said why not
+    assert (run.edges is not None) == is_hooked_transformer(model)
+    if run.edges is None:
+        assert "HookedTransformer" in run.facts["edges"]
+    assert [r.head for r in run.anatomy.roles] == [h.head for h in run.anatomy.heads.heads]
     assert {row.granularity for row in run.settling} == set(run.circuit.granularities)
     parts = run.to_dict()["time_parts"]
     assert list(parts)[2] == "3 steps" and run.timings.model_and_pairs == 0
@@ -71,4 +77,5 @@ def test_scored_edges_and_the_curve_come_back_typed(ioi):
     )
     assert run.curve is not None and 0 <= run.curve.cpr
     assert run.edges is not None and all(isinstance(e.score, float) for e in run.edges)
-    assert "edges" in run.to_dict() and "faithfulness_curve" in run.to_dict()
+    assert run.to_dict()["n_edges_scored"] == len(run.edges)
+    assert "faithfulness_curve" in run.to_dict()

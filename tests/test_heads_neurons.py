@@ -10,8 +10,20 @@ from conftest import assert_untouched, model_state
 
 from transformer_lens_mgp import UsageError
 from transformer_lens_mgp.analysis.heads import HeadProfiles, head_profiles
-from transformer_lens_mgp.analysis.neurons import NeuronProfiles, neuron_profiles
-from transformer_lens_mgp.testing.tiny import LLAMA_LIKE, build_dataset, build_model
+from transformer_lens_mgp.analysis.neurons import (
+    AFTER_TOKENS,
+    OUTPUT_TOKENS,
+    NeuronProfiles,
+    neuron_profiles,
+    text_activations,
+)
+from transformer_lens_mgp.testing.tiny import (
+    LLAMA_LIKE,
+    build_cfg,
+    build_dataset,
+    build_model,
+    model_from_cfg,
+)
 
 NORMS = {"LN": dict(normalization_type="LN"), "RMS (Llama-like)": LLAMA_LIKE}
 
@@ -94,8 +106,51 @@ def test_top_activations_are_the_largest_before_each_answer():
     assert [t.activation for t in top] == pytest.approx(values.tolist())
     for t in top:
         assert float(acts[t.pair, t.position]) == pytest.approx(t.activation)
-        assert t.context.endswith(f"[{t.token}]")
+        after = data.clean_tokens[t.pair, t.position + 1 : t.position + 1 + AFTER_TOKENS]
+        assert t.context.endswith(f"[{t.token}]" + "".join(f"<{int(i)}>" for i in after))
     assert NeuronProfiles.from_dict(profiles.to_dict()) == profiles
+
+
+def test_attention_from_every_role_comes_from_the_pattern():
+    model = build_model()
+    data = with_roles(build_dataset(model, n=10, seq_len=7))
+    profiles = head_profiles(model, data, [(1, 2), (0, 3)], batch_size=4)
+    _, cache = model.run_with_cache(data.clean_tokens)
+    for profile in profiles.heads:
+        assert set(profile.attention_by_query) == {"A", "END"}
+        assert profile.attention_by_query["END"] == pytest.approx(profile.attention)
+        from_a = cache["pattern", profile.layer][:, profile.index, 1]  # query: position 1
+        row = profile.attention_by_query["A"]
+        assert row["first"] == pytest.approx(float(from_a[:, 0].mean()), abs=1e-6)
+        assert row["A"] == pytest.approx(float(from_a[:, 1].mean()), abs=1e-6)
+        assert row["END"] == pytest.approx(0.0, abs=1e-7)  # a query never sees a later key
+        assert sum(row.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_neuron_writes_the_tokens_its_output_direction_unembeds_to():
+    """Through an LN final norm with its scale at 1: the row centred, times the norm's
+    weight, through W_U."""
+    model = build_model()
+    profiles = neuron_profiles(model, build_dataset(model, n=4), [(1, 9)])
+    row = model.W_out[1, 9]
+    logits = ((row - row.mean()) * model.ln_final.w) @ model.W_U
+    top, bottom = logits.topk(OUTPUT_TOKENS).indices, (-logits).topk(OUTPUT_TOKENS).indices
+    neuron = profiles.neurons[0]
+    assert neuron.promotes == tuple(f"<{int(i)}>" for i in top)
+    assert neuron.suppresses == tuple(f"<{int(i)}>" for i in bottom)
+
+
+def test_a_neuron_that_fires_hardest_on_the_first_token_is_flagged():
+    model = build_model()
+    data = build_dataset(model, n=12)
+    _, cache = model.run_with_cache(data.clean_tokens)
+    acts = cache["post", 0]  # [batch, pos, d_mlp]
+    first = (acts[:, 0].amax(0) > acts[:, 1:].amax((0, 1))).nonzero().flatten()
+    elsewhere = (acts[:, 0].amax(0) < acts[:, 1:].amax((0, 1))).nonzero().flatten()
+    assert len(first) and len(elsewhere)
+    chosen = [(0, int(first[0])), (0, int(elsewhere[0]))]
+    flags = [n.first_token for n in neuron_profiles(model, data, chosen).neurons]
+    assert flags == [True, False]
 
 
 def test_nodes_outside_the_model_are_refused():
@@ -119,3 +174,23 @@ def test_nodes_can_be_named_as_a_circuit_names_them():
     for bad in (["H1"], ["L0.mlp.1"], [3]):
         with pytest.raises(UsageError, match="name|pair"):
             head_profiles(model, data, bad)
+
+
+def test_activations_on_text_beyond_the_task_come_from_the_lines_themselves(tokenizer_model):
+    cfg = build_cfg(n_layers=1, d_model=8, n_ctx=64, d_head=4, n_heads=2, d_mlp=32,
+                    d_vocab=tokenizer_model.cfg.d_vocab, default_prepend_bos=False)  # fmt: skip
+    model = model_from_cfg(cfg, tokenizer=tokenizer_model.tokenizer)
+    lines = ("The keys to the cabinets are here.", "She gave him the book.", "x = 3 + 4")
+    neurons = [(0, 2), (0, 17)]
+    found = text_activations(model, neurons, top_k=2, lines=lines)
+    for layer, index in neurons:
+        top = found[(layer, index)]
+        assert len(top) == 2 and len({t.pair for t in top}) == 2  # one per line
+        assert top[0].activation >= top[1].activation
+        for t in top:
+            tokens = model.to_tokens(lines[t.pair])
+            _, cache = model.run_with_cache(tokens)
+            acts = cache["post", layer][0, :, index]
+            assert t.activation == pytest.approx(float(acts.max()), abs=1e-6)
+            assert int(acts.argmax()) == t.position and f"[{t.token}]" in t.context
+    assert text_activations(build_model(), neurons, top_k=2) == {}  # no tokenizer, no text

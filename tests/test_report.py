@@ -1,8 +1,10 @@
 """The report reads from the top down: faithfulness, the ranked nodes and what the top heads
-and neurons do come before the maps; plotly.js once; the neuron map behind a toggle."""
+and neurons do come before the maps; plotly.js once; the raw neuron map only when asked for."""
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
 import re
 
@@ -38,18 +40,25 @@ def test_sections_come_in_reading_order(run_folder):
     out, _ = run_folder
     text = (out / "report.html").read_text()
     headings = re.findall(r"<h2>(.*?)</h2>", text)
-    assert headings[:4] == [
+    assert headings[:6] == [
         "Faithfulness on held-out pairs",
+        "The circuit as a graph",
+        "Roles of the top heads",
         "The nodes that matter most",
         "What the top heads attend to",
         "What the top MLP neurons do",
     ]
-    assert headings.index("Where the circuit sits") > 3 and headings[-2:] == ["Training", "Run"]
+    assert headings.index("Where the circuit sits") > 5 and headings[-2:] == ["Training", "Run"]
+    # the page says what its numbers measure before it shows them
+    assert text.index("How to read this page") < text.index("Faithfulness on held-out pairs")
+    assert "logit difference between the right and the wrong answer" in text
     assert "planted &lt;circuit&gt;" in text
     assert text.count(PLOTLY_BANNER) == 1, "plotly.js must be inlined exactly once"
     assert "<script src=" not in text
-    # the neuron barcode is behind a toggle, the node table sortable
-    assert re.search(r"<details><summary>every MLP neuron[^<]*</summary>", text)
+    # the raw neuron map is drawn only when asked for (the page says how); the table sorts
+    circuit = run_folder[1].circuit
+    assert "plot_neuron_map(" in text
+    assert f"mlp_neuron: {circuit.n_kept('mlp_neuron')} of" not in text
     assert "<table class='sortable'>" in text
     # metrics are a table, not a JSON dump
     assert "random circuit, same size" in text and '"kl":' not in text
@@ -58,7 +67,7 @@ def test_sections_come_in_reading_order(run_folder):
 def test_the_node_table_lists_every_measured_node(run_folder):
     out, run = run_folder
     text = (out / "report.html").read_text()
-    table = text[text.index("<table class='sortable'>") :]
+    table = text[text.index("measured nodes, a table") :]
     table = table[: table.index("</table>")]
     assert table.count("<tr>") == 1 + len(run.anatomy.effects.effects)
     for effect in run.anatomy.effects.effects:
@@ -74,6 +83,26 @@ def test_nodes_json_round_trips(run_folder):
     top = run.anatomy.effects.top(10, "head")
     assert [h.head for h in again.heads.heads] == [e.node for e in top if e.delta_kl != 0]
     assert 0 < len(again.heads.heads) < len(top)
+
+
+def test_every_profiled_head_has_a_role_row_and_every_neuron_its_output_tokens(run_folder):
+    out, run = run_folder
+    text = (out / "report.html").read_text()
+    roles = text[text.index("<h2>Roles of the top heads</h2>") :]
+    roles = roles[: roles.index("</table>")]
+    assert roles.count("<tr>") == 1 + len(run.anatomy.roles) > 1
+    for role in run.anatomy.roles:
+        assert f"<td class='text'>{role.role}</td>" in roles
+    neurons = text[text.index("<h2>What the top MLP neurons do</h2>") :]
+    for neuron in run.anatomy.neurons.neurons:
+        assert "raises " + html.escape(" ".join(repr(t) for t in neuron.promotes)) in neurons
+
+
+def test_a_circuit_that_overshoots_the_model_is_called_so(run_folder, tmp_path):
+    _, run = run_folder
+    over = run.replace(evaluation=dataclasses.replace(run.evaluation, recovered=1.3))
+    write_run_folder(tmp_path, over)
+    assert "1.3000 (overshoots the model)" in (tmp_path / "report.html").read_text()
 
 
 def growing_circuits() -> list[Circuit]:

@@ -133,11 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--curve", action="store_true", help="faithfulness vs size (CPR/CMD)")
     disc.add_argument(
         "--edges",
-        nargs="?",
-        const="scored",
         choices=EDGE_CHOICES,
-        default=None,
-        help="edges among the kept nodes: scored or learned (HookedTransformer)",
+        default="scored",
+        help="edges among the kept nodes: scored by attribution (default, the circuit's "
+        "graph), also learned, or none (both need a HookedTransformer)",
     )
     disc.add_argument(
         "--no-node-effects",
@@ -259,7 +258,7 @@ def _discover(args) -> int:
     print(discovery_text(run))
     extra = ", nodes.json" if run.anatomy is not None else ""
     extra += f", {EDGES_FILE}, {LEARNED_EDGES_FILE}" if run.learned_edges is not None else ""
-    print(f"wrote {args.out}/{CIRCUIT_FILE}, metrics.json{extra}, report.html")
+    print(f"wrote {args.out}/{CIRCUIT_FILE}, metrics.json, graph.json{extra}, report.html")
     return 0
 
 

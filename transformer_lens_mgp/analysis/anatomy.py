@@ -1,4 +1,5 @@
-"""A circuit taken apart: which nodes matter most, and what the top heads and neurons do."""
+"""A circuit taken apart: which nodes matter most, what role the top heads play, and what the
+top heads and neurons do."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ..core.data import PairedDataset
 from .heads import HeadProfiles, head_profiles
 from .neurons import NeuronProfiles, neuron_profiles
 from .node_effects import NodeEffects, node_effects
+from .roles import HeadRole, head_roles
 
 MAX_PAIRS = 32
 """Held-out pairs the node effects are measured on: one masked pass over them per node."""
@@ -26,17 +28,20 @@ class CircuitAnatomy:
         heads: profiles of the heads with the largest effects (None when no head is kept).
         neurons: profiles of the MLP neurons with the largest effects (None when none was
             measured).
+        roles: the role of each profiled head, with its evidence.
     """
 
     effects: NodeEffects
     heads: HeadProfiles | None
     neurons: NeuronProfiles | None
+    roles: tuple[HeadRole, ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "effects": self.effects.to_dict(),
             "heads": None if self.heads is None else self.heads.to_dict(),
             "neurons": None if self.neurons is None else self.neurons.to_dict(),
+            "roles": [r.to_dict() for r in self.roles],
         }
 
     @classmethod
@@ -45,6 +50,7 @@ class CircuitAnatomy:
             NodeEffects.from_dict(data["effects"]),
             None if data["heads"] is None else HeadProfiles.from_dict(data["heads"]),
             None if data["neurons"] is None else NeuronProfiles.from_dict(data["neurons"]),
+            tuple(HeadRole(**r) for r in data.get("roles", ())),
         )
 
 
@@ -61,17 +67,21 @@ def dissect(
 ) -> CircuitAnatomy:
     """Node effects on the first ``max_pairs`` pairs of ``dataset`` (held-out pairs), then
     profiles of the ``n_heads`` heads and ``n_neurons`` MLP neurons that matter most, on its
-    first ``MAX_PROFILE_PAIRS`` (with ``progress``, a bar over the node effects' runs)."""
+    first ``MAX_PROFILE_PAIRS``, and the profiled heads' roles (with ``progress``, a bar over
+    the node effects' runs)."""
     effects = node_effects(
         model, circuit, dataset[:max_pairs], top_neurons=top_neurons, progress=progress
     )
     heads = [e.index for e in _mattering(effects, n_heads, "head")]
     neurons = [e.index for e in _mattering(effects, n_neurons, "mlp_neuron")]
     profiled = dataset[:MAX_PROFILE_PAIRS]
+    profiles = head_profiles(model, profiled, heads) if heads else None
+    first_token = int(dataset.clean_tokens[0, 0])
     return CircuitAnatomy(
         effects,
-        head_profiles(model, profiled, heads) if heads else None,
+        profiles,
         neuron_profiles(model, profiled, neurons) if neurons else None,
+        head_roles(model, profiles.heads, effects, first_token) if profiles else (),
     )
 
 

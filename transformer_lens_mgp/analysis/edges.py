@@ -77,7 +77,7 @@ def edge_scores(
             ablated = source.values(model, batch)
             for edge, value in _batch_scores(model, circuit, batch, ablated, by_input).items():
                 totals[edge] = totals.get(edge, 0.0) + value
-    kept = {name for name, _, _ in _kept_nodes(circuit)} | {INPUT, LOGITS}
+    kept = {name for name, _, _ in kept_nodes(circuit)} | {INPUT, LOGITS}
     return {
         (u, v): value / len(dataset)
         for (u, v), value in totals.items()
@@ -106,7 +106,7 @@ def edge_graph(
     largest = max((abs(v) for v in scores.values()), default=0.0)
     graph = nx.DiGraph()
     graph.add_node(INPUT, layer=-1, kind="input")
-    for name, layer, kind in _kept_nodes(circuit):
+    for name, layer, kind in kept_nodes(circuit):
         graph.add_node(name, layer=layer, kind=kind)
     graph.add_node(LOGITS, layer=circuit.dims.n_layers, kind="logits")
     for (u, v), weight in scores.items():
@@ -115,7 +115,7 @@ def edge_graph(
     return graph
 
 
-def _kept_nodes(circuit: Circuit) -> list[tuple[str, int, str]]:
+def kept_nodes(circuit: Circuit) -> list[tuple[str, int, str]]:
     """(name, layer, kind) of the kept heads and MLPs."""
     nodes = [
         (NODE_NAMES["head"].format(layer, head), layer, "head")

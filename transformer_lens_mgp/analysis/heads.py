@@ -1,5 +1,5 @@
-"""What an attention head does on a task: where it looks from the answer position, grouped
-by token role, and what its output writes directly onto the answer."""
+"""What an attention head does on a task: where it looks from each token role (the answer
+position first), grouped by token role, and what its output writes directly onto the answer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import einops
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..core.checks import check_positive_int
@@ -43,6 +43,9 @@ class HeadProfile:
             dataset's roles, ``first`` and ``other``; the groups sum to 1).
         direct_effect: mean direct effect of the head's output on the answer's logit
             difference through ``W_O`` and ``W_U`` (NaN without wrong answers).
+        attention_by_query: per token role as the query (``IO``, ``S2``, ``END``...), mean
+            attention to each token group, as ``attention`` is from the answer position;
+            empty when the dataset records no roles.
     """
 
     head: str
@@ -50,6 +53,7 @@ class HeadProfile:
     index: int
     attention: dict[str, float]
     direct_effect: float
+    attention_by_query: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,9 @@ def head_profiles(
     batch_size: int = 32,
 ) -> HeadProfiles:
     """Profile ``heads`` (a circuit's kept heads, or ``(layer, head)`` pairs) on ``dataset``'s
-    clean prompts, with the full model: attention from the answer position by token role
-    (the roles the task builders record, e.g. IOI's IO, S1, S1+1, S2, END) and direct effect on
-    the logit difference."""
+    clean prompts, with the full model: attention from the answer position and from every
+    token role, grouped by token role (the roles the task builders record, e.g. IOI's IO, S1,
+    S1+1, S2, END), and direct effect on the logit difference."""
     check_positive_int("batch_size", batch_size)
     dims = ModelDims.from_cfg(model.cfg)
     if isinstance(heads, Circuit):
@@ -110,14 +114,16 @@ def head_profiles(
     readers = {}
     for layer in layers:
         picked = by_layer[layer]
-        readers[f"blocks.{layer}.attn.hook_pattern"] = lambda act, batch, picked=picked: at_answer(
-            act.transpose(1, 2), batch
-        )[:, picked]
+        readers[f"blocks.{layer}.attn.hook_pattern"] = lambda act, batch, picked=picked: act[
+            :, picked
+        ]
         readers[f"blocks.{layer}.attn.hook_z"] = lambda act, batch, picked=picked: at_answer(
             act, batch
         )[:, picked]
     has_metric = dataset.wrong_answer_tokens is not None
+    roles = dataset.roles if dataset.role_positions is not None else ()
     attention = torch.zeros(len(chosen), len(groups))
+    by_query = torch.zeros(len(chosen), len(roles), len(groups))
     direct = torch.zeros(len(chosen))
     example: dict[str, list[float]] = {}
     w_o = model.W_O
@@ -126,12 +132,15 @@ def head_profiles(
         direction = answer_direction(model, batch) if has_metric else None
         row = 0
         for layer in layers:
-            pattern = kept[f"blocks.{layer}.attn.hook_pattern"].float().cpu()  # [b, k, key]
+            full = kept[f"blocks.{layer}.attn.hook_pattern"].float().cpu()  # [b, k, q, key]
+            pattern = at_answer(full.transpose(1, 2), batch)  # [b, k, key]
             k = pattern.shape[1]
-            summed = torch.zeros(pattern.shape[0], k, len(groups)).scatter_add_(
-                2, group[:, None, : pattern.shape[2]].expand(-1, k, -1), pattern
-            )
-            attention[row : row + k] += summed.sum(0)
+            attention[row : row + k] += _grouped(pattern, group, len(groups)).sum(0)
+            for j in range(len(roles)):
+                query = batch.role_positions[:, j].cpu()
+                rows = torch.arange(len(batch))
+                picked = _grouped(full[rows, :, query], group, len(groups))
+                by_query[row : row + k, j] += picked.sum(0)
             if step == 0:
                 end = int(batch.answer_positions[0]) + 1
                 for j, h in enumerate(by_layer[layer]):
@@ -154,6 +163,10 @@ def head_profiles(
             index=h,
             attention={g: float(v) / n for g, v in zip(groups, attention[i], strict=True)},
             direct_effect=float(direct[i]) / n if has_metric else float("nan"),
+            attention_by_query={
+                role: {g: float(v) / n for g, v in zip(groups, by_query[i, j], strict=True)}
+                for j, role in enumerate(roles)
+            },
         )
         for i, (layer, h) in enumerate(order)
     }
@@ -171,6 +184,14 @@ def _head_list(heads, dims: ModelDims) -> list[tuple[int, int]]:
     if isinstance(heads, Circuit):
         return [tuple(i) for i in heads.kept("head").nonzero().tolist()]
     return check_node_list(heads, dims.n_layers, dims.n_heads, "head")
+
+
+def _grouped(
+    pattern: Float[Tensor, "batch head key"], group: Int[Tensor, "batch pos"], n_groups: int
+) -> Float[Tensor, "batch head n_groups"]:
+    """Attention summed over the keys of each token group."""
+    index = group[:, None, : pattern.shape[2]].expand(-1, pattern.shape[1], -1)
+    return torch.zeros(*pattern.shape[:2], n_groups).scatter_add_(2, index, pattern)
 
 
 def _token_groups(batch: PairedDataset, n_groups: int) -> Int[Tensor, "batch pos"]:

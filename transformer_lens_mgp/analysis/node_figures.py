@@ -15,9 +15,14 @@ from .node_effects import NodeEffects
 COLOURS = {"head": "#1f77b4", "mlp": "#ff7f0e", "mlp_neuron": "#2ca02c"}
 
 
+DOMINANT = 20
+"""A node effect this many times the median puts the ranked bars on a log axis."""
+
+
 def plot_node_effects(effects: NodeEffects, n: int = 20) -> go.Figure:
     """The ``n`` nodes whose removal hurts the circuit most, as ranked bars of the KL increase
-    (the logit-difference change on hover), coloured by granularity."""
+    (the logit-difference change on hover), coloured by granularity; on a log axis when the
+    largest is over 20 times the median, so that one node does not flatten the rest."""
     moving = [e for e in effects.effects if e.delta_kl != 0 or e.delta_metric != 0]
     top = moving[:n][::-1]  # the largest at the top
     fig = go.Figure(
@@ -31,6 +36,9 @@ def plot_node_effects(effects: NodeEffects, n: int = 20) -> go.Figure:
             "<br>logit diff %{customdata[1]:+.4f}<extra></extra>",
         )
     )
+    positive = sorted(e.delta_kl for e in top if e.delta_kl > 0)
+    if len(positive) == len(top) > 2 and positive[-1] > DOMINANT * positive[len(positive) // 2]:
+        fig.update_xaxes(type="log")
     fig.update_layout(
         title=f"the {len(top)} nodes the circuit misses most when removed alone "
         f"(circuit KL {effects.kl:.3f}, {effects.n_pairs} held-out pairs)",
@@ -42,10 +50,16 @@ def plot_node_effects(effects: NodeEffects, n: int = 20) -> go.Figure:
 
 
 def plot_head_attention(profiles: HeadProfiles) -> go.Figure:
-    """Heads x token groups: mean attention from the answer position, the direct effect in the
-    row label."""
-    labels = [f"{h.head} ({h.direct_effect:+.2f})" for h in profiles.heads]
-    z = [[h.attention[g] for g in profiles.groups] for h in profiles.heads]
+    """Heads x token groups: mean attention from each token role the task records (from the
+    answer position alone when it records none), the direct effect in the row label. Heads
+    that act before the answer (induction, duplicate-token, previous-token) show up in the
+    rows of the roles they act from."""
+    labels, z = [], []
+    for h in profiles.heads:
+        rows = h.attention_by_query or {"answer": h.attention}
+        for query, row in rows.items():
+            labels.append(f"{h.head} ({h.direct_effect:+.2f}) from {query}")
+            z.append([row[g] for g in profiles.groups])
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -61,11 +75,11 @@ def plot_head_attention(profiles: HeadProfiles) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=f"where the top heads look from the answer position (mean over "
-        f"{profiles.n_pairs} prompts; direct effect on the logit difference in brackets)",
+        title=f"where the top heads look from each token role (mean over {profiles.n_pairs} "
+        "prompts; direct effect on the logit difference in brackets)",
         yaxis_autorange="reversed",
-        height=200 + 26 * len(labels),
-        margin={"l": 140},
+        height=200 + 22 * len(labels),
+        margin={"l": 200},
     )
     return fig
 

@@ -7,6 +7,9 @@ thousands of neurons.
 
 from __future__ import annotations
 
+import html
+from collections.abc import Mapping
+
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -54,12 +57,13 @@ def plot_neuron_map(circuit: Circuit, granularity: str = "mlp_neuron") -> go.Fig
 
 
 def plot_head_map(circuit: Circuit) -> go.Figure:
-    """Layers x heads, coloured by how many of each head's dimensions are kept."""
+    """Layers x heads, coloured by how many of each head's dimensions are kept; the count is
+    printed in the kept heads' cells only."""
     counts = circuit.kept("attn_neuron").sum(-1)
     fig = go.Figure(
         go.Heatmap(
             z=counts.numpy(),
-            text=counts.numpy(),
+            text=[[str(c) if c else "" for c in row] for row in counts.tolist()],
             texttemplate="%{text}",
             colorscale="Blues",
             zmin=0,
@@ -78,10 +82,11 @@ def plot_head_map(circuit: Circuit) -> go.Figure:
 
 
 def plot_kept_per_layer(circuit: Circuit) -> go.Figure:
-    """Fraction of nodes kept in each layer, one bar group per granularity."""
+    """Fraction of nodes kept in each layer, one bar group per pruned granularity (the others
+    are kept whole)."""
     fig = go.Figure()
     layers = list(range(circuit.dims.n_layers))
-    for g in circuit.dims.available():
+    for g in circuit.granularities or circuit.dims.available():
         kept = circuit.kept(g).float()
         per_layer = kept.flatten(1).mean(-1) if kept.ndim > 1 else kept
         fig.add_bar(x=layers, y=per_layer.numpy(), name=g)
@@ -171,19 +176,29 @@ def plot_pareto(points: list[SweepPoint]) -> go.Figure:
     return fig
 
 
-def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go.Figure:
+def plot_edge_graph(
+    edges,
+    max_edges: int = 150,
+    title: str | None = None,
+    nodes: Mapping[str, str] | None = None,
+    roles: Mapping[str, str] | None = None,
+    positions: Mapping[str, str] | None = None,
+) -> go.Figure:
     """The circuit's edges (a graph from :func:`~transformer_lens_mgp.analysis.edges.edge_graph`, or
     its ``[{"from", "to", "score"}]`` list, where an entry may add a ``label`` for its hover
     text): nodes by layer from input to logits, the ``max_edges`` strongest edges drawn with
-    width by ``|score|``, blue positive, red negative."""
+    width by ``|score|``, blue positive, red negative, and a slider for how many are shown.
+    ``nodes`` gives a node's hover text (its measured facts), ``roles`` a head's role, which
+    colours it (with a legend), ``positions`` the token role it acts from (in its label)."""
     if not isinstance(edges, list):
         edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in edges.edges(data=True)]
     edges = sorted(edges, key=lambda e: -abs(e["score"]))[:max_edges]
-    names = sorted({e[k] for e in edges for k in ("from", "to")}, key=_node_order)
+    ends = {e[k] for e in edges for k in ("from", "to")}
+    names = sorted(ends | set(nodes or ()), key=_node_order)
     position = _edge_graph_layout(names)
     largest = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
     fig = go.Figure()
-    for e in reversed(edges):
+    for e in edges:
         xs, ys = _arc(position[e["from"]], position[e["to"]])
         fig.add_scatter(
             x=xs,
@@ -196,24 +211,76 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
             text=f"{e['from']} -> {e['to']}{e.get('label', '')}: {e['score']:+.4f}",
             showlegend=False,
         )
-    fig.add_scatter(
-        x=[position[n][0] for n in names],
-        y=[position[n][1] for n in names],
-        mode="markers+text",
-        text=names,
-        textposition=["bottom center" if n.endswith(".mlp") else "top center" for n in names],
-        marker=dict(size=12, color="#333", symbol=[_node_symbol(n) for n in names]),
-        hoverinfo="text",
-        showlegend=False,
-    )
+    shown = min(len(edges), 40)
+    strong = {e[k] for e in edges[:shown] for k in ("from", "to")}
+    roles, positions = roles or {}, positions or {}
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(roles.get(n, ""), []).append(n)
+    for role, members in sorted(groups.items(), key=lambda item: (item[0] == "", item[0])):
+        fig.add_scatter(
+            x=[position[n][0] for n in members],
+            y=[position[n][1] for n in members],
+            mode="markers+text",
+            # a label where a strong edge or a role makes the node worth reading; hover for all
+            text=[
+                n + (f"@{positions[n]}" if n in positions else "")
+                if n in strong or n in roles
+                else ""
+                for n in members
+            ],
+            hovertext=[
+                html.escape(n) + ("<br>" + nodes[n] if nodes and n in nodes else "")
+                for n in members
+            ],
+            textposition=["bottom center" if n.endswith(".mlp") else "top center" for n in members],
+            marker=dict(
+                size=12 if role else 10,
+                color=_role_colour(role, sorted(set(roles.values()))),
+                symbol=[_node_symbol(n) for n in members],
+            ),
+            hoverinfo="text",
+            name=role or "other nodes",
+            showlegend=bool(roles),
+        )
+    n_nodes = len(fig.data) - len(edges)
+    counts = sorted({k for k in (10, 20, 40, 80, len(edges)) if k <= len(edges)})
+    for i, trace in enumerate(fig.data[: len(edges)]):
+        trace.visible = i < shown
+    if len(counts) > 1:
+        steps = [
+            dict(
+                method="restyle",
+                label=str(k),
+                args=[{"visible": [i < k for i in range(len(edges))] + [True] * n_nodes}],
+            )
+            for k in counts
+        ]
+        active = max(i for i, k in enumerate(counts) if k <= shown)
+        fig.update_layout(
+            sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix="edges shown: "))]
+        )
     fig.update_xaxes(title_text="layer (input left, logits right)")
     fig.update_yaxes(visible=False)
     tallest = max((y for _, y in position.values()), default=0)
     fig.update_layout(
-        title=title or f"edges between kept nodes ({len(edges)} strongest)",
-        height=max(450, 200 + 55 * tallest),
+        title=title or f"edges between kept nodes (the strongest of {len(edges)})",
+        height=max(500, 250 + 55 * tallest),
     )
     return fig
+
+
+ROLE_COLOURS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def _role_colour(role: str, every: list[str]) -> str:
+    """One colour per named role, grey for unclassified heads, dark for the other nodes."""
+    if not role:
+        return "#333"
+    if role == "unclassified":
+        return "#aaa"
+    named = [r for r in every if r != "unclassified"]
+    return ROLE_COLOURS[named.index(role) % len(ROLE_COLOURS)]
 
 
 def _edge_graph_layout(names: list[str]) -> dict[str, tuple[float, float]]:

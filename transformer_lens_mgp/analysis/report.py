@@ -1,8 +1,9 @@
 """The HTML report: one self-contained offline file that reads from the top down.
 
-First how faithful and how large the circuit is, then which nodes matter most and what the
-top heads and neurons do, then where the circuit sits in the model, and last how it was
-trained. plotly.js is inlined once; the MLP neuron map sits behind a toggle.
+First what the numbers mean, how faithful and how large the circuit is, then the circuit as
+a graph and the roles of its top heads, then which nodes matter most and what the top heads
+and neurons do, then where the circuit sits in the model, and last how it was trained.
+plotly.js is inlined once; the raw MLP neuron map is drawn only when asked for, in a notebook.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ..core.circuit import Circuit
 from .anatomy import CircuitAnatomy
 from .convergence import settling
 from .curves import SweepPoint
-from .discovery import Discovery
+from .discovery import EDGE_PAIRS, Discovery
+from .graph import circuit_graph, node_facts
 from .node_figures import (
     plot_example_patterns,
     plot_head_attention,
@@ -30,7 +32,6 @@ from .plotting import (
     plot_faithfulness_curve,
     plot_head_map,
     plot_kept_per_layer,
-    plot_neuron_map,
     plot_pareto,
     plot_training_curves,
 )
@@ -44,6 +45,11 @@ table.sortable th{cursor:pointer;background:#f5f5f5}
 details{margin:1em 0}summary{cursor:pointer;font-weight:600}
 .lead{color:#555}
 """
+
+FIRST_TOKEN_FLAG = "<br><b>first-token artefact?</b>"
+
+OVERSHOOT = 1.05
+"""Recovered above this is labelled an overshoot: the circuit pushes harder than the model."""
 
 SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach(th => th.addEventListener('click', () => {
@@ -73,26 +79,28 @@ def write_report(run: Discovery | Circuit, path: str | Path, title: str = "Circu
     lead = _lead(run)
     if lead:
         page.raw(f"<p class='lead'>{html.escape(lead)}</p>")
+    page.raw(_how_to_read(run))
     page.section("Faithfulness on held-out pairs")
     page.raw(_faithfulness_table(run))
     page.raw(_size_table(circuit))
+    _graph_section(page, run)
+    if run.anatomy is not None and run.anatomy.roles:
+        _roles_section(page, run.anatomy)
     if run.anatomy is not None:
         _anatomy_sections(page, run.anatomy)
     page.section("Where the circuit sits")
     page.figure(plot_kept_per_layer(circuit))
     page.figure(plot_head_map(circuit))
     if circuit.dims.has_mlp:
-        page.figure(
-            plot_neuron_map(circuit),
-            toggle=f"every MLP neuron ({circuit.n_kept('mlp_neuron')} kept): the layer x "
-            "neuron map",
+        page.raw(
+            f"<p class='lead'>The layer x neuron map of all {circuit.n_total('mlp_neuron')} MLP "
+            "neurons is left out of the page (it would weigh more than the rest of the "
+            "figures); draw it when you need it: <code>plot_neuron_map(Circuit.load("
+            "'circuit.safetensors')).show()</code>.</p>"
         )
     if run.curve is not None:
         page.section("Faithfulness against size")
         page.figure(plot_faithfulness_curve(run.curve))
-    if run.edges:
-        page.section("Edges between the kept nodes (attribution scores)")
-        page.figure(plot_edge_graph([e.to_dict() for e in run.edges]))
     if run.learned_summary:
         _learned_edges_section(page, run.learned_summary)
     if circuit.history:
@@ -225,24 +233,114 @@ def _anatomy_sections(page: _Page, anatomy: CircuitAnatomy) -> None:
         page.figure(plot_example_patterns(anatomy.heads))
     if anatomy.neurons is not None:
         page.section("What the top MLP neurons do")
+        page.raw(
+            "<p class='lead'>The neurons whose removal costs the circuit most (the KL "
+            "increase without it: why it was chosen). <i>Writes</i>: the tokens its output "
+            "direction raises and lowers most through the unembedding. <i>Fires on</i>: where "
+            "it is most active on the task's prompts and on other text, the token in brackets. "
+            "A neuron that fires hardest on the first token is flagged: models write large "
+            "constant vectors there, an artefact more often than a feature.</p>"
+        )
+        removal = {e.node: e.delta_kl for e in effects.effects}
         rows = [
             [
-                n.neuron,
+                html.escape(n.neuron) + (FIRST_TOKEN_FLAG if n.first_token else ""),
+                _num(removal.get(n.neuron)),
                 _num(n.direct_effect),
                 _num(n.mean_activation),
-                "<br>".join(
-                    f"{html.escape(t.context)} ({t.activation:.2f})" for t in n.top_activations
-                ),
+                "raises " + html.escape(" ".join(repr(t) for t in n.promotes))
+                + "<br>lowers " + html.escape(" ".join(repr(t) for t in n.suppresses)),
+                _activations(n.top_activations),
+                _activations(n.on_text),
             ]
             for n in anatomy.neurons.neurons
-        ]
-        page.raw(
-            _table(
-                ["neuron", "direct effect", "mean activation at answer", "top activations"],
-                rows,
-                escape=False,
-            )
+        ]  # fmt: skip
+        headers = ["neuron", "KL increase when removed", "direct effect",
+                   "mean activation at answer", "writes", "fires on (task)",
+                   "fires on (other text)"]  # fmt: skip
+        page.raw(_table(headers, rows, escape=False))
+
+
+def _activations(found) -> str:
+    return "<br>".join(f"{html.escape(t.context)} ({t.activation:.2f})" for t in found)
+
+
+def _how_to_read(run: Discovery) -> str:
+    """What the page's numbers measure, in the run's own terms."""
+    circuit = run.circuit
+    ablation = {
+        "corrupted": "takes its value on the paired corrupted prompt",
+        "mean": "takes its mean value over the corrupted prompts",
+        "zero": "is set to zero",
+    }.get(circuit.ablation, f"is ablated ({circuit.ablation})")
+    return (
+        "<details open><summary>How to read this page</summary><p>"
+        "The <b>circuit</b> is the model with every node outside it ablated: a dropped node "
+        f"{ablation}. <b>KL(full || ·)</b> is the KL divergence of the circuit's next-token "
+        "distribution at the answer from the full model's (0 is perfect). The <b>task "
+        "metric</b> is the logit difference between the right and the wrong answer. "
+        "<b>Recovered</b> = (metric of the circuit − metric of the empty circuit) / (metric of "
+        "the full model − metric of the empty circuit): 1 means the circuit does what the "
+        "model does, above 1 it <i>overshoots</i> the model, near 0 it does no better than "
+        "nothing. <b>Accuracy</b>: share of pairs where the right answer beats the wrong one. "
+        "Every number is measured on held-out pairs the fit never saw; a section that uses "
+        "fewer of them says how many.</p></details>"
+    )
+
+
+def _graph_section(page: _Page, run: Discovery) -> None:
+    page.section("The circuit as a graph")
+    graph = circuit_graph(run)
+    if run.edges is None:
+        why = run.facts.get("edges", "edges were not scored (--edges none)")
+        page.raw(f"<p class='lead'>Nodes only: {html.escape(str(why))}.</p>")
+        return
+    page.raw(
+        "<p class='lead'>The kept heads (circles) and MLPs (squares) by layer, from the "
+        "embeddings (input) to the logits. An edge's width is its attribution score: how much "
+        "the clean information from one node to another moves the task metric (blue up, red "
+        f"down), averaged over {min(EDGE_PAIRS, run.n_test or EDGE_PAIRS)} held-out pairs. "
+        "The slider sets how many of the strongest edges are drawn; a head with a role is "
+        "coloured and labelled with the token role it acts from (L17.H4@S2); hover a node "
+        "for its role, evidence and effects. <code>graph.json</code> holds the same graph "
+        "for networkx.</p>"
+    )
+    edges = [{"from": u, "to": v, "score": w} for u, v, w in graph.edges(data="weight")]
+    roles = {n: d["role"] for n, d in graph.nodes(data=True) if "role" in d}
+    at = {n: d["position"] for n, d in graph.nodes(data=True) if d.get("position")}
+    page.figure(
+        plot_edge_graph(
+            edges, nodes=node_facts(graph), roles=roles, positions=at, title="the circuit"
         )
+    )
+
+
+def _roles_section(page: _Page, anatomy: CircuitAnatomy) -> None:
+    page.section("Roles of the top heads")
+    page.raw(
+        "<p class='lead'>A role is named only when a measurement supports it; the evidence "
+        "is beside it. Pattern scores are mean attention on repeated random tokens: to the "
+        "previous token, to the earlier copy of the same token (duplicate), to the token after "
+        "that copy (induction). <i>Total effect</i> is the logit difference the circuit loses "
+        "without the head; what is not direct runs through later nodes.</p>"
+    )
+    rows = [
+        [
+            r.head,
+            r.role,
+            r.position,
+            r.evidence,
+            _num(r.scores["previous_token"]),
+            _num(r.scores["duplicate_token"]),
+            _num(r.scores["induction"]),
+            _num(r.direct_effect),
+            _num(r.total_effect),
+        ]
+        for r in anatomy.roles
+    ]
+    headers = ["head", "role", "acts at", "evidence", "previous-token", "duplicate", "induction",
+               "direct effect", "total effect"]  # fmt: skip
+    page.raw(_table(headers, rows, sortable=True))
 
 
 def _lead(run: Discovery) -> str:
@@ -261,13 +359,20 @@ def _faithfulness_table(run: Discovery) -> str:
     headers = ["", "KL(full || ·)", "task metric", "recovered", "accuracy"]
     rivals = (("circuit", run.evaluation), ("random circuit, same size", run.random_baseline))
     rows = [
-        [label, _num(e.kl), _num(e.metric_circuit), _num(e.recovered), _num(e.accuracy_circuit)]
+        [label, _num(e.kl), _num(e.metric_circuit), _recovered(e.recovered),
+         _num(e.accuracy_circuit)]
         for label, e in rivals
-    ]
+    ]  # fmt: skip
     own = run.evaluation
     rows.append(["full model", "0", _num(own.metric_full), "1", _num(own.accuracy_full)])
     rows.append(["empty circuit (all ablated)", "", _num(own.metric_empty), "0", ""])
     return _table(headers, rows)
+
+
+def _recovered(value: float) -> str:
+    if value is None or math.isnan(value) or value <= OVERSHOOT:
+        return _num(value)
+    return f"{_num(value)} (overshoots the model)"
 
 
 def _size_table(circuit: Circuit) -> str:

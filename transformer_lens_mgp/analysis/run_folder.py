@@ -1,8 +1,9 @@
 """Run folders: what a discovery, an evaluation or a sweep leaves on disk.
 
 A discovery folder holds ``circuit.safetensors``, ``metrics.json``
-(:meth:`Discovery.to_dict <.discovery.Discovery.to_dict>`), ``report.html``, ``nodes.json``
-when the nodes were ranked and profiled, ``edges.json`` when edges were scored, and
+(:meth:`Discovery.to_dict <.discovery.Discovery.to_dict>`), ``report.html``, ``graph.json``
+(the circuit's nodes and, when scored, its edges: :mod:`.graph`), ``nodes.json`` when the
+nodes were ranked and profiled, and
 ``edges.safetensors`` with ``learned_edges.json`` when edges were learned (``tl-mgp edges``
 adds those two and ``edges.html``). A sweep folder holds one subfolder per point,
 ``sweep.json`` and ``sweep.html``.
@@ -21,10 +22,12 @@ from ..core.edge_circuit import EdgeCircuit
 from .compare import CircuitComparison, compare
 from .curves import SweepPoint, pareto_areas
 from .discovery import Discovery
+from .graph import circuit_graph, graph_data
 
 CIRCUIT_FILE = "circuit.safetensors"
 METRICS_FILE = "metrics.json"
 NODES_FILE = "nodes.json"
+GRAPH_FILE = "graph.json"
 EDGES_FILE = "edges.safetensors"
 LEARNED_EDGES_FILE = "learned_edges.json"
 
@@ -64,6 +67,7 @@ RUN_FILES = (
     CIRCUIT_FILE,
     METRICS_FILE,
     NODES_FILE,
+    GRAPH_FILE,
     "edges.json",
     EDGES_FILE,
     LEARNED_EDGES_FILE,
@@ -84,8 +88,7 @@ def write_run_folder(out_dir: str | Path, run: Discovery, title: str = "Circuit"
     written = [run.circuit.save(out / CIRCUIT_FILE), _write_json(out / METRICS_FILE, metrics)]
     if run.anatomy is not None:
         written.append(_write_json(out / NODES_FILE, run.anatomy.to_dict()))
-    if run.edges is not None:
-        written.append(_write_json(out / "edges.json", metrics["edges"]))
+    written.append(_write_json(out / GRAPH_FILE, graph_data(circuit_graph(run))))
     if run.learned_edges is not None:
         written.append(run.learned_edges.save(out / EDGES_FILE))
         written.append(_write_json(out / LEARNED_EDGES_FILE, metrics["learned_edges"]))

@@ -42,7 +42,7 @@ def settling_line(run: Discovery) -> str:
 
 
 def top_nodes_line(run: Discovery) -> str:
-    """The nodes whose removal costs most, and where the top head looks."""
+    """The nodes whose removal costs most, where the top head looks, and the named roles."""
     anatomy = run.anatomy
     top = ", ".join(f"{e.node} +{e.delta_kl:.3f}" for e in anatomy.effects.top(6))
     line = f"nodes that matter most (KL increase when removed alone): {top}"
@@ -53,6 +53,10 @@ def top_nodes_line(run: Discovery) -> str:
             f"\ntop head {head.head} attends mostly to {looks} "
             f"({head.attention[looks]:.2f}), direct effect {head.direct_effect:+.3f}"
         )
+    named = [f"{r.head} {r.role}" for r in anatomy.roles if r.role != "unclassified"]
+    if anatomy.roles:
+        line += f"\nhead roles: {', '.join(named) or 'none named'}"
+        line += f" ({len(anatomy.roles) - len(named)} of {len(anatomy.roles)} unclassified)"
     return line
 
 

@@ -2,7 +2,9 @@
 
 1. fit the node circuit with the given (by default the best measured) settings;
 2. measure it on held-out pairs beside a random circuit of the same size, with the
-   node effects and, if asked, the faithfulness curve and attribution edge scores;
+   node effects, the head roles, the attribution scores of the edges among its kept nodes
+   (the circuit's graph; a HookedTransformer gives each head its own input) and, if asked,
+   the faithfulness curve;
 3. if asked, learn the edges among its kept nodes and measure them against attribution-ranked
    and random edges at the same count;
 4. return everything as one frozen :class:`~..analysis.discovery.Discovery`.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from importlib.metadata import version
 
 import torch
 
@@ -20,11 +23,14 @@ from ..analysis.edges import edge_scores
 from ..core.data import PairedDataset
 from ..core.edge_graph import check_hooked
 from ..core.errors import UsageError
+from ..core.model_api import is_hooked_transformer
 from .config import PruningConfig
 from .edges import EdgeConfig, EdgePruner
 from .pruner import CircuitPruner
 
-EDGE_CHOICES = ("scored", "learned")
+EDGE_CHOICES = ("scored", "learned", "none")
+VERSIONED = ("transformer-lens-mgp", "transformer-lens", "torch")
+"""The packages whose versions a run records."""
 SCORED_PAIRS = 256
 """Training pairs on which attribution ranks edges, for the comparison at equal count."""
 
@@ -37,7 +43,7 @@ def discover(
     *,
     node_effects: bool = True,
     curve: bool = False,
-    edges: str | None = None,
+    edges: str = "scored",
     facts: dict | None = None,
     progress: bool = True,
 ) -> Discovery:
@@ -51,16 +57,28 @@ def discover(
         node_effects: rank the kept nodes (each removed alone) and profile the top heads and
             neurons.
         curve: also measure faithfulness against size (MIB's CPR and CMD).
-        edges: ``"scored"``: rank the edges among the kept heads and MLPs by attribution;
-            ``"learned"``: train edge masks among them (both need a HookedTransformer).
+        edges: ``"scored"`` (the default): score the edges among the kept heads and MLPs by
+            attribution, the circuit's graph; skipped, and said in ``facts``, on a model
+            without per-head inputs (a TransformerBridge); ``"learned"``: also train edge
+            masks among them (needs a HookedTransformer); ``"none"``: no edges.
         facts: what the run is about (task, model name, ...), recorded as given.
         progress: progress bars.
     """
-    if edges not in (None, *EDGE_CHOICES):
-        raise UsageError(f"edges is one of {EDGE_CHOICES} or None, got {edges!r}")
-    if edges is not None:
-        check_hooked(model)  # before the fit, not after it
+    if edges not in EDGE_CHOICES:
+        raise UsageError(f"edges is one of {EDGE_CHOICES}, got {edges!r}")
     config = config or PruningConfig()
+    facts = {
+        **(facts or {}),
+        "seed": config.seed,
+        "steps": config.steps,
+        "ablation": config.ablation,
+        "versions": ", ".join(f"{name} {version(name)}" for name in VERSIONED),
+    }
+    if edges == "learned":
+        check_hooked(model)  # before the fit, not after it
+    elif edges == "scored" and not is_hooked_transformer(model):
+        edges = "none"
+        facts["edges"] = "not scored: they need a HookedTransformer's per-head inputs"
     circuit = CircuitPruner(model, config).fit(train, progress=progress)
     fitted = time.perf_counter()
     run = measure(
@@ -69,9 +87,9 @@ def discover(
         test,
         seed=config.seed,
         curve=curve,
-        edges=edges == "scored",
+        edges=edges != "none",
         node_effects=node_effects,
-        facts={**(facts or {}), "n_train": len(train)},
+        facts={**facts, "n_train": len(train)},
         progress=progress,
     )
     if edges == "learned":
