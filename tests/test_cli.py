@@ -241,7 +241,7 @@ def test_on_a_bridge_the_graph_has_nodes_only_and_says_why(tiny_default, tmp_pat
     assert "HookedTransformer" in json.loads((out / "metrics.json").read_text())["edges"]
     graph = json.loads((out / "graph.json").read_text())
     assert graph["nodes"] and graph["links"] == []
-    assert "Nodes only: not scored" in (out / "report.html").read_text()
+    assert "No edges: not scored" in (out / "report.html").read_text()
 
 
 def test_edges_of_a_missing_run_is_one_line(tiny_default, tmp_path, capsys):

@@ -105,7 +105,9 @@ def test_planted_wiring_is_found_exactly(planted):
     assert planted.removal_cost[planted.wired].min() > 0.02 * planted.kl_empty
     assert int(planted.wired.sum()) == len(WIRING)
     before = model_state(planted.model)
-    edges = EdgePruner(planted.model, planted.nodes, steps=200, sparsity=0.5, batch_size=16).fit(
+    # a light price: at 0.5 the fit is exact on some CPUs and leaves L2.H0 -> logits just
+    # under the threshold on others (log_alpha -0.16)
+    edges = EdgePruner(planted.model, planted.nodes, steps=200, sparsity=0.1, batch_size=16).fit(
         planted.dataset, progress=False
     )
     assert_untouched(planted.model, before)

@@ -230,7 +230,7 @@ def plot_edge_graph(
                 for n in members
             ],
             hovertext=[
-                html.escape(n) + ("<br>" + nodes[n] if nodes and n in nodes else "")
+                html.escape(n) + ("<br>" + nodes[n] if nodes and nodes.get(n) else "")
                 for n in members
             ],
             textposition=["bottom center" if n.endswith(".mlp") else "top center" for n in members],

@@ -291,28 +291,29 @@ def _how_to_read(run: Discovery) -> str:
 def _graph_section(page: _Page, run: Discovery) -> None:
     page.section("The circuit as a graph")
     graph = circuit_graph(run)
+    lead = (
+        "The kept heads (circles) and MLPs (squares) by layer, from the embeddings (input) to "
+        "the logits. A head with a role is coloured and labelled with the token role it acts "
+        "from (L17.H4@S2); hover a node for its role, evidence and effects. "
+        "<code>graph.json</code> holds the same graph for networkx. "
+    )
     if run.edges is None:
         why = run.facts.get("edges", "edges were not scored (--edges none)")
-        page.raw(f"<p class='lead'>Nodes only: {html.escape(str(why))}.</p>")
-        return
-    page.raw(
-        "<p class='lead'>The kept heads (circles) and MLPs (squares) by layer, from the "
-        "embeddings (input) to the logits. An edge's width is its attribution score: how much "
-        "the clean information from one node to another moves the task metric (blue up, red "
-        f"down), averaged over {min(EDGE_PAIRS, run.n_test or EDGE_PAIRS)} held-out pairs. "
-        "The slider sets how many of the strongest edges are drawn; a head with a role is "
-        "coloured and labelled with the token role it acts from (L17.H4@S2); hover a node "
-        "for its role, evidence and effects. <code>graph.json</code> holds the same graph "
-        "for networkx.</p>"
-    )
+        lead += f"No edges: {html.escape(str(why))}."
+    else:
+        lead += (
+            "An edge's width is its attribution score: how much the clean information from "
+            "one node to another moves the task metric (blue up, red down), averaged over "
+            f"{min(EDGE_PAIRS, run.n_test or EDGE_PAIRS)} held-out pairs; the slider sets how "
+            "many of the strongest edges are drawn."
+        )
+    page.raw(f"<p class='lead'>{lead}</p>")
     edges = [{"from": u, "to": v, "score": w} for u, v, w in graph.edges(data="weight")]
+    facts = node_facts(graph)
     roles = {n: d["role"] for n, d in graph.nodes(data=True) if "role" in d}
     at = {n: d["position"] for n, d in graph.nodes(data=True) if d.get("position")}
-    page.figure(
-        plot_edge_graph(
-            edges, nodes=node_facts(graph), roles=roles, positions=at, title="the circuit"
-        )
-    )
+    hover = {n: facts.get(n, "") for n in graph}
+    page.figure(plot_edge_graph(edges, nodes=hover, roles=roles, positions=at, title="the circuit"))
 
 
 def _roles_section(page: _Page, anatomy: CircuitAnatomy) -> None:
