@@ -98,20 +98,28 @@ def edge_graph(
     ``logits`` as nodes (attributes ``layer`` and ``kind``), edges weighted by
     :func:`edge_scores` (attribute ``weight``, signed). Edges whose ``|weight|`` is below
     ``min_share`` of the largest are left out."""
-    import networkx as nx
 
     if not 0 <= min_share <= 1:
         raise UsageError(f"min_share is a share of the largest |score|, in [0, 1]; got {min_share}")
     scores = edge_scores(model, circuit, dataset, batch_size=batch_size, ablation=ablation)
     largest = max((abs(v) for v in scores.values()), default=0.0)
+    graph = node_graph(circuit)
+    for (u, v), weight in scores.items():
+        if weight != 0 and abs(weight) >= min_share * largest:
+            graph.add_edge(u, v, weight=weight)
+    return graph
+
+
+def node_graph(circuit: Circuit):
+    """A ``networkx.DiGraph`` of ``input``, the kept heads and MLPs and ``logits``
+    (attributes ``layer`` and ``kind``), without edges."""
+    import networkx as nx
+
     graph = nx.DiGraph()
     graph.add_node(INPUT, layer=-1, kind="input")
     for name, layer, kind in kept_nodes(circuit):
         graph.add_node(name, layer=layer, kind=kind)
     graph.add_node(LOGITS, layer=circuit.dims.n_layers, kind="logits")
-    for (u, v), weight in scores.items():
-        if weight != 0 and abs(weight) >= min_share * largest:
-            graph.add_edge(u, v, weight=weight)
     return graph
 
 

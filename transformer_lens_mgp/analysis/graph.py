@@ -5,14 +5,12 @@ node-link data, so ``networkx.node_link_graph(json.load(f), edges="links")`` rea
 
 from __future__ import annotations
 
-import html
 import math
 
 import networkx as nx
 
-from ..core.edge_graph import INPUT, LOGITS
 from .discovery import Discovery
-from .edges import kept_nodes
+from .edges import node_graph
 
 
 def circuit_graph(run: Discovery) -> nx.DiGraph:
@@ -20,12 +18,7 @@ def circuit_graph(run: Discovery) -> nx.DiGraph:
     and, where measured, ``delta_kl``, ``delta_metric``, ``direct_effect``, ``role``,
     ``evidence`` and ``position``, the token role it acts from); edges: the scored edges
     (attribute ``weight``), none when not scored."""
-    circuit = run.circuit
-    graph = nx.DiGraph()
-    graph.add_node(INPUT, layer=-1, kind="input")
-    for name, layer, kind in kept_nodes(circuit):
-        graph.add_node(name, layer=layer, kind=kind)
-    graph.add_node(LOGITS, layer=circuit.dims.n_layers, kind="logits")
+    graph = node_graph(run.circuit)
     anatomy = run.anatomy
     if anatomy is not None:
         for effect in anatomy.effects.effects:
@@ -54,23 +47,3 @@ def graph_data(graph: nx.DiGraph) -> dict:
             if isinstance(value, float) and math.isnan(value):
                 node[key] = None
     return data
-
-
-def node_facts(graph: nx.DiGraph) -> dict[str, str]:
-    """Per node, its measured facts as one line of hover text."""
-    facts = {}
-    for name, data in graph.nodes(data=True):
-        bits = []
-        if "role" in data:
-            at = f" at {data['position']}" if data.get("position") else ""
-            bits.append(html.escape(f"role: {data['role']}{at} ({data['evidence']})"))
-        if "delta_metric" in data:
-            bits.append(
-                f"removed alone: logit diff {data['delta_metric']:+.3f}, KL {data['delta_kl']:+.3f}"
-            )
-        direct = data.get("direct_effect")
-        if direct is not None and not math.isnan(direct):
-            bits.append(f"direct effect {direct:+.3f}")
-        if bits:
-            facts[name] = "<br>".join(bits)
-    return facts

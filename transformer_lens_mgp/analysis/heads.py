@@ -136,9 +136,9 @@ def head_profiles(
             pattern = at_answer(full.transpose(1, 2), batch)  # [b, k, key]
             k = pattern.shape[1]
             attention[row : row + k] += _grouped(pattern, group, len(groups)).sum(0)
+            rows = torch.arange(len(batch))
             for j in range(len(roles)):
                 query = batch.role_positions[:, j].cpu()
-                rows = torch.arange(len(batch))
                 picked = _grouped(full[rows, :, query], group, len(groups))
                 by_query[row : row + k, j] += picked.sum(0)
             if step == 0:

@@ -8,6 +8,7 @@ thousands of neurons.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping
 
 import plotly.graph_objects as go
@@ -176,25 +177,21 @@ def plot_pareto(points: list[SweepPoint]) -> go.Figure:
     return fig
 
 
-def plot_edge_graph(
-    edges,
-    max_edges: int = 150,
-    title: str | None = None,
-    nodes: Mapping[str, str] | None = None,
-    roles: Mapping[str, str] | None = None,
-    positions: Mapping[str, str] | None = None,
-) -> go.Figure:
+def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go.Figure:
     """The circuit's edges (a graph from :func:`~transformer_lens_mgp.analysis.edges.edge_graph`, or
     its ``[{"from", "to", "score"}]`` list, where an entry may add a ``label`` for its hover
     text): nodes by layer from input to logits, the ``max_edges`` strongest edges drawn with
     width by ``|score|``, blue positive, red negative, and a slider for how many are shown.
-    ``nodes`` gives a node's hover text (its measured facts), ``roles`` a head's role, which
-    colours it (with a legend), ``positions`` the token role it acts from (in its label)."""
+    A graph draws every node it has, with what :func:`~.graph.circuit_graph` measured of it
+    on hover; a head's ``role`` colours it (with a legend) and its ``position`` (the token role
+    it acts from) joins its label."""
+    facts: dict[str, dict] = {}
     if not isinstance(edges, list):
+        facts = dict(edges.nodes(data=True))
         edges = [{"from": u, "to": v, "score": d["weight"]} for u, v, d in edges.edges(data=True)]
     edges = sorted(edges, key=lambda e: -abs(e["score"]))[:max_edges]
     ends = {e[k] for e in edges for k in ("from", "to")}
-    names = sorted(ends | set(nodes or ()), key=_node_order)
+    names = sorted(ends | set(facts), key=_node_order)
     position = _edge_graph_layout(names)
     largest = max((abs(e["score"]) for e in edges), default=1.0) or 1.0
     fig = go.Figure()
@@ -213,7 +210,8 @@ def plot_edge_graph(
         )
     shown = min(len(edges), 40)
     strong = {e[k] for e in edges[:shown] for k in ("from", "to")}
-    roles, positions = roles or {}, positions or {}
+    roles = {n: d["role"] for n, d in facts.items() if "role" in d}
+    positions = {n: d["position"] for n, d in facts.items() if d.get("position")}
     groups: dict[str, list[str]] = {}
     for n in names:
         groups.setdefault(roles.get(n, ""), []).append(n)
@@ -229,10 +227,7 @@ def plot_edge_graph(
                 else ""
                 for n in members
             ],
-            hovertext=[
-                html.escape(n) + ("<br>" + nodes[n] if nodes and nodes.get(n) else "")
-                for n in members
-            ],
+            hovertext=[_node_hover(n, facts.get(n, {})) for n in members],
             textposition=["bottom center" if n.endswith(".mlp") else "top center" for n in members],
             marker=dict(
                 size=12 if role else 10,
@@ -268,6 +263,22 @@ def plot_edge_graph(
         height=max(500, 250 + 55 * tallest),
     )
     return fig
+
+
+def _node_hover(name: str, data: Mapping) -> str:
+    """A node's name and its measured facts, a line each."""
+    lines = [html.escape(name)]
+    if "role" in data:
+        at = f" at {data['position']}" if data.get("position") else ""
+        lines.append(html.escape(f"role: {data['role']}{at} ({data['evidence']})"))
+    if "delta_metric" in data:
+        lines.append(
+            f"removed alone: logit diff {data['delta_metric']:+.3f}, KL {data['delta_kl']:+.3f}"
+        )
+    direct = data.get("direct_effect")
+    if direct is not None and not math.isnan(direct):
+        lines.append(f"direct effect {direct:+.3f}")
+    return "<br>".join(lines)
 
 
 ROLE_COLOURS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")

@@ -20,7 +20,7 @@ from .anatomy import CircuitAnatomy
 from .convergence import settling
 from .curves import SweepPoint
 from .discovery import EDGE_PAIRS, Discovery
-from .graph import circuit_graph, node_facts
+from .graph import circuit_graph
 from .node_figures import (
     plot_example_patterns,
     plot_head_attention,
@@ -308,12 +308,7 @@ def _graph_section(page: _Page, run: Discovery) -> None:
             "many of the strongest edges are drawn."
         )
     page.raw(f"<p class='lead'>{lead}</p>")
-    edges = [{"from": u, "to": v, "score": w} for u, v, w in graph.edges(data="weight")]
-    facts = node_facts(graph)
-    roles = {n: d["role"] for n, d in graph.nodes(data=True) if "role" in d}
-    at = {n: d["position"] for n, d in graph.nodes(data=True) if d.get("position")}
-    hover = {n: facts.get(n, "") for n in graph}
-    page.figure(plot_edge_graph(edges, nodes=hover, roles=roles, positions=at, title="the circuit"))
+    page.figure(plot_edge_graph(graph, title="the circuit"))
 
 
 def _roles_section(page: _Page, anatomy: CircuitAnatomy) -> None:
