@@ -2,9 +2,9 @@
 
     python -m benchmarks.node_baselines --task ioi --out runs/baselines-ioi
 
-One task's pairs are built from part of its templates and words (``tasks.vocabulary_split``);
-a tenth of them are held out ("in-template" test pairs) and a second set is built from the
-templates and words the fit never saw ("unseen templates"). Two curves:
+One task's pairs come as ``tl-mgp discover`` builds them (``tasks.split_pairs``): from three
+quarters of its frames and words, a tenth held out ("in-frame" test pairs), and as many test
+pairs from the frames and words the fit never saw ("unseen frames"). Two curves:
 
 - **neuron level**: pruning fits with the small-circuit default's targets scaled by
   ``--scales``; at each fit's size, per granularity, the circuits that attribution patching,
@@ -36,17 +36,15 @@ from transformer_lens_mgp.testing.baselines import (
 from transformer_lens_mgp.training.config import DEFAULT_TARGET
 
 METHODS = ("pruning", "attribution patching", "integrated gradients", "exact patching", "random")
-TESTS = {"in-template": "test", "unseen templates": "unseen"}
+TESTS = {"in-frame": "test", "unseen frames": "unseen"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(tasks.TASKS), default="ioi")
     parser.add_argument("--model", default=None, help="default: the embedded SmolLM2")
-    parser.add_argument("--n", type=int, default=2000, help="pairs from the training vocabulary")
-    parser.add_argument("--n-unseen", type=int, default=200, help="pairs from unseen templates")
+    parser.add_argument("--n", type=int, default=2000, help="pairs from the training frames")
     parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--holdout", type=float, default=0.25, help="templates/words held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scales", type=float, nargs="*", default=[0.5, 1.0, 2.0])
     parser.add_argument("--head-targets", type=float, nargs="*", default=[0.03, 0.07, 0.15])
@@ -60,12 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_pairs(model, args):
-    split = tasks.vocabulary_split(args.task, args.holdout, args.seed)
-    builder = tasks.TASKS[args.task]
-    data = builder(model, n=args.n, seed=args.seed, **split.train)
-    train, test = data.split(args.test_fraction, seed=args.seed)
-    unseen = builder(model, n=args.n_unseen, seed=args.seed + 1, **split.held_out)
-    return train, {"test": test, "unseen": unseen}, split
+    pairs = tasks.split_pairs(args.task, model, args.n, args.seed, None, args.test_fraction)
+    return pairs.train, {"test": pairs.test, "unseen": pairs.unseen}
 
 
 def fit_points(model, train, args) -> list[tuple[str, str, object]]:
@@ -89,13 +83,18 @@ def fit_points(model, train, args) -> list[tuple[str, str, object]]:
 
 
 def node_scores(model, train, args) -> dict[str, dict]:
+    """Each baseline's node scores; exact patching (per head and MLP) only when head-level
+    points will use it."""
     dims = ModelDims.from_cfg(model.cfg)
     scoring = train[: args.score_pairs]
-    return {
+    scores = {
         "attribution patching": attribution_scores(model, scoring, dims),
         "integrated gradients": integrated_gradients_scores(model, scoring, dims, args.ig_steps),
-        "exact patching": patching_scores(model, train[: args.patch_pairs], dims, progress=True),
     }
+    if args.head_targets:
+        patching = train[: args.patch_pairs]
+        scores["exact patching"] = patching_scores(model, patching, dims, progress=True)
+    return scores
 
 
 def candidates(level: str, circuit, scores: dict[str, dict]) -> dict[str, object]:
@@ -132,8 +131,8 @@ def measure(model, fitted, scores, tests) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| level | point | method | heads | attn neurons | MLP neurons | KL in-template | "
-        "KL unseen templates | recovered in-template | recovered unseen |",
+        "| level | point | method | heads | attn neurons | MLP neurons | KL in-frame | "
+        "KL unseen frames | recovered in-frame | recovered unseen frames |",
         "|" + "---|" * 10,
     ]
     for r in rows:
@@ -141,7 +140,7 @@ def markdown(rows: list[dict]) -> str:
             f"{r['kept'][g]:,}" if g in r["kept"] else "all"
             for g in ("head", "attn_neuron", "mlp_neuron")
         ]
-        a, b = r["in-template"], r["unseen templates"]
+        a, b = r["in-frame"], r["unseen frames"]
         lines.append(
             f"| {r['level']} | {r['point']} | {r['method']} | {' | '.join(kept)} | "
             f"{a['kl']:.3f} | {b['kl']:.3f} | {a['recovered']:.2f} | {b['recovered']:.2f} |"
@@ -197,7 +196,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     model = load_model(args.model)
-    train, tests, split = build_pairs(model, args)
+    train, tests = build_pairs(model, args)
+    held_out = tasks.vocabulary_split(args.task, tasks.HOLDOUT, args.seed).held_out
     fitted = fit_points(model, train, args)
     scores = node_scores(model, train, args)
     rows = measure(model, fitted, scores, tests)
@@ -206,7 +206,7 @@ def main(argv=None) -> None:
         "task": args.task,
         "n_train": len(train),
         "n_test": {k: len(v) for k, v in tests.items()},
-        "held_out_vocabulary": {k: list(v) for k, v in split.held_out.items()},
+        "held_out_vocabulary": {k: list(v) for k, v in held_out.items()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seconds": time.perf_counter() - start,
         "rows": rows,

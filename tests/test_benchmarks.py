@@ -236,8 +236,6 @@ def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, ca
             "ioi",
             "--n",
             "40",
-            "--n-unseen",
-            "12",
             "--scales",
             "1",
             "--head-targets",
@@ -265,7 +263,8 @@ def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, ca
     for level in ("neuron", "head"):
         sizes = {json.dumps(r["kept"]) for r in rows if r["level"] == level}
         assert len(sizes) == 1, level  # every method at the pruning circuit's size
-    assert all(r["unseen templates"]["kl"] >= 0 for r in rows)
+    assert all(r["unseen frames"]["kl"] >= 0 for r in rows)
+    assert record["n_test"]["unseen"] == record["n_test"]["test"] == 4
     assert record["held_out_vocabulary"]["templates"]
     assert (out / "baselines.html").stat().st_size > 1000
     assert "| neuron | targets x1 | pruning |" in capsys.readouterr().out

@@ -51,6 +51,10 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "ioi" and metrics["n_train"] + metrics["n_test"] == 40
     assert metrics["circuit"]["kept"] == metrics["random_circuit_same_size"]["kept"]
+    # judged on frames and names the fit never saw too, as many pairs as in-frame
+    assert metrics["n_unseen"] == metrics["n_test"]
+    assert metrics["circuit_unseen_frames"]["kept"] == metrics["circuit"]["kept"]
+    assert "unseen frames" in printed and "unseen frames" in (out / "report.html").read_text()
     assert metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
     # where the time went: four parts, the steps named by their count, adding up to the wall
     parts = metrics["time_parts"]
@@ -71,6 +75,9 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert main([*args, "--out", str(again)]) == 0
     evaluated = json.loads((again / "metrics.json").read_text())
     assert evaluated["circuit"]["kl"] == pytest.approx(metrics["circuit"]["kl"], abs=1e-6)
+    assert evaluated["circuit_unseen_frames"]["kl"] == pytest.approx(
+        metrics["circuit_unseen_frames"]["kl"], abs=1e-6
+    )
 
 
 def test_node_effects_can_be_skipped(tiny_default, tmp_path, capsys):

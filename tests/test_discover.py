@@ -16,17 +16,20 @@ from transformer_lens_mgp.core.model_api import is_hooked_transformer
 
 @pytest.fixture
 def ioi(tokenizer_model):
-    train, test = tasks.build("ioi", tokenizer_model, 40, seed=0).split(0.1, seed=0)
-    return tokenizer_model, train, test
+    pairs = tasks.split_pairs("ioi", tokenizer_model, 40, seed=0)  # as the command line does
+    return tokenizer_model, pairs.train, pairs.test, pairs.unseen
 
 
 def test_discover_fits_measures_and_leaves_the_model_as_it_was(ioi):
-    model, train, test = ioi
+    model, train, test, unseen = ioi
     before = model_state(model)
-    run = discover(model, train, test, CircuitPruner(model, steps=3).config, progress=False)
+    config = CircuitPruner(model, steps=3).config
+    run = discover(model, train, test, config, unseen=unseen, progress=False)
     assert_untouched(model, before)
     assert isinstance(run, Discovery) and run.n_test == len(test) == 4
     assert run.evaluation.kept == run.random_baseline.kept  # a rival of the same size
+    assert run.unseen.n_pairs == len(unseen) and run.unseen_random.kept == run.unseen.kept
+    assert run.unseen.metric_full != run.evaluation.metric_full  # other pairs
     assert run.anatomy is not None and run.curve is None
     # the graph's edges by default where each head has its own input, else said why not
     assert (run.edges is not None) == is_hooked_transformer(model)
@@ -39,14 +42,17 @@ def test_discover_fits_measures_and_leaves_the_model_as_it_was(ioi):
     assert sum(parts.values()) == pytest.approx(run.timings.wall, abs=0.3)
     metrics = json.loads(json.dumps(run.to_dict()))  # JSON-able as metrics.json
     assert metrics["n_train"] == len(train) and metrics["circuit"]["kl"] == run.evaluation.kl
+    assert metrics["circuit_unseen_frames"]["kl"] == run.unseen.kl and metrics["n_unseen"] == 4
     text = discovery_text(run)
     assert "KL(full || circuit)" in text and "nodes that matter most" in text
+    header = next(line for line in text.splitlines() if line.startswith("held-out pairs"))
+    assert "in-frame" in header and "unseen frames" in header
 
 
 def test_the_notebook_gets_the_circuit_the_command_line_gets(ioi, monkeypatch, tmp_path):
     """``CircuitPruner(model).fit(train)`` with the defaults, on the pairs and seed that
     ``tl-mgp discover`` builds, gives the same circuit."""
-    model, train, _ = ioi
+    model, train, _, _ = ioi
     monkeypatch.setattr(models, "load_model", lambda source=None, **options: model)
     out = tmp_path / "run"
     argv = ["discover", "--n", "40", "--steps", "3", "--quiet", "--no-node-effects"]
@@ -63,14 +69,14 @@ def test_the_notebook_gets_the_circuit_the_command_line_gets(ioi, monkeypatch, t
 
 
 def test_a_bad_edges_choice_is_refused_before_the_fit(ioi):
-    model, train, test = ioi
+    model, train, test, _ = ioi
     with pytest.raises(ValueError, match="edges is one of"):
         discover(model, train, test, edges="all", progress=False)
 
 
 @needs_hooked_transformer
 def test_scored_edges_and_the_curve_come_back_typed(ioi):
-    model, train, test = ioi
+    model, train, test, _ = ioi
     config = CircuitPruner(model, steps=2).config
     run = discover(
         model, train, test, config, node_effects=False, curve=True, edges="scored", progress=False

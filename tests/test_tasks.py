@@ -332,7 +332,19 @@ def test_gp_and_gt_take_templates_and_check_them(model):
     first = tasks.greater_than(model, n=8, seed=0, templates=TEMPLATES[:1])
     assert torch.equal(default.clean_tokens, first.clean_tokens)
     mixed = tasks.greater_than(model, n=32, seed=0, templates=TEMPLATES)
-    assert mixed.meta["n_templates"] == 4
+    assert mixed.meta["n_templates"] == len(TEMPLATES)
     assert len({model.to_string(t).split()[2] for t in mixed.clean_tokens}) > 1
     with pytest.raises(ValueError, match="needs"):
         tasks.greater_than(model, n=4, templates=["From {cc}{yy} to {cc}"])
+
+
+@pytest.mark.parametrize("task", ["ioi", "gp", "gt"])
+def test_split_pairs_tests_on_frames_the_fit_never_saw(model, task):
+    pairs = tasks.split_pairs(task, model, n=40, seed=0, test_fraction=0.25)
+    assert (len(pairs.train), len(pairs.test), len(pairs.unseen)) == (30, 10, 10)
+    split = tasks.vocabulary_split(task, tasks.HOLDOUT, seed=0)
+    assert pairs.train.meta["n_templates"] == len(split.train["templates"])
+    assert pairs.unseen.meta["n_templates"] == len(split.held_out["templates"])
+    seen = {model.to_string(t) for t in pairs.train.clean_tokens}
+    assert not seen & {model.to_string(t) for t in pairs.unseen.clean_tokens}
+    assert not seen & {model.to_string(t) for t in pairs.test.clean_tokens}

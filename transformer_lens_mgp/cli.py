@@ -211,8 +211,9 @@ def _config(args) -> PruningConfig:
 
 
 def _load(args):
-    """The model, the task's train and test pairs and the run's facts, after checking what
-    can be checked before the work starts: the device and the output folder."""
+    """The model, the train and test pairs, the pairs of unseen frames (a built-in task's;
+    None for a pairs file) and the run's facts, after checking what can be checked before the
+    work starts: the device and the output folder."""
     check_device(args.device)
     rows = _check_data_args(args)
     if args.out is not None:
@@ -220,17 +221,20 @@ def _load(args):
     start = time.perf_counter()
     model = models.load_model(args.model, device=args.device, progress=not args.quiet)
     print(f"model loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    unseen = None
     if rows is not None:
         data = PairedDataset.from_rows(model, rows, name=args.data.stem)
+        train, test = data.split(args.test_fraction, seed=args.seed)
     else:
         n = args.n if args.n is not None else PAIRS_PER_STEP * (getattr(args, "steps", None) or 250)
-        data = tasks.build(args.task, model, n, args.seed, args.corruption)
-    train, test = data.split(args.test_fraction, seed=args.seed)
+        pairs = tasks.split_pairs(args.task, model, n, args.seed, args.corruption,
+                                  args.test_fraction)  # fmt: skip
+        train, test, unseen = pairs.train, pairs.test, pairs.unseen
     task = args.task if rows is None else args.data.name
     facts = {"task": task, "model": args.model or f"{models.DEFAULT_MODEL_NAME} (embedded)"}
     if "corruption" in train.meta:
         facts["corruption"] = train.meta["corruption"]
-    return model, train, test, facts
+    return model, train, test, unseen, facts
 
 
 def _check_data_args(args):
@@ -248,11 +252,11 @@ def _check_data_args(args):
 def _discover(args) -> int:
     wall = time.perf_counter()
     config = _config(args)  # a bad setting fails before the model loads
-    model, train, test, facts = _load(args)
+    model, train, test, unseen, facts = _load(args)
     loaded = time.perf_counter() - wall
     effects, progress = not args.no_node_effects, not args.quiet
-    run = discover(model, train, test, config, node_effects=effects, curve=args.curve,
-                   edges=args.edges, facts=facts, progress=progress)  # fmt: skip
+    run = discover(model, train, test, config, unseen=unseen, node_effects=effects,
+                   curve=args.curve, edges=args.edges, facts=facts, progress=progress)  # fmt: skip
     run = run.replace(timings=dataclasses.replace(run.timings, model_and_pairs=loaded))
     write_run_folder(args.out, run, title=f"{facts['task']} circuit")
     print(discovery_text(run))
@@ -272,7 +276,7 @@ def _edges(args) -> int:
     fit = ("sparsity", "target_edges", "steps", "batch_size", "lr")
     config = EdgeConfig(seed=args.seed, **_given(args, fit))
     check_out_dir(out)
-    model, train, test, _ = _load(args)
+    model, train, test, _, _ = _load(args)
     check_hooked(model)
     circuit = Circuit.load(path, model=model)
     edges, summary = fit_edges(model, circuit, train, test, config, progress=not args.quiet)
@@ -289,7 +293,7 @@ def _edges(args) -> int:
 def _sweep(args) -> int:
     wall = time.perf_counter()
     config = _config(args)
-    model, train, test, facts = _load(args)
+    model, train, test, _, facts = _load(args)
     loader = functools.partial(models.load_model, args.model, device=args.device)
     with dask_executor(args.dask_scheduler) as executor:
         points = sweep(model, train, args.targets, config, validation=test, out_dir=args.out,
@@ -311,10 +315,11 @@ def _sweep(args) -> int:
 def _evaluate(args) -> int:
     if not args.circuit.is_file():
         raise MissingFileError(f"no circuit file at {args.circuit}")
-    model, train, test, facts = _load(args)
+    model, train, test, unseen, facts = _load(args)
     circuit = Circuit.load(args.circuit, model=model)
     facts["n_train"] = len(train)
-    run = measure(model, circuit, test, seed=args.seed, curve=args.curve, facts=facts)
+    run = measure(model, circuit, test, unseen=unseen, seed=args.seed, curve=args.curve,
+                  facts=facts)  # fmt: skip
     print(circuit.summary())
     print(faithfulness_table(run))
     if run.curve is not None:

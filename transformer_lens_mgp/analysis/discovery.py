@@ -1,5 +1,6 @@
 """What a discovery found, measured: the circuit, its held-out faithfulness beside a random
-circuit of the same size, and what else was asked for (node effects, a faithfulness curve,
+circuit of the same size (on pairs of its training frames and, when given, on frames it never
+saw), and what else was asked for (node effects, a faithfulness curve,
 edges), as one frozen result that the report, ``metrics.json`` and a notebook all read."""
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Discovery:
         circuit: the circuit.
         evaluation: its faithfulness on the held-out pairs (None: not measured).
         random_baseline: a random circuit of the same size on the same pairs.
+        unseen: the circuit's faithfulness on pairs from frames and words the fit never saw.
+        unseen_random: the random circuit's on those pairs.
         settling: per pruned granularity, kept against target and how much it still moved.
         facts: what the run was about (task, model, corruption, pairs), for the record.
         anatomy: node effects and the top heads' and neurons' profiles, when measured.
@@ -81,6 +84,8 @@ class Discovery:
     circuit: Circuit
     evaluation: Evaluation | None = None
     random_baseline: Evaluation | None = None
+    unseen: Evaluation | None = None
+    unseen_random: Evaluation | None = None
     settling: tuple[Settling, ...] = ()
     facts: Mapping[str, str | int] = dataclasses.field(default_factory=dict)
     anatomy: CircuitAnatomy | None = None
@@ -105,6 +110,10 @@ class Discovery:
             out["circuit"] = self.evaluation.to_dict()
         if self.random_baseline is not None:
             out["random_circuit_same_size"] = self.random_baseline.to_dict()
+        if self.unseen is not None:
+            out["n_unseen"] = self.unseen.n_pairs
+            out["circuit_unseen_frames"] = self.unseen.to_dict()
+            out["random_circuit_unseen_frames"] = self.unseen_random.to_dict()
         out["fit_seconds"] = self.circuit.fit_info.get("seconds")
         out["settling"] = [row.to_dict() for row in self.settling]
         if self.curve is not None:
@@ -126,6 +135,7 @@ def measure(
     circuit: Circuit,
     test: PairedDataset,
     *,
+    unseen: PairedDataset | None = None,
     seed: int = 0,
     curve: bool = False,
     edges: bool = False,
@@ -133,11 +143,15 @@ def measure(
     facts: Mapping | None = None,
     progress: bool = False,
 ) -> Discovery:
-    """Evaluate ``circuit`` and a random circuit of its size on ``test`` and, if asked, its
+    """Evaluate ``circuit`` and a random circuit of its size on ``test`` (and on ``unseen``,
+    pairs of frames the fit never saw, when given) and, if asked, its
     faithfulness curve, edge scores and node effects with the top heads' and neurons'
     profiles. ``progress`` shows bars for the evaluation and the node effects."""
     rivals = [circuit, random_circuit(circuit, seed=seed)]
     result, baseline = evaluate_many(model, rivals, test, progress=progress)
+    unseen_results = (None, None)
+    if unseen is not None:
+        unseen_results = evaluate_many(model, rivals, unseen, progress=progress)
     scored = None
     if edges:
         graph = edge_graph(model, circuit, test[:EDGE_PAIRS])
@@ -147,6 +161,8 @@ def measure(
         circuit=circuit,
         evaluation=result,
         random_baseline=baseline,
+        unseen=unseen_results[0],
+        unseen_random=unseen_results[1],
         settling=tuple(settling(circuit)),
         facts=dict(facts or {}),
         anatomy=dissect(model, circuit, test, progress=progress) if node_effects else None,

@@ -283,8 +283,10 @@ def _how_to_read(run: Discovery) -> str:
         "the full model − metric of the empty circuit): 1 means the circuit does what the "
         "model does, above 1 it <i>overshoots</i> the model, near 0 it does no better than "
         "nothing. <b>Accuracy</b>: share of pairs where the right answer beats the wrong one. "
-        "Every number is measured on held-out pairs the fit never saw; a section that uses "
-        "fewer of them says how many.</p></details>"
+        "Every number is measured on held-out pairs the fit never saw: <i>in-frame</i> pairs "
+        "use the sentence frames and words of training, <i>unseen frames</i> pairs (when "
+        "measured) frames and words the fit never used, the harder test. A section that uses "
+        "fewer pairs says how many.</p></details>"
     )
 
 
@@ -346,22 +348,27 @@ def _lead(run: Discovery) -> str:
         bits.append(f"{facts['n_train']} training pairs")
     if run.n_test:
         bits.append(f"{run.n_test} held-out pairs")
+    if run.unseen is not None:
+        bits.append(f"{run.unseen.n_pairs} from unseen frames")
     return ", ".join(bits)
 
 
 def _faithfulness_table(run: Discovery) -> str:
     if run.evaluation is None:
         return "<p>not measured</p>"
-    headers = ["", "KL(full || ·)", "task metric", "recovered", "accuracy"]
-    rivals = (("circuit", run.evaluation), ("random circuit, same size", run.random_baseline))
-    rows = [
-        [label, _num(e.kl), _num(e.metric_circuit), _recovered(e.recovered),
-         _num(e.accuracy_circuit)]
-        for label, e in rivals
-    ]  # fmt: skip
-    own = run.evaluation
-    rows.append(["full model", "0", _num(own.metric_full), "1", _num(own.accuracy_full)])
-    rows.append(["empty circuit (all ablated)", "", _num(own.metric_empty), "0", ""])
+    headers = ["pairs", "", "KL(full || ·)", "task metric", "recovered", "accuracy"]
+    splits = [("in-frame", run.evaluation, run.random_baseline)]
+    if run.unseen is not None:
+        splits.append(("unseen frames", run.unseen, run.unseen_random))
+    rows = []
+    for name, own, rand in splits:
+        rows += [
+            [name, label, _num(e.kl), _num(e.metric_circuit), _recovered(e.recovered),
+             _num(e.accuracy_circuit)]
+            for label, e in (("circuit", own), ("random circuit, same size", rand))
+        ]  # fmt: skip
+        rows.append([name, "full model", "0", _num(own.metric_full), "1", _num(own.accuracy_full)])
+        rows.append([name, "empty circuit (all ablated)", "", _num(own.metric_empty), "0", ""])
     return _table(headers, rows)
 
 
@@ -398,6 +405,7 @@ def _size_table(circuit: Circuit) -> str:
 def _facts(run: Discovery) -> list[list[str]]:
     metrics = run.to_dict()
     skip = {"circuit", "random_circuit_same_size", "faithfulness_curve", "edges"}
+    skip |= {"circuit_unseen_frames", "random_circuit_unseen_frames"}
     return [
         [key, _num(value) if isinstance(value, float) else html.escape(str(value))]
         for key, value in metrics.items()

@@ -14,17 +14,25 @@ def number(x) -> str:
 
 
 def faithfulness_table(run: Discovery) -> str:
-    """The circuit against a random circuit of the same size, on the held-out pairs."""
+    """The circuit against a random circuit of the same size, on the held-out pairs of its
+    training frames and, when measured, on frames the fit never saw."""
     rows = [
         ("KL(full || circuit)", "kl"),
         ("metric recovered", "recovered"),
         ("accuracy", "accuracy_circuit"),
+        ("full model accuracy", "accuracy_full"),
     ]
-    lines = [f"{'held-out':<22} {'circuit':>10} {'random':>10}"]
+    splits = [("in-frame", run.evaluation, run.random_baseline)]
+    if run.unseen is not None:
+        splits.append(("unseen frames", run.unseen, run.unseen_random))
+    lines = [f"{'held-out pairs':<22}" + "".join(f" {name:>21}" for name, _, _ in splits)]
+    lines.append(f"{'':<22}" + f" {'circuit':>10} {'random':>10}" * len(splits))
     for label, key in rows:
-        a, b = getattr(run.evaluation, key), getattr(run.random_baseline, key)
-        lines.append(f"{label:<22} {number(a):>10} {number(b):>10}")
-    lines.append(f"{'full model accuracy':<22} {number(run.evaluation.accuracy_full):>10}")
+        cells = ""
+        for _, own, rand in splits:
+            other = "" if key == "accuracy_full" else number(getattr(rand, key))
+            cells += f" {number(getattr(own, key)):>10} {other:>10}"
+        lines.append(f"{label:<22}{cells}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.data import PairedDataset
 from ..core.errors import UsageError
 from . import gendered_pronouns as _gp
 from . import greater_than as _gt
@@ -17,13 +18,14 @@ TASKS = {"ioi": ioi, "gp": gendered_pronouns, "gt": greater_than}
 """Short task names (as used by the command line) to their builders."""
 
 
-def build(task: str, model, n: int, seed: int = 0, corruption: str | None = None):
+def build(task: str, model, n: int, seed: int = 0, corruption: str | None = None, **vocabulary):
     """The pairs of the task named ``task`` (a key of :data:`TASKS`); ``corruption`` chooses
-    IOI's corrupted prompts (the other tasks have one corruption)."""
+    IOI's corrupted prompts (the other tasks have one corruption); ``vocabulary`` restricts
+    its templates and words (see :func:`vocabulary_split`)."""
     check_task(task, corruption)
-    if corruption is None:
-        return TASKS[task](model, n=n, seed=seed)
-    return ioi(model, n=n, seed=seed, corruption=corruption)
+    if corruption is not None:
+        vocabulary["corruption"] = corruption
+    return TASKS[task](model, n=n, seed=seed, **vocabulary)
 
 
 def check_task(task: str, corruption: str | None = None) -> None:
@@ -70,7 +72,46 @@ def vocabulary_split(task: str, fraction: float = 0.25, seed: int = 0) -> Vocabu
     return VocabularySplit(train, held_out)
 
 
+@dataclass(frozen=True)
+class TaskPairs:
+    """A task's pairs for one fit.
+
+    Args:
+        train: the pairs to fit on.
+        test: held-out pairs from the training frames and words ("in-frame").
+        unseen: as many pairs from frames and words the fit never saw.
+    """
+
+    train: PairedDataset
+    test: PairedDataset
+    unseen: PairedDataset
+
+
+HOLDOUT = 0.25
+"""Share of a task's frames and of each word list that :func:`split_pairs` keeps from training."""
+
+
+def split_pairs(
+    task: str,
+    model,
+    n: int,
+    seed: int = 0,
+    corruption: str | None = None,
+    test_fraction: float = 0.1,
+) -> TaskPairs:
+    """``n`` pairs from three quarters of ``task``'s frames and words, ``test_fraction`` of
+    them held out, and as many test pairs again from the rest: the circuit is judged on
+    wording it never saw as well as on its own."""
+    split = vocabulary_split(task, HOLDOUT, seed)
+    data = build(task, model, n, seed, corruption, **split.train)
+    train, test = data.split(test_fraction, seed=seed)
+    unseen = build(task, model, len(test), seed + 1, corruption, **split.held_out)
+    return TaskPairs(train, test, unseen)
+
+
 __all__ = [
+    "HOLDOUT",
+    "TaskPairs",
     "TASKS",
     "VocabularySplit",
     "build",
@@ -78,5 +119,6 @@ __all__ = [
     "gendered_pronouns",
     "greater_than",
     "ioi",
+    "split_pairs",
     "vocabulary_split",
 ]

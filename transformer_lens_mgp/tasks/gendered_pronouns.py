@@ -34,6 +34,10 @@ TEMPLATES: tuple[str, ...] = (
     "After dinner, {name} said that",
     "Then {name} said hello and waved, because",
     "When {name} got home,",
+    "Everyone knows {name} works very hard, doesn't",
+    "Clearly {name} was right about the weather, wasn't",
+    "Yesterday {name} called me, and then",
+    "I think {name} will come to the party, won't",
 )
 """Prompts that end where a pronoun for the named person comes next (mostly tag questions)."""
 

@@ -41,6 +41,8 @@ TEMPLATES: tuple[str, ...] = (
     "The {noun} started in the year {cc}{yy} and ended in the year {cc}",
     "The {noun} ran from {cc}{yy} to {cc}",
     "The {noun} began in {cc}{yy} and was over by {cc}",
+    "The {noun} went on from {cc}{yy} until {cc}",
+    "Records of the {noun} run from the year {cc}{yy} to the year {cc}",
 )
 """Prompts that end on the end year's century. The first is Hanna et al.'s, and the only one
 used unless others are asked for; the rest give a split by template something to hold out."""

@@ -42,7 +42,17 @@ _FRAMES = (
     "Later, {A} and {B} had a long argument at the {PLACE}. Afterwards {S2} said to",
     "On Monday, {A} and {B} met at the {PLACE}, where {S2} gave a {OBJECT} to",
     "When {A} and {B} found a {OBJECT} at the {PLACE}, {S2} gave it to",
+    "At the {PLACE}, {A} and {B} talked for hours, and then {S2} sent a {OBJECT} to",
+    "Because {A} and {B} were at the {PLACE} together, {S2} brought a {OBJECT} to",
+    "It was raining when {A} and {B} left the {PLACE}, so {S2} lent a {OBJECT} to",
+    "During a visit to the {PLACE}, {A} and {B} got hungry, and {S2} passed a {OBJECT} to",
+    "Once {A} and {B} had reached the {PLACE}, {S2} showed the {OBJECT} to",
+    "The friends {A} and {B} cleaned up the {PLACE}. Afterwards {S2} threw the {OBJECT} to",
+    "As {A} and {B} walked into the {PLACE}, {S2} whispered a secret to",
+    "Last week {A} and {B} visited the {PLACE}, where {S2} offered a {OBJECT} to",
 )
+"""Sentence frames, varied in clause order, verb and punctuation, so that a split by frame
+leaves the fit several and tests it on wording it never saw."""
 
 
 def frame_of(template: str) -> str:

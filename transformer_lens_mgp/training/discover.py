@@ -41,6 +41,7 @@ def discover(
     test: PairedDataset,
     config: PruningConfig | None = None,
     *,
+    unseen: PairedDataset | None = None,
     node_effects: bool = True,
     curve: bool = False,
     edges: str = "scored",
@@ -53,6 +54,8 @@ def discover(
         model: a TransformerLens model; never modified.
         train: the pairs the masks learn from.
         test: held-out pairs every reported number is measured on.
+        unseen: pairs from frames and words ``train`` never used (``tasks.split_pairs``), on
+            which the circuit is measured too: how far it generalises.
         config: the fit's settings (default: ``PruningConfig()``).
         node_effects: rank the kept nodes (each removed alone) and profile the top heads and
             neurons.
@@ -85,6 +88,7 @@ def discover(
         model,
         circuit,
         test,
+        unseen=unseen,
         seed=config.seed,
         curve=curve,
         edges=edges != "none",
