@@ -24,27 +24,35 @@ def row(run: Path) -> dict:
         "accuracy": [ours["accuracy_circuit"], ours["accuracy_full"]],
         "random_kl": rand["kl"],
         "random_recovered": rand["recovered"],
+        "unseen": _faithful(metrics.get("circuit_unseen_frames")),
         "wall_seconds": metrics["wall_seconds"],
         "fit_seconds": metrics["fit_seconds"],
         "peak_rss_mib": metrics["peak_rss_mib"],
     }
 
 
+def _faithful(evaluation: dict | None) -> list[float] | None:
+    """KL and recovered of a run's evaluation on unseen frames (None: a run without them)."""
+    return None if evaluation is None else [evaluation["kl"], evaluation["recovered"]]
+
+
 def markdown(rows: list[dict]) -> str:
     head = (
         "| task | heads | attn neurons | MLPs | MLP neurons | KL | recovered | accuracy "
-        "(circuit / full) | random: KL / recovered | wall time | peak RSS |"
+        "(circuit / full) | random: KL / recovered | unseen frames: KL / recovered | wall time "
+        "| peak RSS |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         kept = [
             f"{k:,} / {n:,} ({100 * k / n:.1f} %)" if (k, n) != (None, None) else "–"
             for k, n in (r["kept"].get(g, (None, None)) for g in COLUMNS)
         ]
+        unseen = "–" if r["unseen"] is None else "{:.3f} / {:.2f}".format(*r["unseen"])
         lines.append(
             f"| {r['task']} | {' | '.join(kept)} | {r['kl']:.3f} | {r['recovered']:.2f} | "
             f"{r['accuracy'][0]:.2f} / {r['accuracy'][1]:.2f} | "
-            f"{r['random_kl']:.2f} / {r['random_recovered']:.2f} | "
+            f"{r['random_kl']:.2f} / {r['random_recovered']:.2f} | {unseen} | "
             f"{r['wall_seconds'] / 60:.1f} min | {r['peak_rss_mib'] / 1024:.1f} GiB |"
         )
     return "\n".join(lines)

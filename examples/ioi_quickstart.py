@@ -23,7 +23,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model()
-    train, test = tasks.ioi(model, n=args.n, seed=0).split(0.1)
+    pairs = tasks.split_pairs("ioi", model, n=args.n, seed=0)  # a quarter of frames held out
+    train, test = pairs.train, pairs.test
     quick = {} if args.steps is None else {"steps": args.steps}
     circuit = CircuitPruner(model, **quick).fit(train)  # the defaults: a small circuit
     print(circuit.summary())
@@ -32,6 +33,8 @@ def main() -> None:
     baseline = evaluate(model, random_circuit(circuit), test)
     print(f"held-out KL {ours.kl:.3f} (random circuit of the same size: {baseline.kl:.3f})")
     print(f"logit difference recovered {ours.recovered:.2f} ({baseline.recovered:.2f})")
+    unseen = evaluate(model, circuit, pairs.unseen)
+    print(f"on frames and names it never saw: KL {unseen.kl:.3f}, recovered {unseen.recovered:.2f}")
 
     # The circuit as TransformerLens hooks: everything outside it takes its corrupted value.
     hooks = circuit.fwd_hooks(test, model=model)

@@ -63,6 +63,11 @@ def test_task_table_reads_discover_runs(tmp_path, capsys, monkeypatch):
     table.main()
     printed = capsys.readouterr().out
     assert "| ioi | 27 / 270 (10.0 %) | – | – | 100 / 46,080 (0.2 %) | 0.300 | 0.90 |" in printed
+    assert "| 4.00 / 0.00 | – |" in printed  # a run without unseen frames
+    metrics["circuit_unseen_frames"] = {**ours, "kl": 0.45, "recovered": 0.85}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    table.main()
+    assert "| 4.00 / 0.00 | 0.450 / 0.85 |" in capsys.readouterr().out
 
 
 @needs_hooked_transformer
