@@ -218,6 +218,9 @@ def test_tasks_registry():
         "greater_than",
         "VocabularySplit",
         "vocabulary_split",
+        "HOLDOUT",
+        "TaskPairs",
+        "split_pairs",
         "build",
         "check_task",
     }
