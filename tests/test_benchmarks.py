@@ -273,6 +273,12 @@ def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, ca
     assert record["held_out_vocabulary"]["templates"]
     assert (out / "baselines.html").stat().st_size > 1000
     assert "| neuron | targets x1 | pruning |" in capsys.readouterr().out
+    # the generalisation table reads the run: pruning beside the best non-random baseline
+    load("baselines_table").main([str(out), "--json", str(tmp_path / "table.json")])
+    (row,) = json.loads((tmp_path / "table.json").read_text())
+    assert row["best_baseline"] in {"attribution patching", "integrated gradients"}
+    assert row["kept"] == next(r["kept"] for r in rows if r["method"] == "pruning")
+    assert f"| {row['model']} | ioi |" in capsys.readouterr().out
 
 
 def test_corruptions_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsys, task_model):
