@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformer_lens_mgp import CircuitPruner, evaluate, load_model
 from transformer_lens_mgp.analysis.convergence import settling
-from transformer_lens_mgp.tasks import TASKS
+from transformer_lens_mgp.tasks import TASKS, split_pairs
 from transformer_lens_mgp.training.config import PAIRS_PER_STEP, PruningConfig
 
 GRANULARITIES = ("head", "attn_neuron", "mlp_neuron")
@@ -53,12 +53,13 @@ def settings(pairs: list[str]) -> dict:
 
 def measure(model, task: str, overrides: dict, seed: int, n: int | None) -> dict:
     config = PruningConfig(seed=seed, **overrides)
-    data = TASKS[task](model, n=PAIRS_PER_STEP * config.steps if n is None else n, seed=seed)
-    train, test = data.split(0.1, seed=seed)
+    n = PAIRS_PER_STEP * config.steps if n is None else n
+    pairs = split_pairs(task, model, n, seed)  # as tl-mgp discover builds them
+    train, test = pairs.train, pairs.test
     start = time.perf_counter()
     circuit = CircuitPruner(model, config).fit(train)
     seconds = time.perf_counter() - start
-    result = evaluate(model, circuit, test)
+    result, unseen = evaluate(model, circuit, test), evaluate(model, circuit, pairs.unseen)
     history = circuit.history
     rows = {
         row.granularity: {"n_kept": circuit.n_kept(row.granularity), **row.to_dict()}
@@ -75,6 +76,7 @@ def measure(model, task: str, overrides: dict, seed: int, n: int | None) -> dict
         "recovered": result.recovered,
         "accuracy": result.accuracy_circuit,
         "accuracy_full": result.accuracy_full,
+        "unseen_frames": {"kl": unseen.kl, "recovered": unseen.recovered},
         "fit_seconds": round(seconds, 1),
         "size_history": {g: history[f"size/{g}"] for g in rows},
     }

@@ -303,6 +303,7 @@ def test_convergence_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsy
     assert [r["task"] for r in records] == ["ioi", "gp"]
     for record in records:
         assert record["config"]["steps"] == 10 and record["config"]["schedule"]["decay"] == 0.6
+        assert record["unseen_frames"]["kl"] >= 0  # judged on frames it never saw too
         rows = record["granularities"]
         assert set(rows) == {"head", "attn_neuron", "mlp_neuron"}
         assert all(len(h) == 10 for h in record["size_history"].values())
