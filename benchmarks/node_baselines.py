@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_pairs(model, args):
     pairs = tasks.split_pairs(args.task, model, args.n, args.seed, None, args.test_fraction)
-    return pairs.train, {"test": pairs.test, "unseen": pairs.unseen}
+    return pairs.train, {"test": pairs.test, "unseen": pairs.unseen}, pairs.vocabulary
 
 
 def fit_points(model, train, args) -> list[tuple[str, str, object]]:
@@ -196,8 +196,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     model = load_model(args.model)
-    train, tests = build_pairs(model, args)
-    held_out = tasks.vocabulary_split(args.task, tasks.HOLDOUT, args.seed).held_out
+    train, tests, vocabulary = build_pairs(model, args)
     fitted = fit_points(model, train, args)
     scores = node_scores(model, train, args)
     rows = measure(model, fitted, scores, tests)
@@ -206,7 +205,7 @@ def main(argv=None) -> None:
         "task": args.task,
         "n_train": len(train),
         "n_test": {k: len(v) for k, v in tests.items()},
-        "held_out_vocabulary": {k: list(v) for k, v in held_out.items()},
+        "held_out_vocabulary": {k: list(v) for k, v in vocabulary.held_out.items()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seconds": time.perf_counter() - start,
         "rows": rows,

@@ -346,6 +346,7 @@ def test_split_pairs_tests_on_frames_the_fit_never_saw(model, task):
     pairs = tasks.split_pairs(task, model, n=40, seed=0, test_fraction=0.25)
     assert (len(pairs.train), len(pairs.test), len(pairs.unseen)) == (30, 10, 10)
     split = tasks.vocabulary_split(task, tasks.HOLDOUT, seed=0)
+    assert pairs.vocabulary == split
     assert pairs.train.meta["n_templates"] == len(split.train["templates"])
     assert pairs.unseen.meta["n_templates"] == len(split.held_out["templates"])
     seen = {model.to_string(t) for t in pairs.train.clean_tokens}

@@ -100,6 +100,14 @@ class Discovery:
     def n_test(self) -> int | None:
         return None if self.evaluation is None else self.evaluation.n_pairs
 
+    def test_sets(self) -> list[tuple[str, Evaluation, Evaluation]]:
+        """(name, circuit, random circuit) per set of held-out pairs measured: "in-frame",
+        then "unseen frames" when measured; what the printed table and the report show."""
+        sets = [("in-frame", self.evaluation, self.random_baseline)]
+        if self.unseen is not None:
+            sets.append(("unseen frames", self.unseen, self.unseen_random))
+        return sets
+
     def replace(self, **changes) -> Discovery:
         return dataclasses.replace(self, **changes)
 

@@ -357,9 +357,7 @@ def _faithfulness_table(run: Discovery) -> str:
     if run.evaluation is None:
         return "<p>not measured</p>"
     headers = ["pairs", "", "KL(full || ·)", "task metric", "recovered", "accuracy"]
-    splits = [("in-frame", run.evaluation, run.random_baseline)]
-    if run.unseen is not None:
-        splits.append(("unseen frames", run.unseen, run.unseen_random))
+    splits = run.test_sets()
     rows = []
     for name, own, rand in splits:
         rows += [

@@ -22,9 +22,7 @@ def faithfulness_table(run: Discovery) -> str:
         ("accuracy", "accuracy_circuit"),
         ("full model accuracy", "accuracy_full"),
     ]
-    splits = [("in-frame", run.evaluation, run.random_baseline)]
-    if run.unseen is not None:
-        splits.append(("unseen frames", run.unseen, run.unseen_random))
+    splits = run.test_sets()
     lines = [f"{'held-out pairs':<22}" + "".join(f" {name:>21}" for name, _, _ in splits)]
     lines.append(f"{'':<22}" + f" {'circuit':>10} {'random':>10}" * len(splits))
     for label, key in rows:

@@ -80,11 +80,13 @@ class TaskPairs:
         train: the pairs to fit on.
         test: held-out pairs from the training frames and words ("in-frame").
         unseen: as many pairs from frames and words the fit never saw.
+        vocabulary: which frames and words each side was built from.
     """
 
     train: PairedDataset
     test: PairedDataset
     unseen: PairedDataset
+    vocabulary: VocabularySplit
 
 
 HOLDOUT = 0.25
@@ -106,7 +108,7 @@ def split_pairs(
     data = build(task, model, n, seed, corruption, **split.train)
     train, test = data.split(test_fraction, seed=seed)
     unseen = build(task, model, len(test), seed + 1, corruption, **split.held_out)
-    return TaskPairs(train, test, unseen)
+    return TaskPairs(train, test, unseen, split)
 
 
 __all__ = [
