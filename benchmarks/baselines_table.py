@@ -2,12 +2,12 @@
 in-frame and on unseen frames beside the best baseline at the same size.
 
     for m in default gemma-3-270m; do for t in ioi gp gt; do
-      python -m benchmarks.node_baselines --model $m --task $t --scales 1 --head-targets \\
+      python -m benchmarks.node_baselines --model $m --task $t --scales --head-targets \\
           --out runs/baselines-$m-$t; done; done
     python -m benchmarks.baselines_table runs/baselines-*-* --json runs/generalisation.json
 
 "Best baseline" is the method other than pruning and chance with the lowest unseen-frame KL
-at pruning's size (neuron level, the default targets).
+at pruning's size (neuron level: the default, and any fixed-target points the run has).
 """
 
 from __future__ import annotations

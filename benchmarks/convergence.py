@@ -79,6 +79,8 @@ def measure(model, task: str, overrides: dict, seed: int, n: int | None) -> dict
         "unseen_frames": {"kl": unseen.kl, "recovered": unseen.recovered},
         "fit_seconds": round(seconds, 1),
         "size_history": {g: history[f"size/{g}"] for g in rows},
+        "target_scale": circuit.fit_info.get("target_scale"),
+        "sizing": circuit.fit_info.get("sizing"),
     }
 
 

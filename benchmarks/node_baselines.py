@@ -6,9 +6,10 @@ One task's pairs come as ``tl-mgp discover`` builds them (``tasks.split_pairs``)
 quarters of its frames and words, a tenth held out ("in-frame" test pairs), and as many test
 pairs from the frames and words the fit never saw ("unseen frames"). Two curves:
 
-- **neuron level**: pruning fits with the small-circuit default's targets scaled by
-  ``--scales``; at each fit's size, per granularity, the circuits that attribution patching,
-  integrated gradients (node-level EAP-IG) and chance choose;
+- **neuron level**: the default fit (``PruningConfig()``: its size chosen by the
+  faithfulness level) and fits at the default targets scaled by ``--scales``; at each fit's
+  size, per granularity, the circuits that attribution patching, integrated gradients
+  (node-level EAP-IG) and chance choose;
 - **head level** (MLPs whole): pruning fits of the heads alone at ``--head-targets``, against
   the same scores and exact activation patching of single heads.
 
@@ -66,7 +67,7 @@ def fit_points(model, train, args) -> list[tuple[str, str, object]]:
     """(level, label, circuit) for every pruning fit."""
     dims = ModelDims.from_cfg(model.cfg)
     steps = {} if args.steps is None else {"steps": args.steps}
-    points = []
+    points = [("neuron", "default", PruningConfig(**steps))]
     for scale in args.scales:
         target = {
             g: min(1.0, t * scale) for g, t in DEFAULT_TARGET.items() if g in dims.available()
@@ -118,6 +119,7 @@ def measure(model, fitted, scores, tests) -> list[dict]:
                 "level": level,
                 "point": label,
                 "method": method,
+                "sizing": circuit.fit_info.get("sizing"),
                 "kept": {g: c.n_kept(g) for g in c.granularities},
                 "total": {g: c.n_total(g) for g in c.granularities},
                 "size": c.size(),

@@ -242,7 +242,6 @@ def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, ca
             "--n",
             "40",
             "--scales",
-            "1",
             "--head-targets",
             "0.5",
             "--steps",
@@ -272,7 +271,8 @@ def test_node_baselines_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, ca
     assert record["n_test"]["unseen"] == record["n_test"]["test"] == 4
     assert record["held_out_vocabulary"]["templates"]
     assert (out / "baselines.html").stat().st_size > 1000
-    assert "| neuron | targets x1 | pruning |" in capsys.readouterr().out
+    assert "| neuron | default | pruning |" in capsys.readouterr().out
+    assert all(r["sizing"] for r in rows if r["level"] == "neuron")  # the default sized it
     # the generalisation table reads the run: pruning beside the best non-random baseline
     load("baselines_table").main([str(out), "--json", str(tmp_path / "table.json")])
     (row,) = json.loads((tmp_path / "table.json").read_text())
@@ -306,7 +306,10 @@ def test_convergence_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, capsy
         assert record["unseen_frames"]["kl"] >= 0  # judged on frames it never saw too
         rows = record["granularities"]
         assert set(rows) == {"head", "attn_neuron", "mlp_neuron"}
-        assert all(len(h) == 10 for h in record["size_history"].values())
+        sizing = record["sizing"]  # the default searched the size: 10 steps, then shorter fits
+        assert sizing and record["target_scale"] in [r["scale"] for r in sizing]
+        chosen_end = next(r["end"] for r in sizing if r["scale"] == record["target_scale"])
+        assert all(len(h) == chosen_end for h in record["size_history"].values())
         assert all(row["target"] is not None and row["change"] >= 0 for row in rows.values())
     assert "| ioi | mlp_neuron |" in capsys.readouterr().out
 
@@ -342,3 +345,16 @@ def test_edge_pruning_benchmark_runs_on_a_tiny_model(tmp_path, monkeypatch, caps
     assert all(c["seconds"] > 0 and c["peak_mib"] >= 0 for c in cost.values())
     bench.print_cost(cost)
     assert "| edge step, every node kept |" in capsys.readouterr().out
+
+
+def test_sizing_benchmark_measures_every_rung(tmp_path, monkeypatch, capsys, task_model):
+    bench = load("sizing")
+    monkeypatch.setattr(bench, "load_model", lambda name=None: task_model)
+    out = tmp_path / "s"
+    bench.main(["--tasks", "ioi", "--n", "40", "--steps", "5", "--out", str(out)])
+    (record,) = json.loads((out / "sizing.json").read_text())
+    rungs = record["rungs"]
+    assert 2 <= len(rungs) <= 3 and sum(r["chosen"] for r in rungs) == 1
+    assert all(r["in-frame"]["kl"] >= 0 and r["unseen frames"]["kl"] >= 0 for r in rungs)
+    assert record["level"]["kl"] == 0.2 and record["n_validation"] > 0
+    assert "| ioi | x1 |" in capsys.readouterr().out

@@ -133,5 +133,5 @@ def test_bad_budget_arguments_are_explained(kwargs, fit_kwargs, message):
 
 def test_one_pair_cannot_be_split_for_validation():
     model = build_model()
-    with pytest.raises(ValueError, match="give more pairs or a validation dataset"):
+    with pytest.raises(ValueError, match="give more pairs, a validation dataset"):
         CircuitPruner(model, max_kl=0.3, steps=2).fit(build_dataset(model, n=1), progress=False)

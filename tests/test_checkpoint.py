@@ -44,7 +44,8 @@ def test_resume_after_interrupt_matches_uninterrupted_fit(tmp_path, monkeypatch,
             ds, progress=False, checkpoint_dir=tmp_path
         )
     monkeypatch.setattr(run_module, "kl_divergence", real_kl)
-    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["state"]["step"] == 10
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["state"]
+    assert state["run"]["step"] == 10
     resumed = CircuitPruner(model, seed=4, **settings, steps=20).fit(
         ds, progress=False, checkpoint_dir=tmp_path, resume=True
     )
@@ -89,7 +90,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if path.exists() and torch.load(path, weights_only=True)["state"]["step"] >= 15:
+            if path.exists() and torch.load(path, weights_only=True)["state"]["run"]["step"] >= 15:
                 break
             time.sleep(0.2)
         else:
@@ -97,7 +98,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    state = torch.load(path, weights_only=True)["state"]
+    state = torch.load(path, weights_only=True)["state"]["run"]
     saved = state["step"]
     assert saved % 5 == 0 and len(state["history"]["kl"]) == saved
 
@@ -200,7 +201,7 @@ def test_ctrl_c_during_a_checkpoint_write_stays_a_keyboard_interrupt(tmp_path, m
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
     monkeypatch.undo()
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
-    assert state["state"]["step"] == 2
+    assert state["state"]["run"]["step"] == 2
 
 
 def test_a_checkpoint_folder_that_cannot_be_written_is_found_by_writing(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert "KL(full || circuit)" in printed and "metric recovered" in printed
     assert "nodes that matter most" in printed and "top head" in printed
     # the small preset's targets, and how far the fit got to them
-    assert re.search(r"size at the end .*head [\d.]+ % for 9\.0 % \(moved [\d.]+ %\)", printed)
+    assert re.search(r"size at the end .*head [\d.]+ % for [\d.]+ % \(moved [\d.]+ %\)", printed)
     assert "block" not in printed.split("size at the end")[1].splitlines()[0]
     nodes = json.loads((out / "nodes.json").read_text())
     assert nodes["heads"]["groups"] == ["first", "IO", "S1", "S1+1", "S2", "END", "other"]
@@ -58,11 +58,17 @@ def test_discover_then_evaluate(tiny_default, tmp_path, capsys):
     assert metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
     # where the time went: four parts, the steps named by their count, adding up to the wall
     parts = metrics["time_parts"]
-    assert list(parts)[2] == "3 steps" and min(parts.values()) >= 0
+    # the size search: the fit at the targets (3 steps), then shorter fits from it
+    assert metrics["sizing"][0]["scale"] == 1 and metrics["sizing"][0]["end"] == 3
+    assert f"size chosen: targets x{metrics['target_scale']:g}" in printed
+    trained = metrics["sizing"][-1]["end"]
+    assert list(parts)[2] == f"{trained} steps" and min(parts.values()) >= 0
     assert sum(parts.values()) == pytest.approx(metrics["wall_seconds"], abs=0.3)
-    assert re.search(r"wall time [\d.]+ s \(model and pairs [\d.]+ s, .*, 3 steps", printed)
+    wall = rf"wall time [\d.]+ s \(model and pairs [\d.]+ s, .*, {trained} steps"
+    assert re.search(wall, printed)
     settled = {row["granularity"]: row for row in metrics["settling"]}
-    assert settled["head"]["target"] == 0.09 and 0 <= settled["head"]["kept"] <= 1
+    chosen = 0.09 * metrics["target_scale"]  # the chosen rung's target
+    assert settled["head"]["target"] == pytest.approx(chosen) and 0 <= settled["head"]["kept"] <= 1
 
     circuit = Circuit.load(out / "circuit.safetensors", model=tiny_default)
     assert circuit.config["steps"] == 3

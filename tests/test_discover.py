@@ -38,7 +38,8 @@ def test_discover_fits_measures_and_leaves_the_model_as_it_was(ioi):
     assert [r.head for r in run.anatomy.roles] == [h.head for h in run.anatomy.heads.heads]
     assert {row.granularity for row in run.settling} == set(run.circuit.granularities)
     parts = run.to_dict()["time_parts"]
-    assert list(parts)[2] == "3 steps" and run.timings.model_and_pairs == 0
+    trained = run.circuit.fit_info["steps_trained"]  # the size search's rungs included
+    assert list(parts)[2] == f"{trained} steps" and run.timings.model_and_pairs == 0
     assert sum(parts.values()) == pytest.approx(run.timings.wall, abs=0.3)
     metrics = json.loads(json.dumps(run.to_dict()))  # JSON-able as metrics.json
     assert metrics["n_train"] == len(train) and metrics["circuit"]["kl"] == run.evaluation.kl

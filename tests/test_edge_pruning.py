@@ -296,5 +296,7 @@ def test_a_bridge_is_refused_with_a_hint():
 
 def test_node_pruner_still_fits_after_the_loop_moved():
     model, dims = tiny()
-    circuit = CircuitPruner(model, steps=2).fit(build_dataset(model, n=8), progress=False)
+    circuit = CircuitPruner(model, steps=2, faithfulness=None).fit(
+        build_dataset(model, n=8), progress=False
+    )
     assert circuit.history["loss"] and len(circuit.history["loss"]) == 2

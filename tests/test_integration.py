@@ -115,7 +115,7 @@ def test_memory_options_on_smollm2(smollm2):
     """gradient_checkpointing reproduces a plain fit on SmolLM2; bf16 trains to a similar KL."""
     train = tasks.ioi(smollm2, n=24, seed=2)
     before = model_state(smollm2)
-    config = PruningConfig(steps=4, batch_size=6, lr=0.3, seed=2)
+    config = PruningConfig(steps=4, batch_size=6, lr=0.3, seed=2, faithfulness=None)
     plain = CircuitPruner(smollm2, config).fit(train, progress=False)
     recomputed = CircuitPruner(smollm2, config, gradient_checkpointing=True).fit(
         train, progress=False

@@ -50,7 +50,9 @@ def test_known_answer_model_is_recovered_exactly():
 def test_fit_returns_a_smaller_circuit_on_every_architecture(variant):
     model = build_model(**VARIANTS[variant])
     before = model_state(model)
-    circuit = CircuitPruner(model, steps=40).fit(build_dataset(model), progress=False)
+    circuit = CircuitPruner(model, steps=40, faithfulness=None).fit(
+        build_dataset(model), progress=False
+    )
     assert isinstance(circuit, Circuit)
     assert circuit.granularities == circuit.dims.available()
     for g in circuit.granularities:
@@ -200,7 +202,9 @@ def test_loss_turning_infinite_mid_fit_is_caught_with_its_step():
 def test_lambda_is_priced_in_units_of_the_empty_circuit_kl():
     model = build_model()
     ds = build_dataset(model, n=40)
-    circuit = CircuitPruner(model, steps=1, bf16=False).fit(ds, progress=False)  # as evaluate
+    circuit = CircuitPruner(model, steps=1, bf16=False, faithfulness=None).fit(
+        ds, progress=False
+    )  # float32, as evaluate; every pair (no validation split)
     empty = Circuit(
         dims=circuit.dims,
         log_alpha={g: torch.full_like(p, -10.0) for g, p in circuit.log_alpha.items()},

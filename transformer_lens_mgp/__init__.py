@@ -28,7 +28,7 @@ from .core.errors import TrainingDivergedError, UsageError
 from .core.gates import HardConcrete
 from .core.nodes import GRANULARITIES, ModelDims
 from .models import load_model
-from .training.config import PruningConfig, Schedule
+from .training.config import Faithfulness, PruningConfig, Schedule
 from .training.discover import discover
 from .training.edges import EdgeConfig, EdgePruner
 from .training.pruner import CircuitPruner
@@ -47,6 +47,7 @@ __all__ = [
     "EdgeGraph",
     "EdgePruner",
     "Evaluation",
+    "Faithfulness",
     "FaithfulnessCurve",
     "HardConcrete",
     "ModelDims",

@@ -49,7 +49,7 @@ def relative_change(sizes: Sequence[float], share: float = LAST_SHARE) -> float:
 def settling(circuit: Circuit) -> list[Settling]:
     """Per trained granularity with a recorded size: where the fit ended and how much its
     size moved over the last fifth (empty for circuits without a size history)."""
-    targets = circuit.config.get("target") or {}
+    targets = circuit.fit_info.get("target") or circuit.config.get("target") or {}
     out = []
     for g in circuit.granularities:
         sizes = circuit.history.get(f"size/{g}")

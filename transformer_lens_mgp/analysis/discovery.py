@@ -108,6 +108,11 @@ class Discovery:
             sets.append(("unseen frames", self.unseen, self.unseen_random))
         return sets
 
+    def steps_trained(self) -> int:
+        """Optimiser steps of the fit, every rung of a size search included."""
+        info, config = self.circuit.fit_info, self.circuit.config
+        return info.get("steps_trained", config.get("steps", 0))
+
     def replace(self, **changes) -> Discovery:
         return dataclasses.replace(self, **changes)
 
@@ -123,6 +128,9 @@ class Discovery:
             out["circuit_unseen_frames"] = self.unseen.to_dict()
             out["random_circuit_unseen_frames"] = self.unseen_random.to_dict()
         out["fit_seconds"] = self.circuit.fit_info.get("seconds")
+        if "sizing" in self.circuit.fit_info:
+            out["target_scale"] = self.circuit.fit_info["target_scale"]
+            out["sizing"] = self.circuit.fit_info["sizing"]
         out["settling"] = [row.to_dict() for row in self.settling]
         if self.curve is not None:
             out["faithfulness_curve"] = self.curve.to_dict()
@@ -132,7 +140,7 @@ class Discovery:
             out["learned_edges"] = dict(self.learned_summary)
         if self.timings is not None:
             out["wall_seconds"] = round(self.timings.wall, 1)
-            out["time_parts"] = self.timings.parts(self.circuit.config.get("steps", 0))
+            out["time_parts"] = self.timings.parts(self.steps_trained())
         if self.peak_rss_mib is not None:
             out["peak_rss_mib"] = self.peak_rss_mib
         return out

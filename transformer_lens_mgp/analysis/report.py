@@ -83,6 +83,8 @@ def write_report(run: Discovery | Circuit, path: str | Path, title: str = "Circu
     page.section("Faithfulness on held-out pairs")
     page.raw(_faithfulness_table(run))
     page.raw(_size_table(circuit))
+    if circuit.fit_info.get("sizing"):
+        page.raw(_sizing_table(circuit))
     _graph_section(page, run)
     if run.anatomy is not None and run.anatomy.roles:
         _roles_section(page, run.anatomy)
@@ -398,6 +400,32 @@ def _size_table(circuit: Circuit) -> str:
     if ends:
         headers += ["target", "size moved over the last fifth of the fit"]
     return _table(headers, rows)
+
+
+def _sizing_table(circuit: Circuit) -> str:
+    """The fits of the size search, each measured on the validation pairs against the level."""
+    level = circuit.config.get("faithfulness") or {}
+    low, high = level.get("recovered", ("?", "?"))
+    lead = (
+        "<p class='lead'>The size follows the task: after the fit at the default targets, "
+        "shorter fits continued at half (or twice) the targets while the circuit met the "
+        f"faithfulness level on {circuit.fit_info.get('n_validation')} validation pairs "
+        f"(KL at most {level.get('kl', '?')} of the empty circuit's, recovered in "
+        f"[{low}, {high}]); the smallest circuit that met it is this page's.</p>"
+    )
+    chosen = circuit.fit_info.get("target_scale")
+    rows = [
+        [
+            f"x{r['scale']:g}" + (" (this circuit)" if r["scale"] == chosen else ""),
+            f"{100 * r['size']:.2f}%",
+            _num(r["kl_share"]),
+            _num(r["recovered"]),
+            "yes" if r["met"] else "no",
+        ]
+        for r in circuit.fit_info["sizing"]
+    ]
+    headers = ["targets", "nodes kept", "KL / empty circuit's", "recovered", "met the level"]
+    return lead + _table(headers, rows)
 
 
 def _facts(run: Discovery) -> list[list[str]]:

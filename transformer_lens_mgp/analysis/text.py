@@ -47,6 +47,28 @@ def settling_line(run: Discovery) -> str:
     return "size at the end (change over the last fifth of the steps): " + ", ".join(parts)
 
 
+def sizing_line(circuit) -> str | None:
+    """How the size was chosen: each fit of the search with its faithfulness on the
+    validation pairs (None for a fit at a given size)."""
+    rungs = circuit.fit_info.get("sizing")
+    if not rungs:
+        return None
+    level = circuit.config.get("faithfulness") or {}
+    low, high = level.get("recovered", (float("nan"),) * 2)
+    parts = [
+        f"x{r['scale']:g}: KL {r['kl_share']:.3f} of empty"
+        + ("" if r["recovered"] is None else f", recovered {r['recovered']:.2f}")
+        + (" (met)" if r["met"] else " (missed)")
+        for r in rungs
+    ]
+    return (
+        f"size chosen: targets x{circuit.fit_info['target_scale']:g}, the smallest that met "
+        f"KL <= {level.get('kl', float('nan')):g} of the empty circuit's and recovered in "
+        f"[{low:g}, {high:g}] on {circuit.fit_info.get('n_validation')} validation pairs "
+        f"({'; '.join(parts)})"
+    )
+
+
 def top_nodes_line(run: Discovery) -> str:
     """The nodes whose removal costs most, where the top head looks, and the named roles."""
     anatomy = run.anatomy
@@ -77,7 +99,9 @@ def edges_table(summary: Mapping) -> str:
 
 def discovery_text(run: Discovery) -> str:
     """Everything a discovery measured, as the command line prints it."""
-    lines = [run.circuit.summary(), settling_line(run), faithfulness_table(run)]
+    lines = [run.circuit.summary(), settling_line(run)]
+    lines += [line for line in [sizing_line(run.circuit)] if line]
+    lines.append(faithfulness_table(run))
     if run.curve is not None:
         lines.append(f"faithfulness vs size: CPR {run.curve.cpr:.3f}, CMD {run.curve.cmd:.3f}")
     if run.edges is not None:
@@ -88,8 +112,8 @@ def discovery_text(run: Discovery) -> str:
     if run.anatomy is not None:
         lines.append(top_nodes_line(run))
     if run.timings is not None:
-        steps = run.circuit.config.get("steps", 0)
-        parts = ", ".join(f"{name} {s:.0f} s" for name, s in run.timings.parts(steps).items())
+        parts = run.timings.parts(run.steps_trained())
+        parts = ", ".join(f"{name} {s:.0f} s" for name, s in parts.items())
         memory = "" if run.peak_rss_mib is None else f", peak memory {run.peak_rss_mib:.1f} MiB"
         lines.append(f"wall time {run.timings.wall:.1f} s ({parts}){memory}")
     return "\n".join(lines)

@@ -30,7 +30,9 @@ too low (masks then grow back slowly, and a price raised late meets saturated ga
 MIN_AIM = 0.25
 """The training KL aimed at never drops under this share of the budget."""
 VALIDATION_SHARE = 0.2
-"""Share of the pairs held out to measure the KL of snapshots, when no validation set is given."""
+"""Share of the pairs held out to measure candidate circuits, when no validation set is given."""
+MAX_VALIDATION = 256
+"""At most this many pairs are held out: enough to measure a circuit, the rest train."""
 
 
 @dataclass
@@ -114,12 +116,14 @@ class KLBudget:
 
 
 def split_validation(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint (train, validation) indices, the validation part ``VALIDATION_SHARE`` of ``n``."""
+    """Disjoint (train, validation) indices, the validation part ``VALIDATION_SHARE`` of ``n``
+    (at most ``MAX_VALIDATION``)."""
     if n < 2:
         raise UsageError(
-            f"max_kl holds out pairs to measure the KL of candidate circuits, but the dataset "
-            f"has {n} pair(s); give more pairs or a validation dataset (fit(validation=...))"
+            f"choosing the circuit's size holds out pairs to measure candidate circuits, but the "
+            f"dataset has {n} pair(s); give more pairs, a validation dataset "
+            "(fit(validation=...)) or a fixed size (target=...)"
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(n - 1, max(1, round(VALIDATION_SHARE * n)))
+    n_val = min(n - 1, MAX_VALIDATION, max(1, round(VALIDATION_SHARE * n)))
     return order[n_val:].sort().values, order[:n_val].sort().values

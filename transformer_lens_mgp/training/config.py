@@ -93,6 +93,47 @@ class Schedule:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Faithfulness:
+    """The level a circuit must meet on validation pairs for the default fit to call it
+    faithful, which sets its size: easy behaviours get small circuits, hard ones larger.
+
+    Args:
+        recovered: (low, high): bounds on the logit difference the circuit recovers (checked
+            only for pairs with wrong answers).
+        kl: the largest KL(full || circuit) as a share of KL(full || empty circuit).
+    """
+
+    recovered: tuple[float, float] = (0.9, 1.1)
+    kl: float = 0.2
+
+    def __post_init__(self):
+        low_high = self.recovered
+        if (
+            not isinstance(low_high, list | tuple)
+            or len(low_high) != 2
+            or not all(is_finite(v) for v in low_high)
+            or not low_high[0] < low_high[1]
+        ):
+            raise UsageError(
+                f"faithfulness.recovered is (low, high) with low < high, e.g. (0.9, 1.1); "
+                f"got {low_high!r}"
+            )
+        object.__setattr__(self, "recovered", (float(low_high[0]), float(low_high[1])))
+        if not is_finite(self.kl) or not 0 < self.kl <= 1:
+            raise UsageError(
+                f"faithfulness.kl is a share of the empty circuit's KL, in (0, 1]; got {self.kl!r}"
+            )
+
+    def met(self, kl_share: float, recovered: float | None) -> bool:
+        """Whether a circuit with this KL share and recovered metric meets the level."""
+        low, high = self.recovered
+        return kl_share <= self.kl and (recovered is None or low <= recovered <= high)
+
+    def to_dict(self) -> dict:
+        return {"recovered": list(self.recovered), "kl": self.kl}
+
+
 def _as(kind, value, name: str):
     """``value`` as a ``kind`` dataclass (a mapping is read as its fields)."""
     if isinstance(value, Mapping):
@@ -195,6 +236,11 @@ class PruningConfig(FitConfig):
         sparsity: ``{granularity: lambda}``: a fixed price instead of a target, ``lambda``
             times the expected kept fraction in units of the empty circuit's KL; granularities
             in neither ``sparsity`` nor ``target`` take :data:`DEFAULT_SPARSITY`.
+        faithfulness: with the default targets, the level (:class:`Faithfulness`) the
+            circuit must meet on validation pairs: after the fit at the targets, further
+            shorter fits continue from its masks at half (or, if it falls short, twice) the
+            targets, and the smallest circuit that meets the level is returned. None, or a
+            ``target``, ``sparsity`` or ``max_kl`` given: one fit at that size.
         max_kl: instead of a size, a budget in nats: one scale on every ``lambda`` rises while
             the training KL is under ``max_kl`` and falls while it is over, and the fit
             returns the smallest circuit seen whose KL on held-out pairs is within it.
@@ -216,6 +262,7 @@ class PruningConfig(FitConfig):
     granularities: tuple[str, ...] | None = None
     target: Mapping[str, float] | None = None
     sparsity: Mapping[str, float] = field(default_factory=dict)
+    faithfulness: Faithfulness | None = field(default_factory=Faithfulness)
     max_kl: float | None = None
     eval_every: int | None = None
     ablation: str = "corrupted"
@@ -247,6 +294,8 @@ class PruningConfig(FitConfig):
                 )
             self._set(name, dict(value))
         check_sparsity(self.sparsity, self.target or {})
+        if self.faithfulness is not None:
+            self._set("faithfulness", _as(Faithfulness, self.faithfulness, "faithfulness"))
         check_ablation(self.ablation)
         if self.metric_weight is not None and (
             not is_finite(self.metric_weight) or self.metric_weight < 0
@@ -284,12 +333,13 @@ class PruningConfig(FitConfig):
         granularities = resolve_granularities(
             self.granularities if self.granularities is not None else dims.available(), dims
         )
-        target = self.target
+        target, faithfulness = self.target, None
         if target is None:
             sized = self.sparsity or self.max_kl is not None
             target = (
                 {} if sized else {g: t for g, t in DEFAULT_TARGET.items() if g in granularities}
             )
+            faithfulness = None if sized else self.faithfulness
         untrained = sorted(set(target) - set(granularities))
         if untrained:
             raise UsageError(
@@ -310,6 +360,7 @@ class PruningConfig(FitConfig):
             granularities=granularities,
             target=target,
             sparsity=sparsity,
+            faithfulness=faithfulness,
             eval_every=eval_every,
             metric_weight=metric_weight,
         )
@@ -322,7 +373,13 @@ class PruningConfig(FitConfig):
     def to_dict(self) -> dict:
         out = super().to_dict()
         out["granularities"] = None if self.granularities is None else list(self.granularities)
+        if self.faithfulness is not None:
+            out["faithfulness"] = self.faithfulness.to_dict()
         return out
+
+    def sizes_by_faithfulness(self) -> bool:
+        """Whether the fit searches the size (resolved settings: the default targets)."""
+        return self.faithfulness is not None and bool(self.target)
 
 
 def has_bf16(device="cpu") -> bool:

@@ -9,7 +9,10 @@ A fit, in phases:
    empty circuit's KL, the unit of the sparsity price;
 4. step: one masked forward + backward over a batch of clean prompts per step, masks only
    receiving gradients; checkpoint the run every ``checkpoint_every`` steps;
-5. extract the Circuit (under a KL budget: the smallest held-out snapshot within it).
+5. with the default targets, measure the circuit on validation pairs and continue at
+   half (or twice) the targets while it meets (or misses) the faithfulness level;
+6. extract the Circuit: the smallest that met the level (under a KL budget: the smallest
+   held-out snapshot within it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .budget import split_validation
 from .checkpoint import checkpoint_path, fit_identity, load_checkpoint
 from .config import PruningConfig
 from .run import PruningRun
+from .sizing import Ladder
 from .steps import step_to_end
 
 
@@ -67,8 +71,12 @@ class CircuitPruner:
         early (an error, a NaN, Ctrl-C) the masks learned so far are left in
         ``self.circuit_`` before the exception propagates.
 
-        ``validation`` is used with a KL budget (``max_kl``): the circuit so far is measured
-        on it every ``eval_every`` steps; without it, a fifth of ``train`` is held out.
+        ``validation`` chooses the circuit's size: with the default targets, each rung's
+        circuit is measured on it against the faithfulness level; under a KL budget
+        (``max_kl``) the circuit so far, every ``eval_every`` steps. Without it, a fifth of
+        ``train`` is held out (at most 256). A fit at a given size (``target``,
+        ``sparsity``) takes none. After a size search, ``self.rungs_`` holds every circuit
+        it measured (in ``circuit.fit_info["sizing"]``'s order), to compare them further.
         """
         config, dims, train, validation = self._checked(train, validation)
         if resume and checkpoint_dir is None:
@@ -76,20 +84,25 @@ class CircuitPruner:
         checkpoint = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
         identity = fit_identity(self.model, config, dims, train, validation)
         state = load_checkpoint(checkpoint, identity) if resume else None  # refused early
-        self.circuit_ = run = None
+        self.circuit_ = ladder = None
         start = time.perf_counter()
         try:
             with self.execution(config):  # the run's tensors are made in it: no inference tensors
                 run = PruningRun(self.model, config, dims, train, validation)
                 run.prepare(progress)
                 prepared = time.perf_counter()
+                ladder = Ladder(run)
                 if state is not None:
-                    run.load_state_dict(state)
-                step_to_end(run, checkpoint, identity, progress, "pruning")
+                    ladder.load_state_dict(state)
+                while not ladder.done:
+                    desc = "pruning" if not ladder.rungs else f"sizing, targets x{ladder.scale:g}"
+                    step_to_end(ladder.run, checkpoint, identity, progress, desc, ladder.state_dict)
+                    ladder.climb()
         except BaseException:
-            self.circuit_ = None if run is None else run.circuit()
+            self.circuit_ = None if ladder is None else ladder.run.circuit()
             raise
-        self.circuit_ = run.result(
+        run = ladder.run
+        self.circuit_ = ladder.result(
             {
                 "dataset": train.name,
                 "n_pairs": len(train),
@@ -101,6 +114,7 @@ class CircuitPruner:
                 "prepare_seconds": round(prepared - start, 2),
             }
         )
+        self.rungs_ = ladder.circuits(self.circuit_)
         return self.circuit_
 
     @contextmanager
@@ -136,10 +150,11 @@ class CircuitPruner:
             )
         if config.gradient_checkpointing:
             checkpointable_blocks(self.model)
-        if config.max_kl is None:
+        if config.max_kl is None and not config.sizes_by_faithfulness():
             if validation is not None:
                 raise UsageError(
-                    "validation chooses the circuit within a KL budget; set max_kl=... to use it"
+                    "validation chooses the circuit's size, but this fit's size is given "
+                    "(target or sparsity); drop them (and keep faithfulness) or set max_kl=..."
                 )
             return config, dims, train, None
         if validation is None:

@@ -134,6 +134,7 @@ class PruningRun:
         dims: ModelDims,
         train: PairedDataset,
         validation: PairedDataset | None = None,
+        start_targets: dict[str, float] | None = None,
     ):
         self.model, self.config, self.dims = model, config, dims
         self.train, self.validation = train, validation
@@ -154,6 +155,7 @@ class PruningRun:
             targets=dict(config.target),
             warmup_steps=config.schedule.warmup_steps(config.steps),
             device=device,
+            start=start_targets,
         )
         self.budget = None
         if config.max_kl is not None:
@@ -187,6 +189,29 @@ class PruningRun:
             self.validation_reference = reference_logits(self.model, self.validation, batch_size)
         self.kl_empty, self.metric_scale = self._empty_circuit()
         self.sparsity.kl_scale = self.kl_empty
+
+    def continued(
+        self, config: PruningConfig, start_targets: dict[str, float] | None = None
+    ) -> PruningRun:
+        """A run of ``config`` (other targets, its own steps) that starts from this run's masks,
+        multipliers and history and reuses what it prepared; its targets move from
+        ``start_targets`` (default: this run's) to its own over its warm-up. The multipliers
+        start where they held this run's size: from 0 a shorter run would not reach its own."""
+        start = dict(self.config.target) if start_targets is None else start_targets
+        run = PruningRun(self.model, config, self.dims, self.train, self.validation, start)
+        with torch.no_grad():
+            for g, p in run.log_alpha.items():
+                p.copy_(self.log_alpha[g])
+        run.reference, run.validation_reference = self.reference, self.validation_reference
+        run.ablation, run.kl_empty, run.metric_scale = (
+            self.ablation,
+            self.kl_empty,
+            self.metric_scale,
+        )
+        run.sparsity.kl_scale = self.kl_empty
+        run.sparsity.load_state_dict(self.sparsity.state_dict())
+        run.history = {k: list(v) for k, v in self.history.items()}
+        return run
 
     @torch.no_grad()
     def _empty_circuit(self) -> tuple[float, float | None]:

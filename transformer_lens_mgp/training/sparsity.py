@@ -80,7 +80,9 @@ class SparsityControl:
         lambdas: fixed ``lambda_g`` for the granularities without a target, in units of
             ``kl_scale`` (set it to the fit's ``kl_empty``).
         targets: kept-fraction targets ``t_g``.
-        warmup_steps: steps over which each target moves from 1 to ``t_g``.
+        warmup_steps: steps over which each target moves from its start to ``t_g``.
+        start: where each target starts (default 1, every node kept; a fit that continues
+            another starts from the other's targets).
     """
 
     def __init__(
@@ -89,9 +91,11 @@ class SparsityControl:
         targets: dict[str, float],
         warmup_steps: int,
         device: torch.device | str = "cpu",
+        start: dict[str, float] | None = None,
     ):
         self.lambdas = dict(lambdas)
         self.targets = dict(targets)
+        self.start = {g: (start or {}).get(g, 1.0) for g in targets}
         self.kl_scale = 1.0
         self.warmup_steps = max(1, warmup_steps)
         self.multipliers = {g: torch.zeros(2, device=device) for g in targets}
@@ -99,7 +103,8 @@ class SparsityControl:
 
     def target_at(self, granularity: str, step: int) -> float:
         progress = min(1.0, (step + 1) / self.warmup_steps)
-        return 1.0 - (1.0 - self.targets[granularity]) * progress
+        start = self.start[granularity]
+        return start - (start - self.targets[granularity]) * progress
 
     def temperature_at(self, step: int) -> float:
         """Temperature of the kept-share measure: geometric from :data:`INITIAL_TEMPERATURE`

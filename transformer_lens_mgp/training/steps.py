@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -9,10 +10,18 @@ from tqdm.auto import tqdm
 from .checkpoint import save_checkpoint
 
 
-def step_to_end(run, checkpoint: Path | None, identity: dict, progress: bool, desc: str) -> None:
-    """Call ``run.step()`` until ``run.done``, saving ``run.state_dict()`` every
-    ``checkpoint_every`` steps and at the end. ``run`` has ``config`` (``steps``,
-    ``checkpoint_every``), ``step_index`` and ``progress_text(record)``."""
+def step_to_end(
+    run,
+    checkpoint: Path | None,
+    identity: dict,
+    progress: bool,
+    desc: str,
+    state: Callable[[], dict] | None = None,
+) -> None:
+    """Call ``run.step()`` until ``run.done``, saving ``state()`` (default
+    ``run.state_dict()``) every ``checkpoint_every`` steps and at the end. ``run`` has
+    ``config`` (``steps``, ``checkpoint_every``), ``step_index`` and ``progress_text(record)``."""
+    state = state or run.state_dict
     config = run.config
     bar = tqdm(
         total=config.steps,
@@ -28,4 +37,4 @@ def step_to_end(run, checkpoint: Path | None, identity: dict, progress: bool, de
             if progress and (record.step % 5 == 0 or run.done):
                 bar.set_postfix_str(run.progress_text(record))
             if checkpoint and (run.step_index % config.checkpoint_every == 0 or run.done):
-                save_checkpoint(checkpoint, identity, run.state_dict())
+                save_checkpoint(checkpoint, identity, state())
