@@ -154,3 +154,28 @@ def test_the_size_table_shows_each_target_and_how_much_the_size_still_moved(tmp_
     assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["1", "4", "25.00%", "20.00%", "300.0%"]
     untargeted = Circuit.from_kept(dims, kept)
     assert "size moved" not in write_report(untargeted, tmp_path / "u.html").read_text()
+
+
+def test_a_sized_circuit_shows_the_rungs_of_its_search(tmp_path):
+    from transformer_lens_mgp import CircuitPruner
+    from transformer_lens_mgp.analysis.report import write_report
+    from transformer_lens_mgp.analysis.text import sizing_line
+    from transformer_lens_mgp.testing.tiny import build_dataset, build_model
+
+    model = build_model()
+    level = {"recovered": (-1e6, 1e6), "kl": 1.0}  # every rung meets it: the search goes down
+    circuit = CircuitPruner(model, steps=10, faithfulness=level).fit(
+        build_dataset(model, n=40), progress=False
+    )
+    page = write_report(circuit, tmp_path / "r.html").read_text()
+    assert "The size follows the task" in page and "smallest circuit that met it" in page
+    rows = re.findall(r"<td class='text'>(x[\d.]+[^<]*)</td>", page)
+    chosen = circuit.fit_info["target_scale"]
+    assert rows == [
+        f"x{r['scale']:g}" + (" (this circuit)" if r["scale"] == chosen else "")
+        for r in circuit.fit_info["sizing"]
+    ]
+    line = sizing_line(circuit)
+    assert line.startswith(f"size chosen: targets x{chosen:g}") and line.count("(met)") == 3
+    # the size table's target is the chosen rung's
+    assert f"{100 * 0.09 * chosen:.2f}%" in page

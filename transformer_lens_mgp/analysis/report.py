@@ -406,12 +406,18 @@ def _sizing_table(circuit: Circuit) -> str:
     """The fits of the size search, each measured on the validation pairs against the level."""
     level = circuit.config.get("faithfulness") or {}
     low, high = level.get("recovered", ("?", "?"))
+    rungs = circuit.fit_info["sizing"]
+    outcome = (
+        "the smallest circuit that met it is this page's"
+        if any(r["met"] for r in rungs)
+        else "none met it, and this page's is the most faithful one"
+    )
     lead = (
-        "<p class='lead'>The size follows the task: after the fit at the default targets, "
-        "shorter fits continued at half (or twice) the targets while the circuit met the "
-        f"faithfulness level on {circuit.fit_info.get('n_validation')} validation pairs "
-        f"(KL at most {level.get('kl', '?')} of the empty circuit's, recovered in "
-        f"[{low}, {high}]); the smallest circuit that met it is this page's.</p>"
+        "<p class='lead'>The size follows the task: the fit at the default targets was "
+        f"measured on {circuit.fit_info.get('n_validation')} validation pairs against the "
+        f"faithfulness level (KL at most {level.get('kl', '?')} of the empty circuit's, "
+        f"recovered in [{low}, {high}]); shorter fits continued from it at half and a quarter "
+        f"of the targets if it met the level, at twice and four times if not; {outcome}.</p>"
     )
     chosen = circuit.fit_info.get("target_scale")
     rows = [
@@ -422,7 +428,7 @@ def _sizing_table(circuit: Circuit) -> str:
             _num(r["recovered"]),
             "yes" if r["met"] else "no",
         ]
-        for r in circuit.fit_info["sizing"]
+        for r in rungs
     ]
     headers = ["targets", "nodes kept", "KL / empty circuit's", "recovered", "met the level"]
     return lead + _table(headers, rows)

@@ -61,8 +61,9 @@ def sizing_line(circuit) -> str | None:
         + (" (met)" if r["met"] else " (missed)")
         for r in rungs
     ]
+    chosen = "the smallest that met" if any(r["met"] for r in rungs) else "none met; closest to"
     return (
-        f"size chosen: targets x{circuit.fit_info['target_scale']:g}, the smallest that met "
+        f"size chosen: targets x{circuit.fit_info['target_scale']:g}, {chosen} "
         f"KL <= {level.get('kl', float('nan')):g} of the empty circuit's and recovered in "
         f"[{low:g}, {high:g}] on {circuit.fit_info.get('n_validation')} validation pairs "
         f"({'; '.join(parts)})"
