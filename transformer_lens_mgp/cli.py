@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="G=FRACTION",
-        help=f"kept fractions (default: {targets})",
+        help=f"kept fractions, one fit at that size (default: start at {targets} and keep the "
+        "smallest of up to three fits that stays faithful on validation pairs)",
     )
     disc.add_argument(
         "--sparsity",
