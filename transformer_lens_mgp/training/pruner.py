@@ -9,8 +9,9 @@ A fit, in phases:
    empty circuit's KL, the unit of the sparsity price;
 4. step: one masked forward + backward over a batch of clean prompts per step, masks only
    receiving gradients; checkpoint the run every ``checkpoint_every`` steps;
-5. with the default targets, measure the circuit on validation pairs and continue at
-   half (or twice) the targets while it meets (or misses) the faithfulness level;
+5. with the default targets, measure the circuit on validation pairs and continue at half
+   and a quarter of the targets if it meets the faithfulness level, at twice and four times
+   (until one meets it) if not;
 6. extract the Circuit: the smallest that met the level (under a KL budget: the smallest
    held-out snapshot within it).
 """

@@ -196,7 +196,7 @@ class PruningRun:
         """A run of ``config`` (other targets, its own steps) that starts from this run's masks,
         multipliers and history and reuses what it prepared; its targets move from
         ``start_targets`` (default: this run's) to its own over its warm-up. The multipliers
-        start where they held this run's size: from 0 a shorter run would not reach its own."""
+        carry on from this run's (the linear one is 0 where this run ended under its target)."""
         start = dict(self.config.target) if start_targets is None else start_targets
         run = PruningRun(self.model, config, self.dims, self.train, self.validation, start)
         with torch.no_grad():
@@ -213,6 +213,11 @@ class PruningRun:
         run.history = {k: list(v) for k, v in self.history.items()}
         return run
 
+    def empty_masks(self):
+        """Site masks with every pruned node ablated: the empty circuit."""
+        zeros = {g: torch.zeros(p.shape, device=p.device) for g, p in self.log_alpha.items()}
+        return site_masks(zeros, self.dims)
+
     @torch.no_grad()
     def _empty_circuit(self) -> tuple[float, float | None]:
         """KL(full || every pruned granularity ablated) on up to 64 pairs: the size of the
@@ -220,13 +225,12 @@ class PruningRun:
         with ``metric_weight``, the full model's task metric minus the empty circuit's, the
         unit of the metric gap (root mean square over the pairs, so that the empty circuit's
         gap is 1)."""
-        zeros = {g: torch.zeros(p.shape, device=p.device) for g, p in self.log_alpha.items()}
         n = min(len(self.train), EMPTY_KL_PAIRS)
         sample, reference = self.train[torch.arange(n)], self.reference[:n]
         batches = masked_answer_batches(
             self.model,
             sample,
-            [site_masks(zeros, self.dims)],
+            [self.empty_masks()],
             self.ablation,
             NO_GRAD_BATCHES * self.config.batch_size,
         )

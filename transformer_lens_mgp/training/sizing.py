@@ -22,7 +22,6 @@ from torch import Tensor
 
 from ..core.circuit import Circuit
 from ..core.metrics import kl_divergence, recovered, task_metric
-from ..core.nodes import site_masks
 from ..runtime.forward import masked_answer_batches
 from .config import PruningConfig
 from .run import NO_GRAD_BATCHES, PruningRun
@@ -118,8 +117,7 @@ class Ladder:
         circuit = run.circuit()
         masks = [circuit.site_masks()]
         if self._empty is None:
-            zeros = {g: torch.zeros(p.shape) for g, p in run.log_alpha.items()}
-            masks.append(site_masks(zeros, run.dims))
+            masks.append(run.empty_masks())
         kl, metric = [0.0] * len(masks), [[] for _ in range(len(masks) + 1)]
         validation = run.validation
         scored = validation.wrong_answer_tokens is not None
