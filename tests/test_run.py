@@ -12,7 +12,7 @@ from transformer_lens_mgp.core.model_api import model_dims
 from transformer_lens_mgp.testing.tiny import build_dataset, build_model
 from transformer_lens_mgp.training.pruner import CircuitPruner
 from transformer_lens_mgp.training.run import PruningRun, StepRecord, metric_gap
-from transformer_lens_mgp.training.sparsity import MULTIPLIER_LR
+from transformer_lens_mgp.training.sparsity import MULTIPLIER_LR, SparsityControl
 
 
 def new_run(model, data, **settings):
@@ -89,6 +89,19 @@ def test_the_size_price_comes_to_rest_with_the_learning_rate():
         assert rise == pytest.approx(MULTIPLIER_LR * share * gap, rel=1e-4, abs=1e-6), step
     assert history["lr"][-1] == 0.0
     assert history["multiplier/head"][-1] == history["multiplier/head"][-2] > 0
+
+
+@pytest.mark.parametrize(("start", "rise"), [(None, 0.01), ({"head": 0.1}, 0.01 / 0.05)])
+def test_a_continued_fits_price_rises_with_the_gap_relative_to_its_target(start, rise):
+    """A fresh fit's multiplier rises with the gap, a continued one's (a rung of the size
+    search, which starts near its target) with the gap as a share of the target."""
+    control = SparsityControl({}, {"head": 0.05}, warmup_steps=1, start=start)
+    kept = torch.tensor(0.06)
+    control.penalty({"head": kept}, {"head": kept}, step=5)
+    control.ascend(rate=1.0)
+    linear, quadratic = control.multipliers["head"].tolist()
+    assert linear == pytest.approx(MULTIPLIER_LR * rise)
+    assert quadratic == pytest.approx(MULTIPLIER_LR * rise**2)
 
 
 def test_the_metric_gap_is_in_units_of_the_behaviour():

@@ -196,7 +196,8 @@ class PruningRun:
         """A run of ``config`` (other targets, its own steps) that starts from this run's masks,
         multipliers and history and reuses what it prepared; its targets move from
         ``start_targets`` (default: this run's) to its own over its warm-up. The multipliers
-        carry on from this run's (the linear one is 0 where this run ended under its target)."""
+        carry on from this run's (the linear one is 0 where this run ended under its target)
+        and rise with the gap relative to the target."""
         start = dict(self.config.target) if start_targets is None else start_targets
         run = PruningRun(self.model, config, self.dims, self.train, self.validation, start)
         with torch.no_grad():

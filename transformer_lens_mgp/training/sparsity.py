@@ -17,6 +17,13 @@ as large and landed far under its target. The target starts at 1 (everything kep
 linearly to ``t_g`` over the warm-up, which lets the KL pick the important nodes before the
 pressure peaks. The multipliers rise at the masks' learning rate's share of its peak, so that
 they come to rest with the masks when the learning rate decays.
+
+A fit that continues another (a rung of the size search) starts near its targets, with masks
+that the KL has pushed far from the threshold. Its absolute gap is small by construction (a
+few hundredths for the MLP neurons), and multipliers that rise with it stayed too low to
+move those masks: halving the targets left the MLP neurons where they were. Its multipliers
+rise with the gap *relative to the target* instead, so every granularity is pressed in
+proportion to how far it is from its own target.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ at the end a node 0.3 below the extraction threshold counts 0.05 of a node."""
 
 MULTIPLIER_LR = 3.0
 """Gain of the multipliers' ascent per unit of gap; multipliers price in units of kl_empty."""
+
+SMALLEST_TARGET = 1e-3
+"""Below this a target counts as this much when the gap is taken relative to it."""
 
 
 def check_sparsity(sparsity: Mapping[str, float], target: Mapping[str, float]) -> None:
@@ -81,8 +91,9 @@ class SparsityControl:
             ``kl_scale`` (set it to the fit's ``kl_empty``).
         targets: kept-fraction targets ``t_g``.
         warmup_steps: steps over which each target moves from its start to ``t_g``.
-        start: where each target starts (default 1, every node kept; a fit that continues
-            another starts from the other's targets).
+        start: where each target starts (default 1, every node kept). A fit that continues
+            another starts from the other's targets, and its multipliers rise with the gap
+            relative to the target (see the module docstring).
     """
 
     def __init__(
@@ -96,6 +107,7 @@ class SparsityControl:
         self.lambdas = dict(lambdas)
         self.targets = dict(targets)
         self.start = {g: (start or {}).get(g, 1.0) for g in targets}
+        self.relative = start is not None
         self.kl_scale = 1.0
         self.warmup_steps = max(1, warmup_steps)
         self.multipliers = {g: torch.zeros(2, device=device) for g in targets}
@@ -131,7 +143,8 @@ class SparsityControl:
 
     def ascend(self, rate: float) -> None:
         """One gradient-ascent step on the multipliers after each optimiser step: their
-        gradients are the gap and its square, so a small gap moves them a little. Once the
+        gradients are the gap (relative to the target in a continued fit) and its square, so
+        a small gap moves them a little. Once the
         circuit is under its target the linear multiplier is reset to 0 (what it gathered
         while the size came down would otherwise go on pushing it far below), and the
         quadratic term, which never shrinks, pulls the size back up to the target.
@@ -140,7 +153,8 @@ class SparsityControl:
         with the masks. A price that went on rising while the masks can barely move would
         only tip the nodes balanced on the threshold out, one by one, in the last steps."""
         for g, gap in self._gaps.items():
-            phi = self.multipliers[g] + rate * MULTIPLIER_LR * torch.stack([gap, gap**2])
+            step = gap / max(self.targets[g], SMALLEST_TARGET) if self.relative else gap
+            phi = self.multipliers[g] + rate * MULTIPLIER_LR * torch.stack([step, step**2])
             if gap < 0:
                 phi[0] = 0.0
             self.multipliers[g] = phi
