@@ -144,17 +144,17 @@ class SparsityControl:
     def ascend(self, rate: float) -> None:
         """One gradient-ascent step on the multipliers after each optimiser step: their
         gradients are the gap (relative to the target in a continued fit) and its square, so
-        a small gap moves them a little. Once the
-        circuit is under its target the linear multiplier is reset to 0 (what it gathered
-        while the size came down would otherwise go on pushing it far below), and the
-        quadratic term, which never shrinks, pulls the size back up to the target.
+        a small gap moves them a little. Once the circuit is under its target the linear
+        multiplier is reset to 0 (what it gathered while the size came down would otherwise
+        go on pushing it far below), and the quadratic term, which never shrinks, pulls the
+        size back up to the target.
 
         ``rate`` is the masks' learning rate as a share of its peak: the price comes to rest
         with the masks. A price that went on rising while the masks can barely move would
         only tip the nodes balanced on the threshold out, one by one, in the last steps."""
         for g, gap in self._gaps.items():
-            step = gap / max(self.targets[g], SMALLEST_TARGET) if self.relative else gap
-            phi = self.multipliers[g] + rate * MULTIPLIER_LR * torch.stack([step, step**2])
+            excess = gap / max(self.targets[g], SMALLEST_TARGET) if self.relative else gap
+            phi = self.multipliers[g] + rate * MULTIPLIER_LR * torch.stack([excess, excess**2])
             if gap < 0:
                 phi[0] = 0.0
             self.multipliers[g] = phi
