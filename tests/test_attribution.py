@@ -114,3 +114,20 @@ def test_patching_scores_are_the_metric_change_of_patching_one_head():
             logits = answer_logits(model, data.clean_tokens, data.answer_positions)
     change = (task_metric(logits, data) - base).mean().abs()
     assert torch.isclose(scores["head"][layer, head], change, rtol=1e-4, atol=1e-6)
+
+
+def test_scores_by_role_put_each_positions_effect_in_its_slot():
+    """The corruption leaves the first position alone, so a role there scores exactly 0 and
+    every other position's effect is the whole node's."""
+    model = build_model()
+    data = build_dataset(model, n=8)
+    first = data.with_roles(["first"], torch.zeros(8, 1, dtype=torch.long))
+    dims = ModelDims.from_cfg(model.cfg)
+    for score in (attribution_scores, integrated_gradients_scores):
+        per_node, by_role = score(model, first, dims), score(model, first, dims, by_role=True)
+        for g, s in by_role.items():
+            assert s.shape == (2, *dims.shape(g)), g
+            assert torch.all(s[0] == 0), g
+            assert torch.allclose(s[1], per_node[g], rtol=1e-4, atol=1e-6), g
+    with pytest.raises(ValueError, match="no token roles"):
+        attribution_scores(model, data, dims, by_role=True)

@@ -358,3 +358,27 @@ def test_sizing_benchmark_measures_every_rung(tmp_path, monkeypatch, capsys, tas
     assert all(r["in-frame"]["kl"] >= 0 and r["unseen frames"]["kl"] >= 0 for r in rungs)
     assert record["level"]["kl"] == 0.2 and record["n_validation"] > 0
     assert "| ioi | x1 |" in capsys.readouterr().out
+
+
+def test_positions_benchmark_compares_at_equal_node_position_counts(
+    tmp_path, monkeypatch, capsys, task_model
+):
+    bench = load("positions")
+    monkeypatch.setattr(bench, "load_model", lambda name=None: task_model)
+    out = tmp_path / "p"
+    argv = ["--task", "ioi", "--n", "40", "--steps", "4", "--score-pairs", "8", "--ig-steps", "2"]
+    bench.main([*argv, "--out", str(out)])
+    record = json.loads((out / "positions.json").read_text())
+    assert record["slots"] == ["IO", "S1", "S1+1", "S2", "END", "other"]
+    rows = {r["method"]: r for r in record["rows"]}
+    per_position = rows["pruning per position"]
+    for method in ("integrated gradients per position", "random per position"):
+        assert rows[method]["kept"] == per_position["kept"]  # equal (node x slot) counts
+    agnostic = rows["pruning"]
+    # an agnostic node holds every slot: its counts are multiples of the six slots
+    assert all(k % 6 == 0 for k in agnostic["kept"].values())
+    assert set(agnostic["per_slot"]["head"].values()) == {agnostic["kept"]["head"] // 6}
+    assert rows["integrated gradients"]["kept"] == agnostic["kept"]
+    assert all(r[t]["kl"] >= 0 for r in rows.values() for t in ("in-frame", "unseen frames"))
+    assert (out / "positions.html").stat().st_size > 1000
+    assert "| pruning per position |" in capsys.readouterr().out

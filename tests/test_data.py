@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from transformer_lens_mgp import PairedDataset
+from transformer_lens_mgp import PairedDataset, UsageError
 
 
 def make(n=6, t=5, **overrides):
@@ -90,3 +90,14 @@ def test_roles_are_checked():
         PairedDataset(**base, roles=("A",))
     data = PairedDataset(**base, roles=["A"], role_positions=torch.tensor([[0], [1]]))
     assert data.roles == ("A",)
+
+
+def test_role_slots_name_each_tokens_role_and_other_elsewhere():
+    tokens = torch.tensor([[1, 2, 3, 4], [1, 4, 3, 5]])
+    data = PairedDataset(tokens, tokens.flip(0), tokens[:, 0]).with_roles(
+        ("A", "B"), torch.tensor([[2, 0], [1, 3]])
+    )
+    assert data.role_slots().tolist() == [[1, 2, 0, 2], [2, 0, 2, 1]]
+    assert data[[1]].role_slots().tolist() == [[2, 0, 2, 1]]
+    with pytest.raises(UsageError, match="no token roles"):
+        PairedDataset(tokens, tokens, tokens[:, 0]).role_slots()

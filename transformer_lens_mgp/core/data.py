@@ -251,6 +251,21 @@ class PairedDataset:
         """The same pairs with named token roles (see ``roles``)."""
         return replace(self, roles=tuple(roles), role_positions=positions)
 
+    def role_slots(self) -> Int[Tensor, "n pos"]:
+        """Each clean token's role as an index into ``roles``, and ``len(roles)`` ("other")
+        at every position without one: the slot of a mask per role position."""
+        if self.role_positions is None:
+            raise UsageError(
+                "these pairs record no token roles; build them with a task builder or give "
+                "role_positions (see with_roles)"
+            )
+        n, n_roles = self.role_positions.shape
+        slots = torch.full(self.clean_tokens.shape, n_roles, device=self.clean_tokens.device)
+        rows = torch.arange(n, device=slots.device)[:, None].expand(n, n_roles)
+        roles = torch.arange(n_roles, device=slots.device).expand(n, n_roles)
+        slots[rows, self.role_positions.to(slots.device)] = roles
+        return slots
+
     def to(self, device) -> PairedDataset:
         return replace(self, **{f: t.to(device) for f, t in self._tensors().items()})
 

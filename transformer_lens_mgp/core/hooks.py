@@ -46,12 +46,12 @@ def interpolate_hook(
     activation: Float[Tensor, "batch pos *node"],
     *,
     hook,
-    mask: Float[Tensor, "*node"],
+    mask: Float[Tensor, "*node"] | Float[Tensor, "batch pos *node"],
     ablated: Float[Tensor, "batch pos *node"] | Float[Tensor, "*node"],
 ) -> Float[Tensor, "batch pos *node"]:
     """Keep the clean activation where the mask is 1, the ablated one where it is 0, in the
-    activation's own dtype and device."""
-    if mask.shape != activation.shape[2:] or (
+    activation's own dtype and device; the mask is one per unit, or one per unit and token."""
+    if mask.shape not in (activation.shape[2:], activation.shape) or (
         ablated.ndim == activation.ndim and ablated.shape != activation.shape
     ):
         raise UsageError(

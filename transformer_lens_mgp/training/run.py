@@ -21,7 +21,7 @@ from ..core.data import PairedDataset
 from ..core.errors import TrainingDivergedError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence, task_metric
-from ..core.model_api import attached
+from ..core.model_api import FwdHooks, attached
 from ..core.nodes import ModelDims, site_masks, with_ancestors
 from ..core.placement import Placement
 from ..runtime.forward import (
@@ -269,7 +269,7 @@ class PruningRun:
         penalty = self.sparsity.penalty(l0, kept, step)
         if self.budget is not None:
             penalty = self.budget.scale * penalty
-        hooks = mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
+        hooks = self.masked(masks, batch, ablated)
         reference = self.reference[indices.to(self.reference.device)]
         priced = self.metric_scale is not None and config.prices_metric(step)
         metric = (config.metric_weight, self.metric_scale) if priced else None
@@ -291,6 +291,10 @@ class PruningRun:
             self.history.setdefault(key, []).append(value)
         self.step_index += 1
         return StepRecord(step, values, snapshot)
+
+    def masked(self, masks: dict[str, Tensor], batch: PairedDataset, ablated) -> FwdHooks:
+        """The hooks that run the model on ``batch`` as ``masks`` (one value per node)."""
+        return mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
 
     def _kept_share(self, step: int) -> dict[str, torch.Tensor]:
         """Per targeted granularity, the share of its nodes that extraction keeps.
