@@ -40,13 +40,18 @@ METHODS = ("pruning", "attribution patching", "integrated gradients", "exact pat
 TESTS = {"in-frame": "test", "unseen frames": "unseen"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_pair_args(parser: argparse.ArgumentParser) -> None:
+    """The model and the pairs, as ``tl-mgp discover`` builds them (see :func:`build_pairs`)."""
     parser.add_argument("--task", choices=sorted(tasks.TASKS), default="ioi")
     parser.add_argument("--model", default=None, help="default: the embedded SmolLM2")
     parser.add_argument("--n", type=int, default=2000, help="pairs from the training frames")
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_pair_args(parser)
     parser.add_argument("--scales", type=float, nargs="*", default=[0.5, 1.0, 2.0])
     parser.add_argument("--head-targets", type=float, nargs="*", default=[0.03, 0.07, 0.15])
     parser.add_argument("--steps", type=int, default=None, help="default: the small default's")

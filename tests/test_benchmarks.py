@@ -371,14 +371,15 @@ def test_positions_benchmark_compares_at_equal_node_position_counts(
     record = json.loads((out / "positions.json").read_text())
     assert record["slots"] == ["IO", "S1", "S1+1", "S2", "END", "other"]
     rows = {r["method"]: r for r in record["rows"]}
-    per_position = rows["pruning per position"]
-    for method in ("integrated gradients per position", "random per position"):
-        assert rows[method]["kept"] == per_position["kept"]  # equal (node x slot) counts
+    per_role = rows["pruning per role"]
+    for method in ("integrated gradients per role", "random per role"):
+        assert rows[method]["kept"] == per_role["kept"]  # equal (node x slot) counts
+    assert sum(per_role["per_slot"]["head"]) == per_role["kept"]["head"]
     agnostic = rows["pruning"]
-    # an agnostic node holds every slot: its counts are multiples of the six slots
+    # a node without positions holds every slot: its counts are multiples of the six slots
     assert all(k % 6 == 0 for k in agnostic["kept"].values())
-    assert set(agnostic["per_slot"]["head"].values()) == {agnostic["kept"]["head"] // 6}
+    assert set(agnostic["per_slot"]["head"]) == {agnostic["kept"]["head"] // 6}
     assert rows["integrated gradients"]["kept"] == agnostic["kept"]
     assert all(r[t]["kl"] >= 0 for r in rows.values() for t in ("in-frame", "unseen frames"))
     assert (out / "positions.html").stat().st_size > 1000
-    assert "| pruning per position |" in capsys.readouterr().out
+    assert "| pruning per role |" in capsys.readouterr().out

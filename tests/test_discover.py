@@ -86,3 +86,26 @@ def test_scored_edges_and_the_curve_come_back_typed(ioi):
     assert run.edges is not None and all(isinstance(e.score, float) for e in run.edges)
     assert run.to_dict()["n_edges_scored"] == len(run.edges)
     assert "faithfulness_curve" in run.to_dict()
+
+
+def test_the_command_line_fits_per_role_and_reports_each_roles_nodes(ioi, monkeypatch, tmp_path):
+    model, train, _, _ = ioi
+    monkeypatch.setattr(models, "load_model", lambda source=None, **options: model)
+    out = tmp_path / "run"
+    argv = ["discover", "--n", "40", "--steps", "3", "--quiet", "--per-role", "--out", str(out)]
+    assert main(argv) == 0
+    from transformer_lens_mgp import Circuit
+
+    saved = Circuit.load(out / "circuit.safetensors")
+    assert saved.slots == (*train.roles, "other") and saved.config["per_role"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "token positions" in metrics["edges"] and "token positions" in metrics["node effects"]
+    assert metrics["circuit_unseen_frames"]["kl"] >= 0
+    graph = json.loads((out / "graph.json").read_text())
+    heads = [n for n in graph["nodes"] if n.get("kind") == "head"]
+    assert heads and all(set(n["position"].split(",")) <= set(saved.slots) for n in heads)
+    page = (out / "report.html").read_text()
+    assert "kept per token role and layer" in page and "One mask per node and token role" in page
+    assert not (out / "nodes.json").exists()
+    with pytest.raises(ValueError, match="edges are learned among nodes"):
+        discover(model, train, train, CircuitPruner(model, per_role=True).config, edges="learned")

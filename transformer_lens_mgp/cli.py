@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     disc.add_argument("--curve", action="store_true", help="faithfulness vs size (CPR/CMD)")
     disc.add_argument(
+        "--per-role",
+        action="store_true",
+        help="one mask per node and token role of the task (IO, S1, ..., END, other)",
+    )
+    disc.add_argument(
         "--edges",
         choices=EDGE_CHOICES,
         default="scored",
@@ -208,7 +213,8 @@ def _config(args) -> PruningConfig:
     if getattr(args, "sparsity", None):
         sized["sparsity"] = dict(args.sparsity)
     return PruningConfig(seed=args.seed, ablation=args.ablation, **sized, **_given(args, fit),
-                         gradient_checkpointing=args.gradient_checkpointing)  # fmt: skip
+                         gradient_checkpointing=args.gradient_checkpointing,
+                         per_role=getattr(args, "per_role", False))  # fmt: skip
 
 
 def _load(args):

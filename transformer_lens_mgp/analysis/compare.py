@@ -65,6 +65,8 @@ def compare(a: Circuit, b: Circuit, names: tuple[str, str] = ("A", "B")) -> Circ
         raise UsageError(
             f"names labels the two circuits: give two, e.g. ('IOI', 'GP'); got {names!r}"
         )
+    for circuit in (a, b):
+        circuit.require_no_slots("compare")
     if a.dims != b.dims:
         raise UsageError(
             f"the circuits belong to models of different sizes ({a.dims} and {b.dims}); "

@@ -60,6 +60,7 @@ def edge_scores(
     HookedTransformer: per-head inputs are switched on inside, and off again after."""
     check_positive_int("batch_size", batch_size)
     circuit.check_model(model)
+    circuit.require_no_slots("edge_scores")
     check_hooked(model)
     check_model_and_pairs(model, circuit.dims, dataset=dataset)
     device = model_device(model)
@@ -112,15 +113,28 @@ def edge_graph(
 
 def node_graph(circuit: Circuit):
     """A ``networkx.DiGraph`` of ``input``, the kept heads and MLPs and ``logits``
-    (attributes ``layer`` and ``kind``), without edges."""
+    (attributes ``layer`` and ``kind``; for a per-role circuit, ``position``: the token roles
+    a node is kept at), without edges."""
     import networkx as nx
 
     graph = nx.DiGraph()
     graph.add_node(INPUT, layer=-1, kind="input")
-    for name, layer, kind in kept_nodes(circuit):
+    for name, layer, kind in kept_nodes(circuit.any_position()):
         graph.add_node(name, layer=layer, kind=kind)
+    if circuit.slots:
+        for name, slots in _slots_kept(circuit).items():
+            graph.nodes[name]["position"] = ",".join(slots)
     graph.add_node(LOGITS, layer=circuit.dims.n_layers, kind="logits")
     return graph
+
+
+def _slots_kept(circuit: Circuit) -> dict[str, list[str]]:
+    """Per kept head and MLP of a per-role circuit, the slots it is kept in."""
+    out: dict[str, list[str]] = {}
+    for g in ("head", "mlp") if circuit.dims.has_mlp else ("head",):
+        for slot, *index in circuit.kept(g).nonzero().tolist():
+            out.setdefault(NODE_NAMES[g].format(*index), []).append(circuit.slots[slot])
+    return out
 
 
 def kept_nodes(circuit: Circuit) -> list[tuple[str, int, str]]:

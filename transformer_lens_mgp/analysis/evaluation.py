@@ -92,6 +92,7 @@ def evaluate_many(
     check_ablation(ablation)
     for circuit in circuits:
         circuit.check_model(model)
+        circuit.check_roles(dataset)
     warn_if_other_weights(model, circuits)
     dims = circuits[0].dims
     check_model_and_pairs(model, dims, dataset=dataset)

@@ -106,6 +106,7 @@ def head_profiles(
     dims = ModelDims.from_cfg(model.cfg)
     if isinstance(heads, Circuit):
         heads.check_model(model)
+        heads.require_no_slots("head_profiles")
     chosen = _head_list(heads, dims)
     check_model_and_pairs(model, dims, dataset=dataset)
     groups = (FIRST, *dataset.roles, OTHER)

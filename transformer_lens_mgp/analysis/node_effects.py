@@ -108,6 +108,7 @@ def node_effects(
     if isinstance(top_neurons, bool) or not isinstance(top_neurons, int) or top_neurons < 0:
         raise UsageError(f"top_neurons must be a whole number >= 0, got {top_neurons!r}")
     circuit.check_model(model)
+    circuit.require_no_slots("node_effects")
     check_model_and_pairs(model, circuit.dims, dataset=dataset)
     masks = circuit.site_masks()
     candidates = _heads_and_mlps(circuit)

@@ -24,6 +24,7 @@ KEPT_SCALE = [[0.0, "#f2f2f2"], [1.0, "#1f77b4"]]
 def plot_neuron_map(circuit: Circuit, granularity: str = "mlp_neuron") -> go.Figure:
     """Layers x MLP neurons (or x attention-neuron index): kept nodes coloured, with each
     node's deterministic mask and ``log_alpha`` on hover."""
+    circuit.require_no_slots("plot_neuron_map")
     kept = circuit.kept(granularity).float()
     mask = circuit.mask(granularity)
     log_alpha = circuit.log_alpha.get(granularity, torch.full(kept.shape, float("nan")))
@@ -60,6 +61,7 @@ def plot_neuron_map(circuit: Circuit, granularity: str = "mlp_neuron") -> go.Fig
 def plot_head_map(circuit: Circuit) -> go.Figure:
     """Layers x heads, coloured by how many of each head's dimensions are kept; the count is
     printed in the kept heads' cells only."""
+    circuit.require_no_slots("plot_head_map")
     counts = circuit.kept("attn_neuron").sum(-1)
     fig = go.Figure(
         go.Heatmap(
@@ -85,6 +87,7 @@ def plot_head_map(circuit: Circuit) -> go.Figure:
 def plot_kept_per_layer(circuit: Circuit) -> go.Figure:
     """Fraction of nodes kept in each layer, one bar group per pruned granularity (the others
     are kept whole)."""
+    circuit.require_no_slots("plot_kept_per_layer")
     fig = go.Figure()
     layers = list(range(circuit.dims.n_layers))
     for g in circuit.granularities or circuit.dims.available():
@@ -94,6 +97,29 @@ def plot_kept_per_layer(circuit: Circuit) -> go.Figure:
     fig.update_layout(
         title="kept fraction per layer", xaxis_title="layer", yaxis_title="fraction kept"
     )
+    return fig
+
+
+def plot_role_positions(circuit: Circuit) -> go.Figure:
+    """A per-role circuit's kept heads and MLP neurons per token role (rows) and layer
+    (columns): where in the prompt each layer's part of the mechanism reads and writes."""
+    circuit.require_slots("plot_role_positions")
+    parts = [g for g in ("head", "mlp_neuron") if g in circuit.dims.available()]
+    fig = make_subplots(rows=1, cols=len(parts), subplot_titles=[f"kept {g}s" for g in parts])
+    for col, g in enumerate(parts, start=1):
+        kept = circuit.kept(g)
+        counts = kept.flatten(2).sum(-1)
+        fig.add_heatmap(
+            z=counts.numpy(),
+            y=list(circuit.slots),
+            colorscale="Blues",
+            showscale=False,
+            hovertemplate=f"%{{y}}, layer %{{x}}: %{{z}} {g}s<extra></extra>",
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="layer", row=1, col=col)
+    fig.update_layout(title="kept per token role and layer", height=380)
     return fig
 
 
@@ -223,7 +249,7 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
             # a label where a strong edge or a role makes the node worth reading; hover for all
             text=[
                 n + (f"@{positions[n]}" if n in positions else "")
-                if n in strong or n in roles
+                if n in strong or n in roles or n in positions
                 else ""
                 for n in members
             ],

@@ -33,6 +33,7 @@ from .plotting import (
     plot_head_map,
     plot_kept_per_layer,
     plot_pareto,
+    plot_role_positions,
     plot_training_curves,
 )
 
@@ -91,9 +92,17 @@ def write_report(run: Discovery | Circuit, path: str | Path, title: str = "Circu
     if run.anatomy is not None:
         _anatomy_sections(page, run.anatomy)
     page.section("Where the circuit sits")
-    page.figure(plot_kept_per_layer(circuit))
-    page.figure(plot_head_map(circuit))
-    if circuit.dims.has_mlp:
+    if circuit.slots:
+        page.raw(
+            "<p class='lead'>One mask per node and token role: a head or MLP neuron is kept at "
+            "the roles' tokens (rows) where it is needed, and ablated at the others; counts "
+            "are (node, role) pairs.</p>"
+        )
+        page.figure(plot_role_positions(circuit))
+    else:
+        page.figure(plot_kept_per_layer(circuit))
+        page.figure(plot_head_map(circuit))
+    if circuit.dims.has_mlp and not circuit.slots:
         page.raw(
             f"<p class='lead'>The layer x neuron map of all {circuit.n_total('mlp_neuron')} MLP "
             "neurons is left out of the page (it would weigh more than the rest of the "
@@ -301,6 +310,12 @@ def _graph_section(page: _Page, run: Discovery) -> None:
         "from (L17.H4@S2); hover a node for its role, evidence and effects. "
         "<code>graph.json</code> holds the same graph for networkx. "
     )
+    if run.circuit.slots:
+        lead = (
+            "The kept heads (circles) and MLPs (squares) by layer, from the embeddings (input) "
+            "to the logits, each labelled with the token roles it is kept at (L17.H4@END,S2). "
+            "<code>graph.json</code> holds the same graph for networkx. "
+        )
     if run.edges is None:
         why = run.facts.get("edges", "edges were not scored (--edges none)")
         lead += f"No edges: {html.escape(str(why))}."

@@ -32,10 +32,10 @@ def scored_circuit(circuit: Circuit, scores: dict[str, Tensor], method: str = "s
     if missing:
         raise UsageError(f"scores for {missing} are missing; give one score per node of each")
     for g in circuit.granularities:
-        if tuple(scores[g].shape) != circuit.dims.shape(g):
+        if tuple(scores[g].shape) != circuit.shape(g):
             raise UsageError(
-                f"scores[{g!r}] has shape {tuple(scores[g].shape)}, the model's {g} nodes "
-                f"{circuit.dims.shape(g)}"
+                f"scores[{g!r}] has shape {tuple(scores[g].shape)}, the circuit's {g} nodes "
+                f"{circuit.shape(g)}"
             )
     return _matched(circuit, scores, 0, chosen_by=method)
 
@@ -49,12 +49,14 @@ def _matched(circuit: Circuit, scores: dict[str, Tensor] | None, seed: int, **ho
     must_cover: dict[str, Tensor] = {}  # per granularity: ancestor nodes owed a child in it
     for g in circuit.granularities:  # parents first: a nearest trained ancestor is chosen
         ancestor = _nearest_trained(g, circuit)
-        allowed = torch.ones(dims.shape(g), dtype=torch.bool)
+        allowed = torch.ones(circuit.shape(g), dtype=torch.bool)
+        ancestor_ndim = None
         if ancestor is not None:
             allowed &= _broadcast(chosen[ancestor], allowed.ndim)
+            ancestor_ndim = chosen[ancestor].ndim
         priority = None if scores is None else scores[g].detach().float().cpu()
         owed = must_cover.pop(g, None)
-        picked = _pick(allowed, owed, ancestor, circuit.n_kept(g), generator, priority)
+        picked = _pick(allowed, owed, ancestor_ndim, circuit.n_kept(g), generator, priority)
         chosen[g] = picked
         branches = [c for c in circuit.granularities if _nearest_trained(c, circuit) == g]
         needed = 1 + dims.has_mlp if g == "block" else 1
@@ -71,6 +73,7 @@ def _chosen_from(circuit: Circuit, kept: dict[str, Tensor], **how) -> Circuit:
         hard_concrete=circuit.hard_concrete,
         config=circuit.config,
         fit_info={**circuit.fit_info, **how},
+        slots=circuit.slots,
     )
 
 
@@ -111,7 +114,7 @@ def _assign_cover(
 def _pick(
     allowed: Tensor,
     owed: Tensor | None,
-    ancestor: str | None,
+    ancestor_ndim: int | None,
     k: int,
     generator,
     priority: Tensor | None = None,
@@ -121,7 +124,8 @@ def _pick(
     flat_allowed = allowed.flatten()
     mask = torch.zeros(flat_allowed.numel(), dtype=torch.bool)
     if owed is not None and len(owed):
-        per_ancestor = allowed.view(-1, allowed.numel() // _n_ancestors(allowed, ancestor))
+        n_ancestors = math.prod(allowed.shape[:ancestor_ndim])
+        per_ancestor = allowed.view(-1, allowed.numel() // n_ancestors)
         ranks = None if priority is None else priority.view(per_ancestor.shape)
         for node in owed.tolist():
             children = per_ancestor[node].nonzero()[:, 0]
@@ -140,14 +144,6 @@ def _pick(
     return mask.view(allowed.shape)
 
 
-_ANCESTOR_NDIM = {"block": 1, "head": 2, "mlp": 1}
-
-
-def _n_ancestors(allowed: Tensor, ancestor: str) -> int:
-    """Number of nodes of the ancestor granularity (its index is the leading dimensions)."""
-    return math.prod(allowed.shape[: _ANCESTOR_NDIM[ancestor]])
-
-
 def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
     """The circuit keeping the ``fraction`` of the finest trained nodes of each branch
     (attention neurons and MLP neurons, when trained) with the highest score, at least one;
@@ -155,7 +151,7 @@ def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
     above its ancestors. Parents are kept exactly when a child is."""
     if not 0 < fraction <= 1:
         raise UsageError(f"fraction must be in (0, 1], got {fraction}")
-    dims, trained = circuit.dims, circuit.log_alpha
+    trained = circuit.log_alpha
     kept = {}
     for g in finest(trained):
         scores = trained[g]
@@ -169,5 +165,5 @@ def top_fraction(circuit: Circuit, fraction: float) -> Circuit:
         chosen[scores.flatten().topk(k).indices] = True
         kept[g] = chosen.view(scores.shape)
     for g in trained:
-        kept.setdefault(g, torch.ones(dims.shape(g), dtype=torch.bool))
+        kept.setdefault(g, torch.ones(circuit.shape(g), dtype=torch.bool))
     return _chosen_from(circuit, kept, top_fraction=fraction)

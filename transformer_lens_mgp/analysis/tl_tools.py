@@ -105,6 +105,7 @@ def _analysis():
 def _whole_nodes(circuit: Circuit, coarse: bool):
     """Kept heads ``[n_layers, n_heads]`` and MLPs ``[n_layers]`` (None without MLPs),
     refusing partly kept ones unless ``coarse``."""
+    circuit.require_no_slots("TransformerLens's node graph")
     attn, mlp = circuit.site_masks()
     parts = [("heads", attn.bool())] + ([("MLPs", mlp.bool())] if mlp is not None else [])
     partial = {name: int((units.any(-1) & ~units.all(-1)).sum()) for name, units in parts}

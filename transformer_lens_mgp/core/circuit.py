@@ -56,6 +56,9 @@ class Circuit:
             ``seconds``, and with a KL budget the chosen step and its validation KL.
         history: per-step training curves: ``loss``, ``kl`` and ``l0/<granularity>``
             (expected fraction of nodes kept).
+        slots: for a circuit with one mask per token role (``PruningConfig(per_role=True)``),
+            the roles and ``"other"``, in the order of the masks' leading axis; a node then
+            counts once per slot it is kept in. Empty: every node holds at every position.
     """
 
     dims: ModelDims
@@ -64,14 +67,16 @@ class Circuit:
     config: dict = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
+    slots: tuple[str, ...] = ()
 
     def __post_init__(self):
+        self.slots = tuple(self.slots)
         for g, t in self.log_alpha.items():
             check_granularity(g)
-            if tuple(t.shape) != self.dims.shape(g):
+            if tuple(t.shape) != self.shape(g):
                 raise UsageError(
                     f"log_alpha[{g!r}] has shape {tuple(t.shape)} but a model of {self.dims} "
-                    f"needs {self.dims.shape(g)}"
+                    f"needs {self.shape(g)}" + (f" ({len(self.slots)} slots)" if self.slots else "")
                 )
             if not torch.isfinite(t).all():
                 raise UsageError(
@@ -94,6 +99,50 @@ class Circuit:
         """The granularities that were trained (the others are kept whole)."""
         return tuple(g for g in GRANULARITIES if g in self.log_alpha)
 
+    def shape(self, granularity: str) -> tuple[int, ...]:
+        """Shape of the masks of ``granularity``: the model's, after the slot axis if any."""
+        shape = self.dims.shape(granularity)
+        return (len(self.slots), *shape) if self.slots else shape
+
+    def any_position(self) -> Circuit:
+        """The nodes kept in at least one slot, as a circuit without positions (itself when
+        it has none): what analyses of nodes alone (edges, head roles, MIB files) read."""
+        if not self.slots:
+            return self
+        return Circuit.from_kept(
+            self.dims,
+            {g: self.kept(g).any(0) for g in self.granularities},
+            hard_concrete=self.hard_concrete,
+            config=self.config,
+            fit_info={**self.fit_info, "any_position_of": list(self.slots)},
+        )
+
+    def require_no_slots(self, what: str) -> None:
+        """Raise for a per-role circuit where ``what`` reads nodes without positions."""
+        if self.slots:
+            raise UsageError(
+                f"{what} reads nodes without token positions, and this circuit has one mask "
+                f"per role {self.slots}; pass circuit.any_position() (the nodes kept in at "
+                "least one slot)"
+            )
+
+    def require_slots(self, what: str) -> None:
+        """Raise for a circuit without slots where ``what`` reads one mask per token role."""
+        if not self.slots:
+            raise UsageError(
+                f"{what} shows a circuit with one mask per token role; this one has none "
+                "(fit with PruningConfig(per_role=True))"
+            )
+
+    def check_roles(self, dataset: PairedDataset) -> None:
+        """Raise unless ``dataset`` records the roles this per-role circuit was fitted with."""
+        if self.slots and (*dataset.roles, "other") != self.slots:
+            raise UsageError(
+                f"this circuit has one mask per token role {self.slots[:-1]}, but these pairs "
+                f"record roles {dataset.roles}; build them with the task builder it was fitted "
+                "on (or give the same roles with with_roles)"
+            )
+
     @property
     def ablation(self) -> str:
         """What the nodes outside the circuit output, as trained (``"corrupted"`` by default)."""
@@ -101,7 +150,7 @@ class Circuit:
 
     def mask(self, granularity: str) -> Float[Tensor, "*nodes"]:
         """Deterministic mask values in [0, 1] of one granularity, before hierarchy."""
-        shape = self.dims.shape(granularity)
+        shape = self.shape(granularity)
         if granularity not in self.log_alpha:
             return torch.ones(shape)
         return self.hard_concrete.deterministic(self.log_alpha[granularity])
@@ -127,14 +176,14 @@ class Circuit:
             return mlp.bool()
         if granularity == "mlp":
             return mlp.bool().any(-1)
-        layer_alive = attn.flatten(1).any(-1)
+        layer_alive = attn.flatten(-2).any(-1)
         return layer_alive | mlp.bool().any(-1) if mlp is not None else layer_alive
 
     def n_kept(self, granularity: str) -> int:
         return int(self.kept(granularity).sum())
 
     def n_total(self, granularity: str) -> int:
-        return self.dims.n_nodes(granularity)
+        return self.dims.n_nodes(granularity) * max(1, len(self.slots))
 
     def fraction_kept(self, granularity: str) -> float:
         return self.n_kept(granularity) / self.n_total(granularity)
@@ -147,10 +196,14 @@ class Circuit:
 
     def nodes(self, granularity: str) -> list[str]:
         """Kept nodes by plain name: ``L5`` (block), ``L5.H3``, ``L5.H3.d12`` (attention
-        neuron), ``L5.mlp``, ``L5.mlp.1234`` (MLP neuron)."""
-        return [
-            NODE_NAMES[granularity].format(*i) for i in self.kept(granularity).nonzero().tolist()
-        ]
+        neuron), ``L5.mlp``, ``L5.mlp.1234`` (MLP neuron); in a per-role circuit with the
+        slot after an ``@``: ``L5.H3@END``."""
+        return [self._name(granularity, i) for i in self.kept(granularity).nonzero().tolist()]
+
+    def _name(self, granularity: str, index: list[int]) -> str:
+        if not self.slots:
+            return NODE_NAMES[granularity].format(*index)
+        return f"{NODE_NAMES[granularity].format(*index[1:])}@{self.slots[index[0]]}"
 
     def to_networkx(self):
         """The kept nodes as a ``networkx.DiGraph`` whose edges link each node to its kept
@@ -161,15 +214,15 @@ class Circuit:
         graph = nx.DiGraph(dims=self.dims.to_dict())
         for g in self.dims.available():
             for index in self.kept(g).nonzero().tolist():
-                name = NODE_NAMES[g].format(*index)
+                name = self._name(g, index)
                 attrs = {"granularity": g, "index": tuple(index)}
                 if g in self.log_alpha:
                     attrs["log_alpha"] = float(self.log_alpha[g][tuple(index)])
                 graph.add_node(name, **attrs)
                 parent = PARENT[g]
                 if parent is not None:
-                    above = index[: len(self.dims.shape(parent))]
-                    graph.add_edge(NODE_NAMES[parent].format(*above), name)
+                    above = index[: len(self.shape(parent))]
+                    graph.add_edge(self._name(parent, above), name)
         return graph
 
     def summary(self) -> str:
@@ -181,6 +234,8 @@ class Circuit:
                 f"{g:<12} {self.n_kept(g):>8} {self.n_total(g):>8} "
                 f"{100 * self.fraction_kept(g):>7.2f}%{mark}"
             )
+        if self.slots:
+            lines.append(f"(node, position) pairs, one mask per slot of {', '.join(self.slots)}")
         if self.history.get("kl"):
             lines.append(f"final training KL: {self.history['kl'][-1]:.4f}")
         return "\n".join(lines)
@@ -220,10 +275,22 @@ class Circuit:
         position counts); for ``"zero"`` nothing is needed.
         With ``knockout=True`` it is the other way round: exactly the circuit's units
         (attention dimensions, MLP neurons) get the ablated value, i.e. activation patching
-        restricted to the circuit, and everything else runs clean.
+        restricted to the circuit, and everything else runs clean. A per-role circuit needs
+        the pairs (a :class:`PairedDataset` recording its roles) and runs on their clean
+        prompts.
         """
         ablation = ablation or self.ablation
         check_ablation(ablation)
+        slots = None
+        if self.slots:
+            if not isinstance(source, PairedDataset):
+                raise UsageError(
+                    f"this circuit has one mask per token role {self.slots[:-1]}: pass the "
+                    "PairedDataset whose clean prompts the model will run (it knows each "
+                    "token's role)"
+                )
+            self.check_roles(source)
+            slots = source.role_slots()
         masks = self.site_masks()
         if knockout:
             masks = masks.complement()
@@ -232,7 +299,7 @@ class Circuit:
         ablated = AblationSource.activations(
             ablation, self.dims, source, model=model, answer_positions=answer_positions
         )
-        return mask_hooks(self.dims, masks, ablated)
+        return mask_hooks(self.dims, masks, ablated, slots)
 
     @contextmanager
     def applied(
@@ -261,6 +328,7 @@ class Circuit:
             "config": self.config,
             "fit_info": self.fit_info,
             "history": self.history,
+            "slots": list(self.slots),
         }
         tensors = {g: t.detach().cpu().float().contiguous() for g, t in self.log_alpha.items()}
         return tensors, meta
@@ -270,6 +338,7 @@ class Circuit:
         learned gates; with ``edges``, an :class:`EdgeCircuit`, its learned edges). MIB's files
         record ``d_model``: taken from ``model``, else from the fit. See :mod:`.mib` for what
         cannot map (our neurons)."""
+        self.require_no_slots("a MIB circuit file")
         d_model = model.cfg.d_model if model is not None else self.fit_info.get("d_model")
         if d_model is None:
             raise UsageError(
@@ -338,6 +407,7 @@ class Circuit:
                 config=dict(meta.get("config", {})),
                 fit_info=dict(meta.get("fit_info", {})),
                 history=dict(meta.get("history", {})),
+                slots=tuple(meta.get("slots", ())),
             )
         except UsageError as err:
             raise UsageError(f"{path} is not a valid circuit file: {err}") from None

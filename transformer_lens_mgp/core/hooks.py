@@ -64,10 +64,22 @@ def interpolate_hook(
     return mask * activation + (1 - mask) * ablated.to(activation)
 
 
-def mask_hooks(dims: ModelDims, masks: SiteMasks, ablated: dict[str, Tensor]) -> FwdHooks:
+def mask_hooks(
+    dims: ModelDims,
+    masks: SiteMasks,
+    ablated: dict[str, Tensor],
+    slots: Int[Tensor, "batch pos"] | None = None,
+) -> FwdHooks:
     """TransformerLens ``fwd_hooks`` that apply site masks layer by layer. Each layer's mask
     goes where that site's ablated values are, which is the site's own device (see
-    :class:`~.placement.Placement`), once per set of hooks rather than on every call."""
+    :class:`~.placement.Placement`), once per set of hooks rather than on every call.
+    Masks per role slot need the prompts' ``slots`` (``PairedDataset.role_slots()``): each
+    token takes its slot's mask."""
+    if masks.per_slot and slots is None:
+        raise UsageError(
+            "this circuit has one mask per token role: run it on pairs that record the roles "
+            "it was fitted with (pass the PairedDataset)"
+        )
     sites = [(attn_hook_name, masks.attn)]
     if masks.mlp is not None:
         sites.append((mlp_hook_name, masks.mlp))
@@ -76,7 +88,10 @@ def mask_hooks(dims: ModelDims, masks: SiteMasks, ablated: dict[str, Tensor]) ->
         for layer in range(dims.n_layers):
             name = hook_name(layer)
             values = ablated[name]
-            site_mask = mask[layer].to(values.device)
+            if masks.per_slot:
+                site_mask = mask[:, layer].to(values.device)[slots.to(values.device)]
+            else:
+                site_mask = mask[layer].to(values.device)
             hooks.append((name, partial(interpolate_hook, mask=site_mask, ablated=values)))
     return hooks
 

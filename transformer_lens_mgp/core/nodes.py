@@ -127,10 +127,16 @@ def resolve_granularities(names, dims: ModelDims) -> tuple[str, ...]:
 
 
 class SiteMasks(NamedTuple):
-    """The product masks at the two hook sites: what a forward pass multiplies in."""
+    """The product masks at the two hook sites: what a forward pass multiplies in; a
+    per-role circuit's have a leading slot axis (see ``PairedDataset.role_slots``)."""
 
-    attn: Float[Tensor, "n_layers n_heads d_head"]
-    mlp: Float[Tensor, "n_layers d_mlp"] | None
+    attn: Float[Tensor, "*slot n_layers n_heads d_head"]
+    mlp: Float[Tensor, "*slot n_layers d_mlp"] | None
+
+    @property
+    def per_slot(self) -> bool:
+        """Whether every token takes the masks of its role's slot."""
+        return self.attn.ndim == 4
 
     def to(self, device) -> SiteMasks:
         return SiteMasks(self.attn.to(device), None if self.mlp is None else self.mlp.to(device))
@@ -149,7 +155,8 @@ class SiteMasks(NamedTuple):
 def site_masks(values: dict[str, Tensor], dims: ModelDims) -> SiteMasks:
     """Multiply each node's mask with its ancestors' masks, down to the two hook sites.
 
-    Granularities missing from ``values`` count as all ones (not pruned).
+    Granularities missing from ``values`` count as all ones (not pruned). Values with a
+    leading slot axis (one mask per role position) give site masks with one too.
     """
     ref = next(iter(values.values()))
     ones = dict(device=ref.device, dtype=ref.dtype)
@@ -157,19 +164,20 @@ def site_masks(values: dict[str, Tensor], dims: ModelDims) -> SiteMasks:
     if "attn_neuron" in values:
         attn = attn * values["attn_neuron"]
     if "head" in values:
-        attn = attn * values["head"][:, :, None]
+        attn = attn * values["head"][..., None]
     if "block" in values:
-        attn = attn * values["block"][:, None, None]
+        attn = attn * values["block"][..., None, None]
     if not dims.has_mlp:
         return SiteMasks(attn, None)
     mlp = torch.ones(dims.n_layers, dims.d_mlp, **ones)
     if "mlp_neuron" in values:
         mlp = mlp * values["mlp_neuron"]
     if "mlp" in values:
-        mlp = mlp * values["mlp"][:, None]
+        mlp = mlp * values["mlp"][..., None]
     if "block" in values:
-        mlp = mlp * values["block"][:, None]
-    return SiteMasks(attn, mlp)
+        mlp = mlp * values["block"][..., None]
+    slots = attn.shape[:-3] or mlp.shape[:-2]  # a branch left whole has no slot axis
+    return SiteMasks(attn.expand(*slots, *attn.shape[-3:]), mlp.expand(*slots, *mlp.shape[-2:]))
 
 
 def with_ancestors(values: dict[str, Tensor]) -> dict[str, Tensor]:

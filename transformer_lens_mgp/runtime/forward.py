@@ -95,8 +95,10 @@ def masked_answer_logits(
     masks: SiteMasks,
     ablated: dict[str, Tensor],
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Answer-position logits of the clean prompts with every site interpolated by its mask."""
-    with attached(model, mask_hooks(dims, masks, ablated)):
+    """Answer-position logits of the clean prompts with every site interpolated by its mask
+    (each token by its role slot's, for masks per slot)."""
+    slots = batch.role_slots() if masks.per_slot else None
+    with attached(model, mask_hooks(dims, masks, ablated, slots)):
         return answer_logits(model, batch.clean_tokens, batch.answer_positions)
 
 

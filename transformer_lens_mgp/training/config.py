@@ -257,6 +257,9 @@ class PruningConfig(FitConfig):
         gradient_checkpointing: keep only each block's input during the masked forward and
             rerun the block in the backward pass: much less memory for about one more
             forward of time. The circuit is the same.
+        per_role: one mask per node and token role the pairs record (e.g. IOI's IO, S1,
+            S1+1, S2, END) and one for every other position, trained in the same run; the
+            targets are then shares of (node, position) pairs. Needs pairs with roles.
     """
 
     granularities: tuple[str, ...] | None = None
@@ -268,9 +271,12 @@ class PruningConfig(FitConfig):
     ablation: str = "corrupted"
     metric_weight: float | None = None
     gradient_checkpointing: bool = False
+    per_role: bool = False
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.per_role, bool):
+            raise UsageTypeError(f"per_role is True or False, got {self.per_role!r}")
         if self.granularities is not None:
             names = self.granularities
             names = (names,) if isinstance(names, str) else names

@@ -77,6 +77,18 @@ def discover(
         "ablation": config.ablation,
         "versions": ", ".join(f"{name} {version(name)}" for name in VERSIONED),
     }
+    if config.per_role:
+        if edges == "learned":
+            raise UsageError(
+                "edges are learned among nodes without token positions, and per_role gives "
+                "every node one mask per role: use edges='scored' or 'none' with per_role"
+            )
+        if edges == "scored":
+            edges = "none"
+            facts["edges"] = "not scored: edge scores read nodes without token positions"
+        if node_effects:
+            node_effects = False
+            facts["node effects"] = "not measured: they remove nodes without token positions"
     if edges == "learned":
         check_hooked(model)  # before the fit, not after it
     elif edges == "scored" and not is_hooked_transformer(model):

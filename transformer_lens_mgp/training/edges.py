@@ -222,6 +222,7 @@ class EdgePruner:
                 f"ablation={circuit.ablation!r}; fit the node circuit with ablation='corrupted'"
             )
         circuit.check_model(model)
+        circuit.require_no_slots("EdgePruner")
         check_hooked(model)
         self.model, self.circuit = model, circuit
         config = (config or EdgeConfig()).replace(**overrides)

@@ -151,6 +151,12 @@ class CircuitPruner:
             )
         if config.gradient_checkpointing:
             checkpointable_blocks(self.model)
+        if config.per_role and not train.roles:
+            raise UsageError(
+                "per_role gives every node one mask per token role, but these pairs record "
+                "none: build them with a task builder (tasks.ioi, ...) or add roles with "
+                "data.with_roles(names, positions)"
+            )
         if config.max_kl is None and not config.sizes_by_faithfulness():
             if validation is not None:
                 raise UsageError(
@@ -164,6 +170,11 @@ class CircuitPruner:
         if not isinstance(validation, PairedDataset):
             raise UsageTypeError(
                 f"validation must be a PairedDataset, got {type(validation).__name__}"
+            )
+        if config.per_role and validation.roles != train.roles:
+            raise UsageError(
+                f"per_role: the validation pairs record roles {validation.roles}, the training "
+                f"pairs {train.roles}; give both the same roles"
             )
         check_pairs(self.model, validation, "validation pairs")
         return config, dims, train, validation

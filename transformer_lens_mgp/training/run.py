@@ -142,10 +142,11 @@ class PruningRun:
         self.placement = Placement.of(model, dims)
         device = self.placement.inputs
         generator = torch.Generator().manual_seed(config.seed)
+        self.slots = (*train.roles, "other") if config.per_role else ()
         self.log_alpha = {
             g: torch.nn.Parameter(
                 config.init_log_alpha
-                + 0.01 * torch.randn(dims.shape(g), generator=generator).to(device)
+                + 0.01 * torch.randn(self.shape(g), generator=generator).to(device)
             )
             for g in config.granularities
         }
@@ -213,6 +214,11 @@ class PruningRun:
         run.sparsity.load_state_dict(self.sparsity.state_dict())
         run.history = {k: list(v) for k, v in self.history.items()}
         return run
+
+    def shape(self, granularity: str) -> tuple[int, ...]:
+        """The masks' shape: the model's nodes, after one slot per role with ``per_role``."""
+        shape = self.dims.shape(granularity)
+        return (len(self.slots), *shape) if self.slots else shape
 
     def empty_masks(self):
         """Site masks with every pruned node ablated: the empty circuit."""
@@ -294,7 +300,8 @@ class PruningRun:
 
     def masked(self, masks: dict[str, Tensor], batch: PairedDataset, ablated) -> FwdHooks:
         """The hooks that run the model on ``batch`` as ``masks`` (one value per node)."""
-        return mask_hooks(self.dims, site_masks(masks, self.dims), ablated)
+        slots = batch.role_slots() if self.slots else None
+        return mask_hooks(self.dims, site_masks(masks, self.dims), ablated, slots)
 
     def _kept_share(self, step: int) -> dict[str, torch.Tensor]:
         """Per targeted granularity, the share of its nodes that extraction keeps.
@@ -347,7 +354,9 @@ class PruningRun:
         sizes = {
             k.removeprefix("size/"): v for k, v in record.values.items() if k.startswith("size/")
         }
-        counts = " ".join(f"{g}={round(size * self.dims.n_nodes(g))}" for g, size in sizes.items())
+        counts = " ".join(
+            f"{g}={round(size * self.log_alpha[g].numel())}" for g, size in sizes.items()
+        )
         return f"loss={record.loss:.3f} kl={record.kl:.3f} kept: {counts}"
 
     # --- results ------------------------------------------------------------------------
@@ -362,6 +371,7 @@ class PruningRun:
             dims=self.dims,
             log_alpha={g: p.detach() for g, p in self.log_alpha.items()},
             hard_concrete=self.gates,
+            slots=self.slots,
         )
         return {g: now.fraction_kept(g) for g in self.log_alpha}
 
@@ -374,6 +384,7 @@ class PruningRun:
             config=self.config.to_dict(),
             fit_info={"d_model": int(self.model.cfg.d_model), **(fit_info or {})},
             history={k: list(v) for k, v in self.history.items()},
+            slots=self.slots,
         )
 
     def result(self, fit_info: dict) -> Circuit:
