@@ -103,7 +103,7 @@ def test_the_command_line_fits_per_role_and_reports_each_roles_nodes(ioi, monkey
     assert metrics["circuit_unseen_frames"]["kl"] >= 0
     graph = json.loads((out / "graph.json").read_text())
     heads = [n for n in graph["nodes"] if n.get("kind") == "head"]
-    assert heads and all(set(n["position"].split(",")) <= set(saved.slots) for n in heads)
+    assert heads and all(set(n["kept_at"].split(", ")) <= set(saved.slots) for n in heads)
     page = (out / "report.html").read_text()
     assert "kept per token role and layer" in page and "One mask per node and token role" in page
     assert not (out / "nodes.json").exists()

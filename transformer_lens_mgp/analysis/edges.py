@@ -113,7 +113,7 @@ def edge_graph(
 
 def node_graph(circuit: Circuit):
     """A ``networkx.DiGraph`` of ``input``, the kept heads and MLPs and ``logits``
-    (attributes ``layer`` and ``kind``; for a per-role circuit, ``position``: the token roles
+    (attributes ``layer`` and ``kind``; for a per-role circuit, ``kept_at``: the token roles
     a node is kept at), without edges."""
     import networkx as nx
 
@@ -123,7 +123,7 @@ def node_graph(circuit: Circuit):
         graph.add_node(name, layer=layer, kind=kind)
     if circuit.slots:
         for name, slots in _slots_kept(circuit).items():
-            graph.nodes[name]["position"] = ",".join(slots)
+            graph.nodes[name]["kept_at"] = ", ".join(slots)
     graph.add_node(LOGITS, layer=circuit.dims.n_layers, kind="logits")
     return graph
 

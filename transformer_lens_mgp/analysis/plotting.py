@@ -249,7 +249,7 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
             # a label where a strong edge or a role makes the node worth reading; hover for all
             text=[
                 n + (f"@{positions[n]}" if n in positions else "")
-                if n in strong or n in roles or n in positions
+                if n in strong or n in roles
                 else ""
                 for n in members
             ],
@@ -294,6 +294,8 @@ def plot_edge_graph(edges, max_edges: int = 150, title: str | None = None) -> go
 def _node_hover(name: str, data: Mapping) -> str:
     """A node's name and its measured facts, a line each."""
     lines = [html.escape(name)]
+    if data.get("kept_at"):
+        lines.append(html.escape(f"kept at: {data['kept_at']}"))
     if "role" in data:
         at = f" at {data['position']}" if data.get("position") else ""
         lines.append(html.escape(f"role: {data['role']}{at} ({data['evidence']})"))

@@ -313,8 +313,9 @@ def _graph_section(page: _Page, run: Discovery) -> None:
     if run.circuit.slots:
         lead = (
             "The kept heads (circles) and MLPs (squares) by layer, from the embeddings (input) "
-            "to the logits, each labelled with the token roles it is kept at (L17.H4@END,S2). "
-            "<code>graph.json</code> holds the same graph for networkx. "
+            "to the logits; hover a node for the token roles it is kept at (<i>Where the "
+            "circuit sits</i> counts them per role). <code>graph.json</code> holds the same "
+            "graph for networkx (<code>kept_at</code>). "
         )
     if run.edges is None:
         why = run.facts.get("edges", "edges were not scored (--edges none)")
