@@ -61,13 +61,13 @@ def candidates(model, train, agnostic: Circuit, per_role: Circuit, args) -> dict
     """Every method's circuit."""
     dims = ModelDims.from_cfg(model.cfg)
     scoring = train[: args.score_pairs]
-    by_role = integrated_gradients_scores(model, scoring, dims, args.ig_steps, by_role=True)
-    per_node = integrated_gradients_scores(model, scoring, dims, args.ig_steps)
+    role_scores = integrated_gradients_scores(model, scoring, dims, args.ig_steps, per_role=True)
+    node_scores = integrated_gradients_scores(model, scoring, dims, args.ig_steps)
     return {
         "pruning": agnostic,
-        "integrated gradients": scored_circuit(agnostic, per_node),
+        "integrated gradients": scored_circuit(agnostic, node_scores),
         "pruning per role": per_role,
-        "integrated gradients per role": scored_circuit(per_role, by_role),
+        "integrated gradients per role": scored_circuit(per_role, role_scores),
         "random per role": random_circuit(per_role, seed=0),
     }
 

@@ -116,7 +116,7 @@ def test_patching_scores_are_the_metric_change_of_patching_one_head():
     assert torch.isclose(scores["head"][layer, head], change, rtol=1e-4, atol=1e-6)
 
 
-def test_scores_by_role_put_each_positions_effect_in_its_slot():
+def test_scores_per_role_put_each_positions_effect_in_its_slot():
     """The corruption leaves the first position alone, so a role there scores exactly 0 and
     every other position's effect is the whole node's."""
     model = build_model()
@@ -124,10 +124,10 @@ def test_scores_by_role_put_each_positions_effect_in_its_slot():
     first = data.with_roles(["first"], torch.zeros(8, 1, dtype=torch.long))
     dims = ModelDims.from_cfg(model.cfg)
     for score in (attribution_scores, integrated_gradients_scores):
-        per_node, by_role = score(model, first, dims), score(model, first, dims, by_role=True)
-        for g, s in by_role.items():
+        per_node, per_role = score(model, first, dims), score(model, first, dims, per_role=True)
+        for g, s in per_role.items():
             assert s.shape == (2, *dims.shape(g)), g
             assert torch.all(s[0] == 0), g
             assert torch.allclose(s[1], per_node[g], rtol=1e-4, atol=1e-6), g
     with pytest.raises(ValueError, match="no token roles"):
-        attribution_scores(model, data, dims, by_role=True)
+        attribution_scores(model, data, dims, per_role=True)

@@ -105,7 +105,8 @@ def plot_role_positions(circuit: Circuit) -> go.Figure:
     (columns): where in the prompt each layer's part of the mechanism reads and writes."""
     circuit.require_slots("plot_role_positions")
     parts = [g for g in ("head", "mlp_neuron") if g in circuit.dims.available()]
-    fig = make_subplots(rows=1, cols=len(parts), subplot_titles=[f"kept {g}s" for g in parts])
+    titles = {"head": "kept heads", "mlp_neuron": "kept MLP neurons"}
+    fig = make_subplots(rows=1, cols=len(parts), subplot_titles=[titles[g] for g in parts])
     for col, g in enumerate(parts, start=1):
         kept = circuit.kept(g)
         counts = kept.flatten(2).sum(-1)
@@ -114,7 +115,7 @@ def plot_role_positions(circuit: Circuit) -> go.Figure:
             y=list(circuit.slots),
             colorscale="Blues",
             showscale=False,
-            hovertemplate=f"%{{y}}, layer %{{x}}: %{{z}} {g}s<extra></extra>",
+            hovertemplate=f"%{{y}}, layer %{{x}}: %{{z}} {titles[g][5:]}<extra></extra>",
             row=1,
             col=col,
         )

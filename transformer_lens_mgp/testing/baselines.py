@@ -35,18 +35,18 @@ def attribution_scores(
     dims: ModelDims,
     batch_size: int = 32,
     gradient_at: str = "clean",
-    by_role: bool = False,
+    per_role: bool = False,
 ) -> dict[str, Float[Tensor, "*nodes"]]:
     """|grad(task metric) . (corrupted - clean)| per node of every granularity the model has.
 
     The gradient is taken on the clean run (the noising estimate), or with
     ``gradient_at="corrupted"`` on the corrupted run (the denoising estimate, the convention
-    of TransformerLens 4's ``attribution_patch``). With ``by_role``, one score per node and
+    of TransformerLens 4's ``attribution_patch``). With ``per_role``, one score per node and
     role slot (:meth:`PairedDataset.role_slots`), shaped ``[slot, *nodes]``."""
     alphas = {"clean": (1.0,), "corrupted": (0.0,)}
     if gradient_at not in alphas:
         raise UsageError(f"gradient_at must be 'clean' or 'corrupted', got {gradient_at!r}")
-    return _gradient_scores(model, dataset, dims, alphas[gradient_at], batch_size, by_role)
+    return _gradient_scores(model, dataset, dims, alphas[gradient_at], batch_size, per_role)
 
 
 def integrated_gradients_scores(
@@ -55,14 +55,14 @@ def integrated_gradients_scores(
     dims: ModelDims,
     steps: int = 5,
     batch_size: int = 32,
-    by_role: bool = False,
+    per_role: bool = False,
 ) -> dict[str, Float[Tensor, "*nodes"]]:
     """|mean over the path of grad(task metric) . (corrupted - clean)| per node: the gradient
     taken at ``steps`` inputs between the corrupted and the clean embeddings (midpoints).
-    ``by_role`` as in :func:`attribution_scores`."""
+    ``per_role`` as in :func:`attribution_scores`."""
     check_positive_int("steps", steps)
     alphas = tuple((k + 0.5) / steps for k in range(steps))
-    return _gradient_scores(model, dataset, dims, alphas, batch_size, by_role)
+    return _gradient_scores(model, dataset, dims, alphas, batch_size, per_role)
 
 
 def _gradient_scores(
@@ -71,15 +71,15 @@ def _gradient_scores(
     dims: ModelDims,
     alphas: tuple[float, ...],
     batch_size: int,
-    by_role: bool = False,
+    per_role: bool = False,
 ) -> dict[str, Tensor]:
     """Gradient times activation difference per node (and role slot), the gradient averaged
     over inputs ``corrupted + alpha * (clean - corrupted)`` at the token embeddings (alpha 1:
     the clean run)."""
     if dataset.wrong_answer_tokens is None:
         raise UsageError("attribution patching needs a task metric: give wrong answers")
-    n_slots = len(dataset.roles) + 1 if by_role else 0
-    if by_role:
+    n_slots = len(dataset.roles) + 1 if per_role else 0
+    if per_role:
         dataset.role_slots()  # raises for pairs without roles
     device = model_device(model)
     sums: dict[str, Tensor] = {}
@@ -123,7 +123,7 @@ def _gradient_scores(
             clean_acts = {name: activation.detach() for name, activation in clean.items()}
         else:
             clean_acts = site_activations(model, batch.clean_tokens, dims)
-        slots = F.one_hot(batch.role_slots(), n_slots).float() if by_role else None
+        slots = F.one_hot(batch.role_slots(), n_slots).float() if per_role else None
         for name, grad in grads.items():
             effect = grad * (corrupted[name] - clean_acts[name])
             if slots is None:
@@ -131,7 +131,7 @@ def _gradient_scores(
             else:
                 effect = torch.einsum("bp...,bps->s...", effect.float(), slots.to(effect.device))
             sums[name] = sums.get(name, 0) + effect
-    return _per_granularity(sums, dims, lambda x: x, by_role)
+    return _per_granularity(sums, dims, lambda x: x, per_role)
 
 
 def patching_scores(
@@ -166,12 +166,12 @@ def activation_scores(
 
 
 def _per_granularity(
-    sums: dict[str, Tensor], dims: ModelDims, finish, by_role: bool = False
+    sums: dict[str, Tensor], dims: ModelDims, finish, per_role: bool = False
 ) -> dict[str, Tensor]:
-    """Neuron-level signed sums per site (per role slot first, with ``by_role``) -> |score|
+    """Neuron-level signed sums per site (per role slot first, with ``per_role``) -> |score|
     per node of every granularity (and slot)."""
     layers = range(dims.n_layers)
-    layer_dim = int(by_role)
+    layer_dim = int(per_role)
     attn = torch.stack([finish(sums[attn_hook_name(layer)]) for layer in layers], layer_dim)
     scores = {"attn_neuron": attn.abs().cpu(), "head": attn.sum(-1).abs().cpu()}
     block = attn.sum((-1, -2))
