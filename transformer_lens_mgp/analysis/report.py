@@ -102,13 +102,13 @@ def write_report(run: Discovery | Circuit, path: str | Path, title: str = "Circu
     else:
         page.figure(plot_kept_per_layer(circuit))
         page.figure(plot_head_map(circuit))
-    if circuit.dims.has_mlp and not circuit.slots:
-        page.raw(
-            f"<p class='lead'>The layer x neuron map of all {circuit.n_total('mlp_neuron')} MLP "
-            "neurons is left out of the page (it would weigh more than the rest of the "
-            "figures); draw it when you need it: <code>plot_neuron_map(Circuit.load("
-            "'circuit.safetensors')).show()</code>.</p>"
-        )
+        if circuit.dims.has_mlp:
+            page.raw(
+                f"<p class='lead'>The layer x neuron map of all {circuit.n_total('mlp_neuron')} "
+                "MLP neurons is left out of the page (it would weigh more than the rest of the "
+                "figures); draw it when you need it: <code>plot_neuron_map(Circuit.load("
+                "'circuit.safetensors')).show()</code>.</p>"
+            )
     if run.curve is not None:
         page.section("Faithfulness against size")
         page.figure(plot_faithfulness_curve(run.curve))
@@ -304,13 +304,14 @@ def _how_to_read(run: Discovery) -> str:
 def _graph_section(page: _Page, run: Discovery) -> None:
     page.section("The circuit as a graph")
     graph = circuit_graph(run)
-    lead = (
-        "The kept heads (circles) and MLPs (squares) by layer, from the embeddings (input) to "
-        "the logits. A head with a role is coloured and labelled with the token role it acts "
-        "from (L17.H4@S2); hover a node for its role, evidence and effects. "
-        "<code>graph.json</code> holds the same graph for networkx. "
-    )
-    if run.circuit.slots:
+    if not run.circuit.slots:
+        lead = (
+            "The kept heads (circles) and MLPs (squares) by layer, from the embeddings (input) "
+            "to the logits. A head with a role is coloured and labelled with the token role it "
+            "acts from (L17.H4@S2); hover a node for its role, evidence and effects. "
+            "<code>graph.json</code> holds the same graph for networkx. "
+        )
+    else:
         lead = (
             "The kept heads (circles) and MLPs (squares) by layer, from the embeddings (input) "
             "to the logits; hover a node for the token roles it is kept at (<i>Where the "

@@ -101,8 +101,7 @@ class Circuit:
 
     def shape(self, granularity: str) -> tuple[int, ...]:
         """Shape of the masks of ``granularity``: the model's, after the slot axis if any."""
-        shape = self.dims.shape(granularity)
-        return (len(self.slots), *shape) if self.slots else shape
+        return self.dims.shape(granularity, len(self.slots))
 
     def any_position(self) -> Circuit:
         """The nodes kept in at least one slot, as a circuit without positions (itself when

@@ -74,21 +74,23 @@ class ModelDims:
     def has_mlp(self) -> bool:
         return self.d_mlp is not None
 
-    def shape(self, granularity: str) -> tuple[int, ...]:
-        """Shape of the mask of ``granularity``."""
+    def shape(self, granularity: str, n_slots: int = 0) -> tuple[int, ...]:
+        """Shape of the mask of ``granularity``; with ``n_slots``, one mask per token role
+        slot, slot first."""
         check_granularity(granularity)
         if granularity in MLP_GRANULARITIES and not self.has_mlp:
             raise UsageError(
                 f"granularity {granularity!r} needs MLP layers, but this model is attention-only; "
                 f"choose from {self.available()}"
             )
-        return {
+        shape = {
             "block": (self.n_layers,),
             "head": (self.n_layers, self.n_heads),
             "attn_neuron": (self.n_layers, self.n_heads, self.d_head),
             "mlp": (self.n_layers,),
             "mlp_neuron": (self.n_layers, self.d_mlp),
         }[granularity]
+        return (n_slots, *shape) if n_slots else shape
 
     def n_nodes(self, granularity: str) -> int:
         return int(torch.Size(self.shape(granularity)).numel())

@@ -21,7 +21,7 @@ from ..core.data import PairedDataset
 from ..core.errors import TrainingDivergedError
 from ..core.hooks import AblationSource, mask_hooks
 from ..core.metrics import kl_divergence, task_metric
-from ..core.model_api import FwdHooks, attached
+from ..core.model_api import attached
 from ..core.nodes import ModelDims, site_masks, with_ancestors
 from ..core.placement import Placement
 from ..runtime.forward import (
@@ -146,7 +146,7 @@ class PruningRun:
         self.log_alpha = {
             g: torch.nn.Parameter(
                 config.init_log_alpha
-                + 0.01 * torch.randn(self.shape(g), generator=generator).to(device)
+                + 0.01 * torch.randn(dims.shape(g, len(self.slots)), generator=generator).to(device)
             )
             for g in config.granularities
         }
@@ -215,11 +215,6 @@ class PruningRun:
         run.history = {k: list(v) for k, v in self.history.items()}
         return run
 
-    def shape(self, granularity: str) -> tuple[int, ...]:
-        """The masks' shape: the model's nodes, after one slot per role with ``per_role``."""
-        shape = self.dims.shape(granularity)
-        return (len(self.slots), *shape) if self.slots else shape
-
     def empty_masks(self):
         """Site masks with every pruned node ablated: the empty circuit."""
         zeros = {g: torch.zeros(p.shape, device=p.device) for g, p in self.log_alpha.items()}
@@ -275,7 +270,8 @@ class PruningRun:
         penalty = self.sparsity.penalty(l0, kept, step)
         if self.budget is not None:
             penalty = self.budget.scale * penalty
-        hooks = self.masked(masks, batch, ablated)
+        slots = batch.role_slots() if self.slots else None  # each token its role's masks
+        hooks = mask_hooks(self.dims, site_masks(masks, self.dims), ablated, slots)
         reference = self.reference[indices.to(self.reference.device)]
         priced = self.metric_scale is not None and config.prices_metric(step)
         metric = (config.metric_weight, self.metric_scale) if priced else None
@@ -297,11 +293,6 @@ class PruningRun:
             self.history.setdefault(key, []).append(value)
         self.step_index += 1
         return StepRecord(step, values, snapshot)
-
-    def masked(self, masks: dict[str, Tensor], batch: PairedDataset, ablated) -> FwdHooks:
-        """The hooks that run the model on ``batch`` as ``masks`` (one value per node)."""
-        slots = batch.role_slots() if self.slots else None
-        return mask_hooks(self.dims, site_masks(masks, self.dims), ablated, slots)
 
     def _kept_share(self, step: int) -> dict[str, torch.Tensor]:
         """Per targeted granularity, the share of its nodes that extraction keeps.
